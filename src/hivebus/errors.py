@@ -1,0 +1,111 @@
+"""The hivebus error tree.
+
+Every error a user can meet is a ``HivebusError``: it says what was wrong, where, and
+(when there is one) what to do. Driver errors (nats, duckdb, OS) are translated into
+these at the adapter boundary so callers never handle a third-party exception.
+"""
+
+from __future__ import annotations
+
+
+class HivebusError(Exception):
+    """Base of every error hivebus raises on purpose."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} ({self.hint})" if self.hint else base
+
+
+class SetupError(HivebusError):
+    """A setting or a component's configuration is invalid; raised when it is built."""
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+class SchemaError(HivebusError):
+    """An event or payload is malformed."""
+
+
+class DecodeError(SchemaError):
+    """Bytes could not be turned into an event. ``field`` names the offending field."""
+
+    def __init__(self, message: str, *, field: str | None = None, event_type: str | None = None) -> None:
+        self.field = field
+        self.event_type = event_type
+        where = f" at {field!r}" if field else ""
+        of = f" in {event_type}" if event_type else ""
+        super().__init__(f"cannot decode event{of}{where}: {message}")
+        self.reason = message
+
+
+class UnknownEventType(DecodeError):
+    """The ``type`` attribute names no registered event."""
+
+
+# --- bus --------------------------------------------------------------------------------
+
+
+class BusError(HivebusError):
+    """Talking to NATS failed."""
+
+
+class ServerStartError(BusError):
+    """The embedded nats-server did not start."""
+
+
+class PortInUse(ServerStartError):
+    """The port asked for is held by another process."""
+
+
+class ConnectError(BusError):
+    """The NATS server could not be reached."""
+
+
+class PublishError(BusError):
+    """The server did not acknowledge a publish."""
+
+
+class ConcurrencyConflict(PublishError):
+    """The aggregate changed since it was read (expected-last-subject-sequence mismatch)."""
+
+    def __init__(self, subject: str, expected: int, message: str = "") -> None:
+        self.subject = subject
+        self.expected = expected
+        super().__init__(
+            f"concurrent write on {subject!r}: expected last sequence {expected}"
+            + (f" ({message})" if message else ""),
+            hint="re-read the aggregate and decide again",
+        )
+
+
+class RequestTimeout(BusError):
+    """A request/reply call got no answer in time."""
+
+
+# --- domain -----------------------------------------------------------------------------
+
+
+class RuleSyntaxError(HivebusError):
+    """A science rule does not parse. ``position`` is the 0-based offset of the error."""
+
+    def __init__(self, rule: str, position: int, message: str) -> None:
+        self.rule = rule
+        self.position = position
+        pointer = " " * position + "^"
+        super().__init__(f"bad science rule at position {position}: {message}\n  {rule}\n  {pointer}")
+
+
+class QueryError(HivebusError):
+    """A query was refused or failed."""
+
+
+class QueryRefused(QueryError):
+    """A query is not a single read-only statement, or touches files."""
