@@ -1,0 +1,44 @@
+# Every target bootstraps .venv itself, so these work on a fresh machine with only
+# Python 3.11+ and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: run test bench bench-quick lint fmt clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	@touch $@
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	@touch $@
+
+## run: start the platform on this machine with its embedded defaults
+run: $(STAMP)
+	$(BIN)/hivebus up --virtual-nodes 2 --demo
+
+## test: the whole suite (unit, integration with real nats-servers, e2e)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## bench: every benchmark, side by side with raw baselines; rewrites bench/RESULTS.md
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --quick
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+fmt: $(STAMP)
+	$(BIN)/ruff format src tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

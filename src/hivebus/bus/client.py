@@ -1,0 +1,310 @@
+"""``Bus``: the one way hivebus code talks to NATS.
+
+Connect (reconnecting forever once connected; a clear error if the server cannot be
+reached at start), publish events (idempotent by event id), consume streams as decoded
+events with their stream sequence, and request/reply. nats-py errors are translated into
+``hivebus.errors`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError, NoServersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import APIError, NotFoundError
+
+from hivebus.bus.consumer import Delivery, RawMessage
+from hivebus.bus.publisher import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+    MSG_ID,
+    WRONG_LAST_SEQUENCE,
+    Outgoing,
+    Pipeline,
+)
+from hivebus.bus.reader import read_stream
+from hivebus.bus.streams import (
+    ConsumerSpec,
+    StreamSpec,
+    ensure_consumer,
+    ensure_streams,
+    platform_streams,
+)
+from hivebus.bus.subjects import subject_for
+from hivebus.config import Settings
+from hivebus.errors import ConcurrencyConflict, ConnectError, PublishError, RequestTimeout
+from hivebus.schemas import codec
+from hivebus.schemas.envelope import Event
+
+log = structlog.get_logger()
+
+
+class Bus:
+    """A live connection to the hub's NATS server or cluster."""
+
+    def __init__(self, nc: NATS, *, settings: Settings | None = None) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10)
+        self.settings = settings or Settings()
+        self._pipeline = Pipeline(nc)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | Sequence[str] | None = None,
+        *,
+        name: str = "hivebus",
+        settings: Settings | None = None,
+        connect_timeout: float = 5.0,
+        **options: Any,
+    ) -> Bus:
+        """Connect; once connected, reconnect forever with backoff.
+
+        Raises ``ConnectError`` if no server answers within ``connect_timeout`` seconds.
+        """
+        settings = settings or Settings.from_env()
+        servers = servers or settings.nats_url
+        urls = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers)
+
+        async def on_error(exc: Exception) -> None:
+            log.debug("nats.error", error=str(exc) or type(exc).__name__)
+
+        async def on_disconnect() -> None:
+            log.info("nats.disconnected", name=name)
+
+        async def on_reconnect() -> None:
+            log.info("nats.reconnected", name=name, url=str(nc.connected_url.netloc if nc.connected_url else ""))
+
+        nc = NATS()
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    urls,
+                    name=name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=max(1, int(connect_timeout)),
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                    pending_size=64 * 1024 * 1024,
+                    # hivebus builds every subject itself (bus.subjects); nats-py's per-publish
+                    # regex check cost ~10% of a pipelined publish.
+                    skip_subject_validation=True,
+                    **options,
+                ),
+                timeout=connect_timeout,
+            )
+        except (TimeoutError, NoServersError, OSError) as exc:
+            await _close_quietly(nc)
+            raise ConnectError(
+                f"cannot reach NATS at {', '.join(urls)} ({type(exc).__name__})",
+                hint="start the hub with `hivebus up` (or `hivebus server`), or point --hub / HIVEBUS_NATS_URL at it",
+            ) from None
+        return cls(nc, settings=settings)
+
+    async def close(self) -> None:
+        await _close_quietly(self.nc)
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def ensure_streams(self, specs: list[StreamSpec] | None = None) -> dict[str, str]:
+        """Create or update the platform's streams (idempotent)."""
+        return await ensure_streams(self.js, specs or platform_streams(self.settings))
+
+    # --- publish --------------------------------------------------------------------
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        expected_last_subject_seq: int | None = None,
+        expected_subject: str | None = None,
+        timeout: float = 5.0,
+        retries: int = 3,
+    ) -> int:
+        """Publish one event; returns its stream sequence.
+
+        Idempotent by ``event.id``: publishing it again returns the first sequence.
+        With ``expected_last_subject_seq`` the write succeeds only if the last message on
+        the event's subject (or on ``expected_subject``, a wildcard over one aggregate;
+        nats-server >= 2.11) has that sequence, else ``ConcurrencyConflict``.
+        """
+        subject = subject_for(event)
+        headers = {MSG_ID: event.id}
+        if expected_last_subject_seq is not None:
+            headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_last_subject_seq)
+            if expected_subject:
+                headers[EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = expected_subject
+        return await self._publish_one(subject, codec.encode(event), headers, timeout, retries)
+
+    async def _publish_one(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float, retries: int) -> int:
+        for attempt in range(retries + 1):
+            try:
+                ack = await self.js.publish(subject, payload, timeout=timeout, headers=headers)
+                return ack.seq
+            except APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    expected = int(headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE, "-1"))
+                    raise ConcurrencyConflict(headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, subject), expected, exc.description or "") from None
+                raise PublishError(f"JetStream refused {subject!r}: {exc.description}") from None
+            except NoRespondersError:
+                raise PublishError(f"no stream listens on {subject!r}", hint="run `hivebus up` once to create the streams") from None
+            except (NatsTimeout, TimeoutError, ConnectionError) as exc:
+                # Safe to resend: the same Nats-Msg-Id is dropped as a duplicate.
+                log.warning("publish.retry", subject=subject, attempt=attempt + 1, error=type(exc).__name__)
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+        raise PublishError(f"no acknowledgement for {subject!r} after {retries + 1} attempts", hint="is the NATS server up?")
+
+    async def publish_many(self, events: Iterable[Event], *, timeout: float = 10.0) -> list[int]:
+        """Publish events pipelined; returns their stream sequences in order."""
+        encode = codec.encode
+        return await self._pipeline.publish(
+            [Outgoing(subject_for(e), encode(e), e.id) for e in events], timeout=timeout
+        )
+
+    async def publish_raw_many(self, messages: Sequence[Outgoing], *, timeout: float = 10.0) -> list[int]:
+        """Publish pre-encoded messages pipelined (the edge outbox forwards these)."""
+        return await self._pipeline.publish(messages, timeout=timeout)
+
+    # --- consume --------------------------------------------------------------------
+
+    async def consume(
+        self,
+        spec: ConsumerSpec,
+        *,
+        batch: int = 256,
+        idle: float = 1.0,
+        dead_letters: bool = True,
+    ) -> AsyncIterator[Delivery]:
+        """Deliveries from a durable pull consumer, at least once, in stream order.
+
+        Each delivery carries the decoded event and its stream sequence; the caller acks.
+        With ``dead_letters``, a message that does not decode is sent to
+        ``dlq.<stream>.<consumer>`` with the reason, acked, and skipped.
+        """
+        await ensure_consumer(self.js, spec)
+        sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=idle)
+                except (NatsTimeout, TimeoutError):
+                    continue
+                for msg in msgs:
+                    delivery = Delivery.of(msg, self, spec.stream, spec.durable)
+                    if delivery.error is not None and dead_letters:
+                        await delivery.dead_letter(delivery.error.reason, field=delivery.error.field)
+                        continue
+                    yield delivery
+        finally:
+            await _unsubscribe_quietly(sub)
+
+    def read(
+        self,
+        stream: str,
+        *,
+        start_seq: int = 1,
+        filter_subjects: Sequence[str] = (),
+        batch: int = 2000,
+        idle: float = 0.5,
+        stop_at_end: bool = False,
+    ) -> AsyncIterator[list[RawMessage]]:
+        """Raw messages of ``stream`` from ``start_seq`` on, in batches, with no acks
+        (see ``bus.reader``); with ``stop_at_end`` it ends when nothing is pending."""
+        return read_stream(
+            self.js, stream, start_seq=start_seq, filter_subjects=filter_subjects,
+            batch=batch, idle=idle, stop_at_end=stop_at_end,
+        )
+
+    async def last_seq(self, stream: str) -> int:
+        info = await self.js.stream_info(stream)
+        return info.state.last_seq
+
+    async def events(self, stream: str, **kwargs: Any) -> AsyncIterator[tuple[int, Event]]:
+        """Decoded events of ``stream`` (see ``read``); undecodable ones are skipped."""
+        async for batch in self.read(stream, **kwargs):
+            for m in batch:
+                try:
+                    yield m.seq, codec.decode(m.data)
+                except Exception:
+                    log.warning("read.undecodable", stream=stream, seq=m.seq)
+
+    async def subscribe(self, subject: str) -> AsyncIterator[tuple[str, Event | None, bytes]]:
+        """Live core-NATS messages on ``subject``: (subject, event or None if undecodable, raw)."""
+        sub = await self.nc.subscribe(subject)
+        try:
+            async for msg in sub.messages:
+                try:
+                    yield msg.subject, codec.decode(msg.data), msg.data
+                except Exception:
+                    yield msg.subject, None, msg.data
+        finally:
+            await _unsubscribe_quietly(sub)
+
+    # --- request / reply ------------------------------------------------------------
+
+    async def request(self, subject: str, payload: bytes | dict[str, Any], *, timeout: float = 10.0) -> bytes:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        try:
+            reply = await self.nc.request(subject, body, timeout=timeout)
+        except NoRespondersError:
+            raise RequestTimeout(f"nothing serves {subject!r}", hint="is `hivebus up` running?") from None
+        except (NatsTimeout, TimeoutError):
+            raise RequestTimeout(f"no reply on {subject!r} within {timeout:g}s") from None
+        return reply.data
+
+    async def serve(
+        self, subject: str, handler: Callable[[bytes], Awaitable[bytes]], *, queue: str = ""
+    ) -> Any:
+        """Answer requests on ``subject`` with ``handler(body) -> reply body``.
+
+        A handler exception becomes a JSON error reply; the service keeps serving.
+        """
+
+        async def on_request(msg: Msg) -> None:
+            try:
+                body = await handler(msg.data)
+            except Exception as exc:  # the service must survive any request
+                log.warning("serve.failed", subject=subject, error=str(exc))
+                body = json.dumps({"error": str(exc), "kind": type(exc).__name__}).encode()
+            if msg.reply:
+                await msg.respond(body)
+
+        return await self.nc.subscribe(subject, queue=queue, cb=on_request)
+
+    async def consumer_exists(self, stream: str, durable: str) -> bool:
+        try:
+            await self.js.consumer_info(stream, durable)
+        except NotFoundError:
+            return False
+        return True
+
+
+async def _close_quietly(nc: NATS) -> None:
+    try:
+        if not nc.is_closed:
+            await nc.close()
+    except Exception as exc:
+        log.debug("nats.close_failed", error=str(exc))
+
+
+async def _unsubscribe_quietly(sub: Any) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:
+        log.debug("nats.unsubscribe_failed", error=str(exc))

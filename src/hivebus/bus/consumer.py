@@ -1,0 +1,128 @@
+"""What a consumer receives: ``Delivery`` (decoded, ackable) and ``RawMessage``.
+
+A message that cannot be decoded never stops a consumer: ``Delivery.dead_letter`` sends
+it to ``dlq.<stream>.<consumer>`` with the reason (stored in the DEADLETTERS stream, from
+which the projector builds the ``dead_letters`` view) and acknowledges it.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, NamedTuple
+
+from nats.aio.msg import Msg
+from pydantic import BaseModel
+
+from hivebus.bus.subjects import dlq_subject
+from hivebus.errors import DecodeError
+from hivebus.schemas import codec
+from hivebus.schemas.envelope import Event
+
+if TYPE_CHECKING:
+    from hivebus.bus.client import Bus
+
+
+class RawMessage(NamedTuple):
+    seq: int
+    subject: str
+    data: bytes
+
+
+def parse_reply(reply: str) -> tuple[int, int]:
+    """(stream sequence, times delivered) from a JetStream ``$JS.ACK...`` reply subject.
+
+    v1: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``;
+    v2 adds ``<domain>.<account hash>`` after ``ACK`` and a trailing token.
+    """
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[4])
+    return int(tokens[7]), int(tokens[6])
+
+
+class DeadLetter(BaseModel):
+    """The body of a ``dlq.<stream>.<consumer>`` message."""
+
+    stream: str
+    seq: int
+    subject: str
+    consumer: str
+    reason: str
+    field: str | None = None
+    time: datetime
+    payload_b64: str
+
+    @property
+    def payload(self) -> bytes:
+        return base64.b64decode(self.payload_b64)
+
+
+async def dead_letter(
+    bus: Bus, *, stream: str, consumer: str, seq: int, subject: str, data: bytes, reason: str, field: str | None = None
+) -> None:
+    """Record an unusable message with its reason (idempotent per stream/seq/consumer)."""
+    letter = DeadLetter(
+        stream=stream,
+        seq=seq,
+        subject=subject,
+        consumer=consumer,
+        reason=reason,
+        field=field,
+        time=datetime.now(UTC),
+        payload_b64=base64.b64encode(data).decode(),
+    )
+    await bus._publish_one(
+        dlq_subject(stream, consumer),
+        letter.model_dump_json().encode(),
+        {"Nats-Msg-Id": f"dlq:{stream}:{seq}:{consumer}"},
+        timeout=5.0,
+        retries=3,
+    )
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message from a durable consumer: the event (or why it is not one) and its position."""
+
+    msg: Msg
+    bus: Bus
+    stream: str
+    consumer: str
+    seq: int
+    delivered: int
+    event: Event | None
+    error: DecodeError | None
+
+    @classmethod
+    def of(cls, msg: Msg, bus: Bus, stream: str, consumer: str) -> Delivery:
+        seq, delivered = parse_reply(msg.reply)
+        try:
+            event, error = codec.decode(msg.data), None
+        except DecodeError as exc:
+            event, error = None, exc
+        return cls(msg, bus, stream, consumer, seq, delivered, event, error)
+
+    async def ack(self) -> None:
+        await self.msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        await self.msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        await self.msg.term()
+
+    async def dead_letter(self, reason: str, *, field: str | None = None) -> None:
+        """Send this message to the dead-letter subject with ``reason``, then ack it."""
+        await dead_letter(
+            self.bus,
+            stream=self.stream,
+            consumer=self.consumer,
+            seq=self.seq,
+            subject=self.msg.subject,
+            data=self.msg.data,
+            reason=reason,
+            field=field,
+        )
+        await self.msg.ack()

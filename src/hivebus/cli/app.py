@@ -1,0 +1,69 @@
+"""The typer app, shared options, and the error boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from hivebus.config import Settings
+from hivebus.errors import HivebusError
+from hivebus.logs import configure_logging
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="hivebus",
+    help="hivebus: an event-sourced platform for an edge-computing sensor network (ECR, SES, WES) on NATS JetStream and DuckDB.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+# The modules that add commands to ``app``; imported by ``main`` (nothing runs at import).
+COMMAND_MODULES = ("hivebus.cli.server", "hivebus.cli.events")
+
+Hub = Annotated[
+    str | None,
+    typer.Option("--hub", envvar="HIVEBUS_NATS_URL", help="NATS URL of the hub (default nats://127.0.0.1:4222)."),
+]
+
+
+def settings(hub: str | None = None, **overrides: Any) -> Settings:
+    return Settings.from_env(nats_url=hub, **overrides)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from a command; Ctrl-C ends it quietly."""
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def _root(
+    log_level: Annotated[str, typer.Option(envvar="HIVEBUS_LOG_LEVEL", help="debug, info, warning, error")] = "warning",
+) -> None:
+    configure_logging(log_level)
+
+
+def load_commands() -> None:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+
+
+def main(argv: list[str] | None = None) -> None:
+    load_commands()
+    try:
+        app(args=argv, standalone_mode=True)
+    except HivebusError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
