@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from hivebus.bus.consumer import Delivery, RawMessage
 from hivebus.bus.publisher import (
@@ -162,7 +162,7 @@ class Bus:
                     expected = int(headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE, "-1"))
                     raise ConcurrencyConflict(headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, subject), expected, exc.description or "") from None
                 raise PublishError(f"JetStream refused {subject!r}: {exc.description}") from None
-            except NoRespondersError:
+            except (NoRespondersError, NoStreamResponseError):
                 raise PublishError(f"no stream listens on {subject!r}", hint="run `hivebus up` once to create the streams") from None
             except (NatsTimeout, TimeoutError, ConnectionError) as exc:
                 # Safe to resend: the same Nats-Msg-Id is dropped as a duplicate.

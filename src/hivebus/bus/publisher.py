@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -40,14 +40,19 @@ class Outgoing:
 
 @dataclass(slots=True)
 class _Batch:
-    size: int
+    messages: Sequence[Outgoing]
     seqs: list[int] = field(default_factory=list)
     errors: dict[int, Exception] = field(default_factory=dict)
-    done: int = 0
+    unrouted: set[int] = field(default_factory=set)  # got "no responders" (503)
+    resolved: int = 0  # slots with a sequence or an error
+    replies: int = 0  # every reply, for telling progress from silence
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.seqs = [0] * self.size
+        self.seqs = [0] * len(self.messages)
+
+    def pending(self) -> list[int]:
+        return [i for i, seq in enumerate(self.seqs) if not seq and i not in self.errors]
 
 
 class Pipeline:
@@ -57,98 +62,110 @@ class Pipeline:
         self._prefix = ""
         self._batches: dict[str, _Batch] = {}
         self._counter = 0
-        self._lock = asyncio.Lock()
 
     async def _ensure_inbox(self) -> None:
         if not self._prefix:
             self._prefix = self._nc.new_inbox() + "."
-            await self._nc.subscribe(self._prefix + ">", cb=self._on_ack)
+            await self._nc.subscribe(self._prefix + ">", cb=self._on_ack, pending_msgs_limit=1_000_000)
 
     async def _on_ack(self, msg: Msg) -> None:
         batch_id, _, index = msg.subject[len(self._prefix) :].partition(".")
         batch = self._batches.get(batch_id)
         if batch is None:
             return
+        batch.replies += 1
+        batch.wake.set()
         i = int(index)
         if batch.seqs[i] or i in batch.errors:
             return  # a late ack for a message we already sent again
         if msg.headers and msg.headers.get("Status") == "503":
-            batch.errors[i] = PublishError(f"no stream listens on {msg.subject!r}")
+            # No stream answered: none listens, or a replicated stream is electing a
+            # leader. Retried; reported only if it never goes away.
+            batch.unrouted.add(i)
+            return
+        seq = _ack_seq(msg.data)
+        if seq:
+            batch.seqs[i] = seq
         else:
-            seq = _ack_seq(msg.data)
-            if seq:
-                batch.seqs[i] = seq
-            else:
-                batch.errors[i] = _ack_failure(msg.data)
-        batch.done += 1
-        batch.wake.set()
+            batch.errors[i] = _ack_failure(msg.data)
+        batch.unrouted.discard(i)
+        batch.resolved += 1
 
     async def publish(
-        self, messages: Sequence[Outgoing], *, timeout: float = 10.0, retries: int = 5
+        self, messages: Sequence[Outgoing], *, timeout: float = 10.0, retries: int = 8
     ) -> list[int]:
         """Publish ``messages`` pipelined; returns each one's stream sequence, in order.
 
-        Waits for every ack. Messages unacknowledged after ``timeout`` seconds without
-        progress are sent again (same ``Nats-Msg-Id``), up to ``retries`` times.
+        Messages still unacknowledged when the acks stop coming for ``timeout`` seconds
+        are sent again (same ``Nats-Msg-Id``), with backoff, up to ``retries`` times:
+        long enough to ride out a server restart or a cluster's leader election.
         """
         if not messages:
             return []
         await self._ensure_inbox()
         self._counter += 1
         batch_id = str(self._counter)
-        batch = _Batch(len(messages))
+        batch = _Batch(messages)
         self._batches[batch_id] = batch
         try:
             todo = list(range(len(messages)))
             for attempt in range(retries + 1):
-                await self._send(batch, batch_id, messages, todo, timeout)
-                await self._wait(batch, timeout)
-                todo = [i for i in todo if not batch.seqs[i] and i not in batch.errors]
+                if attempt:
+                    log.warning("publish.retry", unacked=len(todo), attempt=attempt)
+                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                await self._send(batch, batch_id, todo, timeout)
+                await self._settle(batch, timeout)
+                todo = batch.pending()
                 if not todo:
                     break
-                log.warning("publish.retry", unacked=len(todo), attempt=attempt + 1)
             if batch.errors:
-                first = min(batch.errors)
-                raise batch.errors[first]
+                raise batch.errors[min(batch.errors)]
             if todo:
+                if set(todo) <= batch.unrouted:
+                    subject = messages[todo[0]].subject
+                    raise PublishError(f"no stream listens on {subject!r}", hint="run `hivebus up` once to create the streams")
                 raise PublishError(
                     f"{len(todo)} of {len(messages)} messages were not acknowledged after {retries} retries",
-                    hint="is the NATS server up and does a stream listen on these subjects?",
+                    hint="is the NATS server up?",
                 )
             return batch.seqs
         finally:
             del self._batches[batch_id]
 
-    async def _send(self, batch: _Batch, batch_id: str, messages: Sequence[Outgoing], todo: list[int], timeout: float) -> None:
+    async def _send(self, batch: _Batch, batch_id: str, todo: list[int], timeout: float) -> None:
+        """Send ``todo`` keeping at most ``window`` unanswered; stop early if replies stall."""
         publish = self._nc.publish
         reply_prefix = f"{self._prefix}{batch_id}."
         window = self._window
-        sent = batch.done
-        for i in todo:
-            m = messages[i]
+        base = batch.replies
+        for sent, i in enumerate(todo, start=1):
+            m = batch.messages[i]
             await publish(m.subject, m.payload, reply=reply_prefix + str(i), headers={MSG_ID: m.msg_id})
-            sent += 1
-            if sent - batch.done >= window:
-                await self._drain_to(batch, sent - window // 2, timeout)
+            if sent - (batch.replies - base) >= window:
+                progressed = await self._until(batch, lambda sent=sent: sent - (batch.replies - base) < window // 2, timeout)
+                if not progressed:
+                    return  # acks stopped (server gone?): the rest goes in the next attempt
 
-    async def _drain_to(self, batch: _Batch, target: int, timeout: float) -> None:
-        """Wait until at least ``target`` acks arrived (or ``timeout`` passes without progress)."""
-        while batch.done < target:
-            batch.wake.clear()
-            before = batch.done
-            try:
-                await asyncio.wait_for(batch.wake.wait(), timeout)
-            except TimeoutError:
-                if batch.done == before:
-                    return
-
-    async def _wait(self, batch: _Batch, timeout: float) -> None:
+    async def _settle(self, batch: _Batch, timeout: float) -> None:
         try:
             await self._nc.flush(timeout=max(1, int(timeout)))
         except Exception as exc:  # disconnected: the acks will not come; the caller resends
             log.warning("publish.flush_failed", error=str(exc))
             return
-        await self._drain_to(batch, batch.size, timeout)
+        await self._until(batch, lambda: batch.resolved + len(batch.unrouted) >= len(batch.messages), timeout)
+
+    @staticmethod
+    async def _until(batch: _Batch, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()``; False if ``timeout`` seconds pass with no reply at all."""
+        while not done():
+            batch.wake.clear()
+            before = batch.replies
+            try:
+                await asyncio.wait_for(batch.wake.wait(), timeout)
+            except TimeoutError:
+                if batch.replies == before:
+                    return False
+        return True
 
 
 def _ack_seq(data: bytes) -> int:
