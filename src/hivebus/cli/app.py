@@ -28,7 +28,16 @@ out = Console()
 err = Console(stderr=True)
 
 # The modules that add commands to ``app``; imported by ``main`` (nothing runs at import).
-COMMAND_MODULES = ("hivebus.cli.server", "hivebus.cli.events")
+COMMAND_MODULES = (
+    "hivebus.cli.server",
+    "hivebus.cli.events",
+    "hivebus.cli.query",
+    "hivebus.cli.data",
+    "hivebus.cli.replay",
+    "hivebus.cli.ecr",
+    "hivebus.cli.job",
+    "hivebus.cli.node",
+)
 
 Hub = Annotated[
     str | None,

@@ -1,0 +1,5 @@
+"""``hivebus data query (sage-data-client style)``."""
+
+from __future__ import annotations
+
+from hivebus.cli.app import app  # noqa: F401  (commands register on it)

@@ -1,0 +1,5 @@
+"""``hivebus ecr (push, list, show, approve, grant)``."""
+
+from __future__ import annotations
+
+from hivebus.cli.app import app  # noqa: F401  (commands register on it)
