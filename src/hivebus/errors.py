@@ -50,6 +50,24 @@ class UnknownEventType(DecodeError):
     """The ``type`` attribute names no registered event."""
 
 
+class FormatError(SchemaError):
+    """A user's file (sage.yaml, a job YAML, node.yaml) is invalid.
+
+    ``file`` names the file, ``field`` the first offending field (``source.architectures[1]``),
+    ``problems`` every (field, message) pair found, so one run reports them all.
+    """
+
+    def __init__(self, file: str, problems: list[tuple[str | None, str]]) -> None:
+        self.file = file
+        self.problems = problems
+        self.field = problems[0][0] if problems else None
+        lines = [
+            f"{file}: {field}: {message}" if field else f"{file}: {message}"
+            for field, message in problems
+        ]
+        super().__init__("\n".join(lines) or f"{file}: invalid")
+
+
 # --- bus --------------------------------------------------------------------------------
 
 

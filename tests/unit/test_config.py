@@ -18,9 +18,19 @@ def test_defaults_work_on_one_machine() -> None:
 
 def test_environment_overrides() -> None:
     s = Settings.from_env(
-        {"HIVEBUS_NATS_URL": "nats://hub:4222", "HIVEBUS_DATA_MAX_AGE": "7d", "HIVEBUS_DATA_DIR": "/tmp/x", "HIVEBUS_REPLICAS": "3"}
+        {
+            "HIVEBUS_NATS_URL": "nats://hub:4222",
+            "HIVEBUS_DATA_MAX_AGE": "7d",
+            "HIVEBUS_DATA_DIR": "/tmp/x",
+            "HIVEBUS_REPLICAS": "3",
+        }
     )
-    assert (s.nats_url, s.data_max_age, s.data_dir, s.replicas) == ("nats://hub:4222", timedelta(days=7), Path("/tmp/x"), 3)
+    assert (s.nats_url, s.data_max_age, s.data_dir, s.replicas) == (
+        "nats://hub:4222",
+        timedelta(days=7),
+        Path("/tmp/x"),
+        3,
+    )
 
 
 @pytest.mark.parametrize(
@@ -38,6 +48,8 @@ def test_bad_settings_name_the_variable(env: dict[str, str], named: str) -> None
         Settings.from_env(env)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("90", 90), ("2m", 120), ("1.5h", 5400), ("30d", 2592000)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("90", 90), ("2m", 120), ("1.5h", 5400), ("30d", 2592000)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds

@@ -1,9 +1,21 @@
 """Event schemas: the envelope, the registry, the codec and every payload model.
 
-Importing this package registers the whole catalogue.
+Importing this package registers the whole catalogue (one module per area).
 """
 
+from hivebus.schemas import data, ecr, node, ses, storage
 from hivebus.schemas.envelope import Event, Payload
 from hivebus.schemas.registry import event, registry, upcaster
 
-__all__ = ["Event", "Payload", "event", "registry", "upcaster"]
+__all__ = [
+    "Event",
+    "Payload",
+    "data",
+    "ecr",
+    "event",
+    "node",
+    "registry",
+    "ses",
+    "storage",
+    "upcaster",
+]

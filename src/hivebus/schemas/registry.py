@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from hivebus.errors import SetupError, UnknownEventType
+from hivebus.errors import DecodeError, SetupError, UnknownEventType
 from hivebus.schemas.envelope import Payload
 
 P = TypeVar("P", bound=type[Payload])
@@ -33,7 +33,20 @@ class EventSpec:
             step = self.upcasters.get(v)
             if step is None:
                 raise UnknownEventType(f"no upcaster from version {v} to {v + 1}", field="dataversion", event_type=self.type)
-            data = step(data)
+            try:
+                data = step(data)
+            except Exception as exc:  # an old payload the upcaster cannot read is bad input
+                raise DecodeError(
+                    f"cannot lift payload from version {v} to {v + 1}: {type(exc).__name__}: {exc}",
+                    field="data",
+                    event_type=self.type,
+                ) from exc
+            if not isinstance(data, dict):
+                raise DecodeError(
+                    f"upcaster from version {v} returned {type(data).__name__}",
+                    field="data",
+                    event_type=self.type,
+                )
         return data
 
 

@@ -1,0 +1,227 @@
+"""Node (WES) events: registration, heartbeats, presence, sensors, plugin runs, triggers.
+
+A node registers with its manifest (``node.yaml``: hardware, executors, sensors as devices),
+then heartbeats its resources, which the scheduler reads as offers. ``plugin.status`` reports
+each run's state and measured cost, which the ECR folds into profiles; ``trigger.fired`` is a
+science rule's ``publish`` action, sent from the edge.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, Strict, StringConstraints
+
+from hivebus.schemas.data import ReadingName, ReadingValue
+from hivebus.schemas.ecr import BundleId, HardwareProfile
+from hivebus.schemas.envelope import Payload
+from hivebus.schemas.fields import (
+    STRICT,
+    Architecture,
+    Key,
+    Label,
+    NodeId,
+    NonNegFloat,
+    NonNegInt,
+    Part,
+    UtcTime,
+)
+from hivebus.schemas.registry import event
+from hivebus.schemas.ses import PluginState
+
+Executor = Literal["process", "docker", "wasm"]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def _only_process() -> list[Executor]:
+    return ["process"]
+
+
+class Hardware(Part):
+    """What a node has: platform, cores, bytes of memory and disk, GPU model if any."""
+
+    arch: Architecture
+    cpus: Annotated[int, Field(ge=1, le=4096)]
+    memory: NonNegInt
+    disk: NonNegInt
+    gpu: str | None = None
+
+
+class SensorSpec(Part):
+    """A sensor as a device, the reading names it should produce and how long it may be quiet."""
+
+    name: Label
+    kind: Label
+    device: str | None = None
+    expects: list[ReadingName] = Field(default_factory=list)
+    max_silence: Seconds = 300.0
+
+
+class NodeManifest(Part):
+    """A node as its ``node.yaml`` describes it (see ``hivebus.formats.load_manifest``)."""
+
+    node_id: NodeId
+    vsn: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    tags: list[Label] = Field(default_factory=list)
+    hardware: Hardware
+    executors: Annotated[list[Executor], Field(min_length=1)] = Field(default_factory=_only_process)
+    sensors: list[SensorSpec] = Field(default_factory=list)
+    node_class: Label | None = None
+
+
+class NodeResources(Part):
+    """A heartbeat's view of free capacity: the offer placement reads."""
+
+    cpus: Annotated[int, Field(ge=1, le=4096)]
+    mem_total: NonNegInt
+    mem_avail: NonNegInt
+    disk_total: NonNegInt
+    disk_avail: NonNegInt
+    load1: NonNegFloat
+    gpu: bool = False
+
+
+class OutboxBacklog(Part):
+    """What the node holds that the hub has not acknowledged yet."""
+
+    messages: NonNegInt = 0
+    bytes: NonNegInt = 0
+    oldest_age_seconds: NonNegFloat | None = None
+
+
+class Perf(Part):
+    """Measured cost of one plugin run."""
+
+    cpu_seconds: NonNegFloat
+    max_rss_bytes: NonNegInt
+    wall_seconds: NonNegFloat
+    gpu_percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] | None = None
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@event("node.registered")
+class NodeRegistered(Payload):
+    model_config = STRICT
+
+    manifest: NodeManifest
+    agent_version: str | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.manifest.node_id
+
+
+@event("node.heartbeat")
+class NodeHeartbeat(Payload):
+    model_config = STRICT
+
+    node: NodeId
+    resources: NodeResources
+    backlog: OutboxBacklog = Field(default_factory=OutboxBacklog)
+    dropped: dict[str, NonNegInt] = Field(default_factory=dict)
+    """Counters of what the node had to drop, by reason (``readings.outbox_full``...)."""
+    uptime_seconds: NonNegFloat
+
+
+@event("node.online")
+class NodeOnline(Payload):
+    model_config = STRICT
+
+    node: NodeId
+
+
+@event("node.offline")
+class NodeOffline(Payload):
+    model_config = STRICT
+
+    node: NodeId
+    last_seen: UtcTime | None = None
+    reason: str = ""
+
+
+@event("node.sensor.lost")
+class SensorLost(Payload):
+    """A sensor stopped reporting (silent longer than ``max_silence``) or its device vanished."""
+
+    model_config = STRICT
+
+    node: NodeId
+    sensor: Label
+    reason: str
+
+
+@event("node.sensor.restored")
+class SensorRestored(Payload):
+    model_config = STRICT
+
+    node: NodeId
+    sensor: Label
+    reason: str = ""
+
+
+@event("node.config.updated", route="toedge")
+class NodeConfigUpdated(Payload):
+    """New settings for one node's agent; fields left None are unchanged."""
+
+    model_config = STRICT
+
+    node: NodeId
+    heartbeat_seconds: Seconds | None = None
+    tags: list[Label] | None = None
+    sensors: list[SensorSpec] | None = None
+    settings: dict[str, str] = Field(default_factory=dict)
+
+
+@event("plugin.status")
+class PluginStatus(Payload):
+    """One plugin run changed state on a node; terminal states carry exit code and perf."""
+
+    model_config = STRICT
+
+    node: NodeId
+    job_id: Key
+    plugin: Label
+    bundle_id: BundleId
+    run_id: Key
+    state: Annotated[PluginState, Strict(False)]  # "running" as well as PluginState.RUNNING
+    reason: str = ""
+    exit_code: int | None = None
+    log_tail: list[str] = Field(default_factory=list)
+    perf: Perf | None = None
+    hardware: HardwareProfile | None = None
+
+
+@event("trigger.fired")
+class TriggerFired(Payload):
+    """A science rule's ``publish`` action fired on a node."""
+
+    model_config = STRICT
+
+    node: NodeId
+    job_id: Key
+    rule: Annotated[str, StringConstraints(min_length=1)]
+    name: ReadingName
+    value: ReadingValue
+    time: UtcTime
+
+
+__all__ = [
+    "Executor",
+    "Hardware",
+    "NodeConfigUpdated",
+    "NodeHeartbeat",
+    "NodeManifest",
+    "NodeOffline",
+    "NodeOnline",
+    "NodeRegistered",
+    "NodeResources",
+    "OutboxBacklog",
+    "Perf",
+    "PluginStatus",
+    "SensorLost",
+    "SensorRestored",
+    "SensorSpec",
+    "TriggerFired",
+]

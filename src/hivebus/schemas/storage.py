@@ -1,0 +1,67 @@
+"""Object-store events: typed buckets with an owner and S3-style ACL grants, and objects put.
+
+A bucket's owner always has FULL_CONTROL; ``acl`` lists the other grants. ``AllUsers`` (a
+group) makes a bucket public. ``storage.acl.changed`` carries the bucket's whole new ACL, so
+a view replaces rather than merges.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, StringConstraints, model_validator
+
+from hivebus.schemas.envelope import Payload
+from hivebus.schemas.fields import STRICT, Digest, Key, NonNegInt, Part, UserName
+from hivebus.schemas.registry import event
+
+AclVerb = Literal["FULL_CONTROL", "WRITE", "READ", "WRITE_ACP", "READ_ACP"]
+BucketType = Literal["training-data", "model", "profile", "upload"]
+ALL_USERS = "AllUsers"
+
+
+class Grant(Part):
+    grantee_type: Literal["user", "group"]
+    grantee: UserName
+    permission: AclVerb
+
+    @model_validator(mode="after")
+    def _all_users_is_a_group(self) -> Self:
+        if self.grantee == ALL_USERS and self.grantee_type != "group":
+            raise ValueError(f"{ALL_USERS} is a group (grantee_type: group)")
+        return self
+
+
+@event("storage.bucket.created")
+class BucketCreated(Payload):
+    model_config = STRICT
+
+    bucket_id: Key
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    owner: UserName
+    type: BucketType
+    acl: list[Grant] = Field(default_factory=list)
+
+
+@event("storage.object.put")
+class ObjectPut(Payload):
+    model_config = STRICT
+
+    bucket_id: Key
+    key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    size: NonNegInt
+    digest: Digest
+    content_type: str | None = None
+    by: UserName
+
+
+@event("storage.acl.changed")
+class AclChanged(Payload):
+    model_config = STRICT
+
+    bucket_id: Key
+    acl: list[Grant]
+    by: UserName
+
+
+__all__ = ["AclChanged", "AclVerb", "BucketCreated", "BucketType", "Grant", "ObjectPut"]
