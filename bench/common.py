@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hivebus.bus.server import NatsServer, ServerConfig
+from hivebus.logs import configure_logging
+
+configure_logging("warning")  # benchmarks print their figures; the logs would drown them
 
 
 @contextmanager

@@ -44,8 +44,9 @@ def to_dict(event: Event) -> dict[str, Any]:
 
 def decode(raw: bytes | bytearray | memoryview | str, *, reg: Registry = registry) -> Event:
     """Parse and validate one event, lifting old payload versions. Raises ``DecodeError``."""
-    if len(raw) > MAX_EVENT_BYTES:
-        raise DecodeError(f"event is {len(raw)} bytes, more than {MAX_EVENT_BYTES}", field="<body>")
+    size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+    if size > MAX_EVENT_BYTES:
+        raise DecodeError(f"event is {size} bytes, more than {MAX_EVENT_BYTES}", field="<body>")
     try:
         obj = pydantic_core.from_json(bytes(raw) if isinstance(raw, memoryview) else raw)
     except ValueError as exc:
@@ -60,6 +61,7 @@ def from_dict(obj: Any, *, reg: Registry = registry) -> Event:
     if not isinstance(type_, str):
         raise DecodeError("missing or non-string event type", field="type")
     spec = reg.spec(type_)
+    obj = dict(obj)  # never change the caller's dict
     specversion = obj.pop("specversion", SPECVERSION)
     if specversion != SPECVERSION:
         raise DecodeError(f"unsupported specversion {specversion!r}", field="specversion", event_type=type_)

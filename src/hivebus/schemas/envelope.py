@@ -11,7 +11,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from hivebus.schemas.ids import new_ulid, ulid_from_parts
 
@@ -30,16 +30,20 @@ class Payload(BaseModel):
 
 
 class Event(BaseModel):
-    """One event: envelope attributes plus its payload."""
+    """One event: envelope attributes plus its payload.
 
-    model_config = ConfigDict(frozen=True)
+    Unknown envelope attributes are refused rather than dropped, so what is stored is
+    exactly what was validated; ``time`` must carry a time zone.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
     type: str
     dataversion: int = 1
     source: str
     subject: str
-    time: datetime
+    time: AwareDatetime
     correlationid: str | None = None
     causationid: str | None = None
     # Per-node monotonically increasing sequence, set by an edge node's outbox
