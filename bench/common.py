@@ -46,8 +46,9 @@ def rate(n: int, seconds: float) -> str:
 
 
 def machine() -> str:
+    from importlib.metadata import version
+
     import duckdb
-    import nats
 
     from hivebus.bus.server import nats_server_binary
 
@@ -55,6 +56,6 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"{os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, nats-py {nats.__version__ if hasattr(nats, '__version__') else '?'}, "
+        f"Python {platform.python_version()}, nats-py {version('nats-py')}, "
         f"{server_version}, duckdb {duckdb.__version__}"
     )
