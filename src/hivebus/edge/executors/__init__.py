@@ -1,5 +1,80 @@
-"""Executors: how a node runs a plugin (``process`` by default, ``docker``, room for ``wasm``)."""
+"""Executors: how a node runs a plugin (``process`` by default, ``docker``, room for ``wasm``).
 
-from hivebus.edge.executors.base import Executor, Limits, RunHandle, RunResult, RunSpec
+``make_executor("process", log_dir=...)`` builds one by name; ``executor_availability()``
+tells which can run on this machine and, for those that cannot, why (for the manifest, the
+heartbeat and ``hivebus node`` commands). Importing this package starts nothing and imports
+neither docker-py nor psutil until an executor is built.
+"""
 
-__all__ = ["Executor", "Limits", "RunHandle", "RunResult", "RunSpec"]
+from __future__ import annotations
+
+from typing import Any, Final
+
+from hivebus.edge.executors.base import (
+    FAILURE_REASONS,
+    Executor,
+    FailureReason,
+    Limits,
+    Perf,
+    RunHandle,
+    RunResult,
+    RunSpec,
+    input_args,
+    plugin_environment,
+)
+from hivebus.edge.executors.gate import Admission, Capacity, ResourceGate, Usage
+from hivebus.errors import ExecutorError
+
+EXECUTORS: Final = ("process", "docker")
+DEFAULT_EXECUTOR: Final = "process"
+
+
+def make_executor(name: str = DEFAULT_EXECUTOR, **options: Any) -> Executor:
+    """The executor called ``name``, built with ``options`` (its constructor's keywords).
+
+    ``ExecutorError`` for an unknown name or options it does not take; building never
+    connects to anything (a docker executor with no engine builds, and says why in
+    ``available()``).
+    """
+    if name == "process":
+        from hivebus.edge.executors.process import ProcessExecutor
+
+        factory: Any = ProcessExecutor
+    elif name == "docker":
+        from hivebus.edge.executors.docker import DockerExecutor
+
+        factory = DockerExecutor
+    else:
+        raise ExecutorError(f"unknown executor {name!r}", hint=f"known executors: {', '.join(EXECUTORS)}")
+    try:
+        executor: Executor = factory(**options)
+    except TypeError as exc:
+        raise ExecutorError(f"executor {name!r}: {exc}") from None
+    return executor
+
+
+def executor_availability(names: tuple[str, ...] = EXECUTORS) -> dict[str, str | None]:
+    """For each executor: None if it can run here, else why not."""
+    return {name: make_executor(name).available() for name in names}
+
+
+__all__ = [
+    "DEFAULT_EXECUTOR",
+    "EXECUTORS",
+    "FAILURE_REASONS",
+    "Admission",
+    "Capacity",
+    "Executor",
+    "FailureReason",
+    "Limits",
+    "Perf",
+    "ResourceGate",
+    "RunHandle",
+    "RunResult",
+    "RunSpec",
+    "Usage",
+    "executor_availability",
+    "input_args",
+    "make_executor",
+    "plugin_environment",
+]

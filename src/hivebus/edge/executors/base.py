@@ -13,12 +13,13 @@ Failure reasons are a closed set a user can act on: ``exit`` (non-zero exit code
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, get_args, runtime_checkable
 
 FailureReason = Literal["exit", "oom", "timeout", "not_found", "stopped", "error"]
+FAILURE_REASONS: Final[tuple[str, ...]] = get_args(FailureReason)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +40,12 @@ class RunSpec:
     plugin: str  # the plugin's name within the job
     bundle_id: str  # namespace/name:version
     image: str  # container image (docker) / resolved to a command (process)
-    command: tuple[str, ...] = ()  # explicit command (pluginSpec.entrypoint + args); () = resolve from the bundle
-    args: tuple[str, ...] = ()
+    # The program to run and its fixed leading arguments (pluginSpec.entrypoint); () = the
+    # image's entrypoint (docker) or the bundle's main.py on the plugin path (process).
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()  # appended to the command (pluginSpec.args, input defaults)
+    # Extra environment: the agent's HIVEBUS_LOCAL_BUS / _VSN / _HOST / _UPLOAD_DIR and the
+    # pluginSpec's env. Identity variables are derived from the fields above and win.
     env: Mapping[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     workdir: Path | None = None
@@ -87,3 +92,53 @@ class Executor(Protocol):
     def available(self) -> str | None:
         """None if this executor can run here, else why not (e.g. no Docker engine)."""
         ...
+
+
+# --- helpers every executor shares -----------------------------------------------------------
+
+
+def plugin_environment(spec: RunSpec) -> dict[str, str]:
+    """The node-local-bus variables of docs/node-local-bus.md for one run.
+
+    ``spec.env`` comes first and the identity variables are set from the spec over it, so a
+    job's pluginSpec ``env`` cannot make a plugin's readings claim another node, job or bundle.
+    """
+    return {
+        **spec.env,
+        "HIVEBUS_NODE": spec.node,
+        "HIVEBUS_JOB": spec.job_id,
+        "HIVEBUS_TASK": spec.plugin,
+        "HIVEBUS_PLUGIN": spec.bundle_id,
+        "HIVEBUS_RUN_ID": spec.run_id,
+    }
+
+
+class InputDefault(Protocol):
+    """One declared input of a bundle (``hivebus.schemas.ecr.AppInput`` fits)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def default(self) -> bool | int | float | str | None: ...
+
+
+def input_args(inputs: Iterable[InputDefault], args: Sequence[str] = ()) -> tuple[str, ...]:
+    """``args`` followed by ``--<id> <default>`` for every declared input they do not set.
+
+    A sage.yaml ``inputs`` entry documents an argument the app accepts; a job gives some of
+    them in ``pluginSpec.args`` and the rest take their declared defaults. A boolean default
+    of true becomes the bare flag ``--<id>`` (argparse ``store_true``); false adds nothing.
+    """
+    given = {a.split("=", 1)[0] for a in args if a.startswith("-")}
+    out = list(args)
+    for item in inputs:
+        flag = f"--{item.id}"
+        if item.default is None or flag in given or f"-{item.id}" in given:
+            continue
+        if isinstance(item.default, bool):
+            if item.default:
+                out.append(flag)
+        else:
+            out += [flag, str(item.default)]
+    return tuple(out)

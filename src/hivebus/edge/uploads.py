@@ -1,0 +1,429 @@
+"""The agent side of ``local.upload``: accept a plugin's file, keep it, ship it when online.
+
+A plugin calls ``upload_file(path)``; the SDK asks ``local.upload`` on the node-local bus
+(docs/node-local-bus.md). This service:
+
+1. **accepts** the file: it checks the request, copies the file into the node's data dir
+   (``<data_dir>/uploads/<id>/data`` with ``meta.json``), fsyncs both and renames the
+   directory into place, and only then answers ``{"ref": "<bucket>/<key>"}`` — an accepted
+   file survives a crash of the agent. With ``keep`` false the plugin's file is removed.
+2. **transfers** staged files, oldest first, to the hub's JetStream object store (bucket
+   ``uploads``, created if missing) whenever ``hub_bus_provider()`` returns a connected bus,
+   retrying with backoff while the node is offline or the hub refuses. The object's digest
+   is checked against the file's before the local copy is deleted.
+3. **reports** each transfer through the outbox, as pywaggle's upload agent does: a
+   ``storage.object.put`` event and an ``upload`` reading whose value is the reference and
+   whose meta is the plugin's (with ``filename``, ``node``, ``job``, ``task``...). Event ids
+   are derived from the upload, so reporting twice after a crash yields the same ids.
+
+The object key is ``<node>/<task>/<timestamp>-<filename>`` (``task`` is the plugin's name in
+its job; ``plugin`` when absent), so a hub user lists a node's or a task's uploads by prefix.
+
+Security: the agent reads the path a plugin sends. ``allowed_roots`` confines uploads to
+directories (e.g. the executors' upload and scratch dirs); only regular files are taken, up
+to ``max_file_bytes``; ``max_bytes`` bounds what waits on disk (new uploads are refused,
+with a clear error to the plugin, when it is full — nothing accepted is ever dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import json
+import mimetypes
+import os
+import shutil
+import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from hivebus.errors import UploadError
+from hivebus.schemas.data import MIN_TIMESTAMP_NS, Reading
+from hivebus.schemas.envelope import Event, derived_id
+from hivebus.schemas.storage import ObjectPut
+
+log = structlog.get_logger()
+
+SUBJECT: Final = "local.upload"
+BUCKET: Final = "uploads"
+PRODUCER: Final = "edge/uploads"
+_CHUNK: Final = 1 << 20
+
+OutboxAppend = Callable[[Event], Awaitable[Any] | Any]
+HubBusProvider = Callable[[], Any]  # -> a connected hivebus Bus (or anything with ``.js``), or None
+
+
+@dataclass(frozen=True)
+class StagedUpload:
+    """One accepted file waiting on the node for its transfer."""
+
+    directory: Path
+    upload_id: str
+    key: str
+    filename: str
+    size: int
+    sha256: str
+    timestamp: int
+    meta: dict[str, str]
+    accepted: datetime
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    def ref(self, bucket: str) -> str:
+        return f"{bucket}/{self.key}"
+
+
+class UploadService:
+    """Serve ``local.upload`` on the local bus and ship staged files to the hub.
+
+    ``local_nc``: the agent's nats-py client on the local bus (or a ``Bus``);
+    ``outbox_append(event)``: durable append to the node's outbox (sync or async);
+    ``hub_bus_provider()``: the connected hub ``Bus`` now, or None while offline.
+    """
+
+    def __init__(
+        self,
+        local_nc: Any,
+        data_dir: str | os.PathLike[str],
+        node: str,
+        outbox_append: OutboxAppend,
+        hub_bus_provider: HubBusProvider,
+        *,
+        bucket: str = BUCKET,
+        allowed_roots: Sequence[str | os.PathLike[str]] | None = None,
+        max_file_bytes: int = 1 << 30,
+        max_bytes: int | None = None,
+        retry_seconds: float = 2.0,
+        max_retry_seconds: float = 60.0,
+        replicas: int = 1,
+    ) -> None:
+        self.nc = getattr(local_nc, "nc", local_nc)
+        self.root = Path(data_dir) / "uploads"
+        self.node = node
+        self.outbox_append = outbox_append
+        self.hub_bus_provider = hub_bus_provider
+        self.bucket = bucket
+        self.allowed_roots = [Path(r).resolve() for r in allowed_roots] if allowed_roots is not None else None
+        self.max_file_bytes = max_file_bytes
+        self.max_bytes = max_bytes
+        self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max_retry_seconds
+        self.replicas = replicas
+        self.counters = {"accepted": 0, "refused": 0, "transferred": 0, "transfer_failures": 0}
+        self._arrived = asyncio.Event()
+        self.ready = asyncio.Event()  # set once ``local.upload`` is answered
+        self._stores: dict[int, Any] = {}
+        self._lock = asyncio.Lock()  # one transfer pass at a time
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Answer ``local.upload`` and transfer staged files until ``stop`` is set."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._discard_partials()
+        sub = await self.nc.subscribe(SUBJECT, cb=self._on_request)
+        await self.nc.flush()
+        self.ready.set()
+        log.info("uploads.started", node=self.node, pending=len(self.pending()))
+        delay = self.retry_seconds
+        try:
+            while not stop.is_set():
+                self._arrived.clear()
+                try:
+                    left = await self.transfer_pending()
+                except Exception as exc:  # keep serving; the next pass retries
+                    log.warning("uploads.pass_failed", error=str(exc) or type(exc).__name__)
+                    left = len(self.pending())
+                delay = self.retry_seconds if left == 0 else min(delay * 2, self.max_retry_seconds)
+                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._arrived.wait())]
+                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+                if self._arrived.is_set():
+                    delay = self.retry_seconds
+        finally:
+            self.ready.clear()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            log.info("uploads.stopped", node=self.node, pending=len(self.pending()))
+
+    async def _on_request(self, msg: Any) -> None:
+        try:
+            request = json.loads(msg.data)
+            staged = await self.accept(
+                request.get("path"), request.get("meta", {}), request.get("timestamp"), request.get("keep", False)
+            )
+            reply: dict[str, str] = {"ref": staged.ref(self.bucket)}
+        except (UploadError, ValueError, TypeError, AttributeError) as exc:
+            self.counters["refused"] += 1
+            log.info("uploads.refused", error=str(exc))
+            reply = {"error": str(exc)}
+        except OSError as exc:
+            self.counters["refused"] += 1
+            log.warning("uploads.refused", error=str(exc))
+            reply = {"error": f"cannot take the file: {exc.strerror or exc}"}
+        except Exception as exc:  # the plugin must get an answer, whatever went wrong here
+            self.counters["refused"] += 1
+            log.exception("uploads.failed")
+            reply = {"error": f"the node failed to take the file: {exc}"}
+        if msg.reply:
+            await msg.respond(json.dumps(reply).encode())
+
+    # --- accepting ------------------------------------------------------------------------
+
+    async def accept(self, path: object, meta: object, timestamp: object, keep: object = False) -> StagedUpload:
+        """Check and stage one file durably; ``UploadError`` says what was wrong."""
+        source, labels, ts = self._checked(path, meta, timestamp, keep)
+        size = self._checked_file(source)
+        if self.max_bytes is not None:
+            backlog = self.backlog_bytes()
+            if backlog + size > self.max_bytes:
+                raise UploadError(
+                    f"the node's upload store is full ({backlog} of {self.max_bytes} bytes wait for the hub)",
+                    hint="try again later",
+                )
+        staged = await asyncio.to_thread(self._stage, source, labels, ts)
+        if not keep:
+            with contextlib.suppress(FileNotFoundError):
+                source.unlink()
+        self.counters["accepted"] += 1
+        self._arrived.set()
+        log.info("uploads.accepted", key=staged.key, size=staged.size)
+        return staged
+
+    def _checked(self, path: object, meta: object, timestamp: object, keep: object) -> tuple[Path, dict[str, str], int]:
+        if not isinstance(path, str) or not path:
+            raise UploadError("path must be a non-empty string")
+        source = Path(path)
+        if not source.is_absolute():
+            raise UploadError(f"path {path!r} must be absolute")
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise UploadError("meta must map strings to strings")
+        if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not MIN_TIMESTAMP_NS <= timestamp < 2**63:
+            raise UploadError(f"timestamp must be int nanoseconds since the epoch from 2000 on, not {timestamp!r}")
+        if not isinstance(keep, bool):
+            raise UploadError(f"keep must be true or false, not {keep!r}")
+        if self.allowed_roots is not None:
+            real = source.resolve()
+            if not any(real.is_relative_to(root) for root in self.allowed_roots):
+                raise UploadError(f"{path} is outside the directories this node uploads from")
+        return source, {**meta, "filename": meta.get("filename") or source.name}, timestamp
+
+    def _checked_file(self, source: Path) -> int:
+        try:
+            info = source.stat()
+        except FileNotFoundError:
+            raise UploadError(f"{source}: no such file") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise UploadError(f"{source} is not a regular file")
+        if info.st_size > self.max_file_bytes:
+            raise UploadError(f"{source} has {info.st_size} bytes; the node takes at most {self.max_file_bytes}")
+        if source.resolve().is_relative_to(self.root.resolve()):
+            raise UploadError(f"{source} is inside the upload store itself")
+        return info.st_size
+
+    def _stage(self, source: Path, meta: dict[str, str], timestamp: int) -> StagedUpload:
+        """Copy (hashing on the way), fsync, write meta.json, rename into place."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = self.root / f".partial-{timestamp}-{os.getpid()}-{time.monotonic_ns()}"
+        partial.mkdir()
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(source, "rb") as src, open(partial / "data", "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+                    if size > self.max_file_bytes:
+                        raise UploadError(f"{source} grew past {self.max_file_bytes} bytes while being copied")
+                dst.flush()
+                os.fsync(dst.fileno())
+            sha = digest.hexdigest()
+            upload_id = f"{timestamp}-{sha[:16]}"
+            filename = _safe_filename(meta["filename"])
+            task = meta.get("task") or meta.get("plugin", "").rsplit("/", 1)[-1].split(":", 1)[0] or "unknown"
+            record = {
+                "upload_id": upload_id,
+                "key": f"{self.node}/{_safe_filename(task)}/{timestamp}-{filename}",
+                "filename": filename,
+                "size": size,
+                "sha256": sha,
+                "timestamp": timestamp,
+                "meta": {**meta, "node": meta.get("node", self.node)},
+                "accepted": datetime.now(UTC).isoformat(),
+                "reported": False,
+            }
+            _write_json(partial / "meta.json", record)
+            final = self.root / upload_id
+            if final.exists():  # the same bytes at the same time: already staged
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                os.rename(partial, final)
+                _fsync_dir(self.root)
+            return _load(final)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+    # --- transferring ---------------------------------------------------------------------
+
+    def pending(self) -> list[StagedUpload]:
+        """Staged files not yet transferred, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".") or not (entry / "meta.json").is_file():
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                found.append(_load(entry))
+        return sorted(found, key=lambda s: (s.timestamp, s.upload_id))
+
+    def backlog_bytes(self) -> int:
+        return sum(s.size for s in self.pending())
+
+    async def transfer_pending(self) -> int:
+        """One pass: transfer what is staged if the hub is reachable; returns what is left."""
+        async with self._lock:
+            bus = self.hub_bus_provider()
+            staged = self.pending()
+            if bus is None or not staged or not _connected(bus):
+                return len(staged)
+            left = len(staged)
+            for upload in staged:
+                try:
+                    await self._transfer(bus, upload)
+                except Exception as exc:
+                    self.counters["transfer_failures"] += 1
+                    log.warning("uploads.transfer_failed", key=upload.key, error=str(exc) or type(exc).__name__)
+                    return left
+                left -= 1
+            return left
+
+    async def _transfer(self, bus: Any, upload: StagedUpload) -> None:
+        record = json.loads((upload.directory / "meta.json").read_text())
+        if not record.get("reported"):
+            store = await self._store(bus)
+            from nats.js.api import ObjectMeta
+
+            description = json.dumps(upload.meta, separators=(",", ":"), sort_keys=True)
+            with open(upload.data, "rb") as data:
+                info = await store.put(upload.key, data, meta=ObjectMeta(name=upload.key, description=description[:4096]))
+            if info.size != upload.size or _digest_hex(info.digest) != upload.sha256:
+                raise UploadError(f"the hub stored {info.size} bytes with digest {info.digest}; expected {upload.size} bytes sha256:{upload.sha256}")
+            for event in self.report_events(upload):
+                result = self.outbox_append(event)
+                if inspect.isawaitable(result):
+                    await result
+            record["reported"] = True
+            _write_json(upload.directory / "meta.json", record)
+        shutil.rmtree(upload.directory, ignore_errors=True)
+        self.counters["transferred"] += 1
+        log.info("uploads.transferred", key=upload.key, size=upload.size)
+
+    def report_events(self, upload: StagedUpload) -> list[Event]:
+        """``storage.object.put`` and the ``upload`` reading, with ids derived from the upload."""
+        source = f"node/{self.node}"
+        content_type = mimetypes.guess_type(upload.filename)[0]
+        put = ObjectPut(
+            bucket_id=self.bucket, key=upload.key, size=upload.size, digest=f"sha256:{upload.sha256}",
+            content_type=content_type, by=f"node-{self.node}",
+        )
+        reading = Reading(name="upload", value=upload.ref(self.bucket), timestamp=upload.timestamp, meta=upload.meta, scope="all")
+        return [
+            Event.new(put, source=source, subject=f"{self.bucket}/{upload.key}",
+                      id=derived_id(PRODUCER, upload.upload_id, 0, upload.accepted), time=upload.accepted),
+            Event.new(reading, source=source, subject=self.node,
+                      id=derived_id(PRODUCER, upload.upload_id, 1, upload.accepted), time=upload.accepted),
+        ]
+
+    async def _store(self, bus: Any) -> Any:
+        """The hub's object store bucket, created on first use."""
+        store = self._stores.get(id(bus))
+        if store is not None:
+            return store
+        from nats.js.api import ObjectStoreConfig, StorageType
+        from nats.js.errors import BucketNotFoundError
+
+        js = bus.js if hasattr(bus, "js") else bus.jetstream()
+        try:
+            store = await js.object_store(self.bucket)
+        except BucketNotFoundError:
+            config = ObjectStoreConfig(
+                description="files uploaded by plugins on edge nodes", storage=StorageType.FILE, replicas=self.replicas,
+            )
+            store = await js.create_object_store(self.bucket, config=config)
+        self._stores = {id(bus): store}
+        return store
+
+    def _discard_partials(self) -> None:
+        """Half-copied files from a crash were never acknowledged to a plugin: remove them."""
+        for entry in self.root.glob(".partial-*"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _connected(bus: Any) -> bool:
+    """False while the hub connection is re-connecting: an attempt would only time out."""
+    nc = getattr(bus, "nc", bus)
+    return bool(getattr(nc, "is_connected", True))
+
+
+def _safe_filename(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip(".")
+    return cleaned[:200] or "file"
+
+
+def _digest_hex(digest: str | None) -> str:
+    """``SHA-256=<url-safe base64>`` (the object store's form) -> lower-case hex."""
+    import base64
+
+    if not digest or "=" not in digest:
+        return ""
+    encoded = digest.split("=", 1)[1]
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).hex()
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, separators=(",", ":"), sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load(directory: Path) -> StagedUpload:
+    record = json.loads((directory / "meta.json").read_text())
+    return StagedUpload(
+        directory=directory,
+        upload_id=record["upload_id"],
+        key=record["key"],
+        filename=record["filename"],
+        size=record["size"],
+        sha256=record["sha256"],
+        timestamp=record["timestamp"],
+        meta=record["meta"],
+        accepted=datetime.fromisoformat(record["accepted"]),
+    )

@@ -1,0 +1,318 @@
+"""Executor contract: one set of test bodies run against every executor implementation.
+
+Each test describes a plugin as a Python snippet run as ``python3 -c <code>`` in the image
+``python:3.11-slim``: the process executor runs it with this interpreter (``python3`` means
+the agent's Python), the docker executor in that image. Docker cases skip, with the reason
+``available()`` gives, where no Docker engine answers (as on the machines these tests were
+written on); the process cases always run, on real subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hivebus.edge.executors import EXECUTORS, Executor, Limits, RunResult, RunSpec, make_executor
+from hivebus.schemas.ids import new_ulid
+
+pytestmark = pytest.mark.integration
+
+MIB = 2**20
+IMAGE = "python:3.11-slim"
+
+
+@pytest.fixture(params=EXECUTORS)
+async def executor(request: pytest.FixtureRequest) -> AsyncIterator[Executor]:
+    if request.param == "docker":
+        request.applymarker(pytest.mark.docker)
+    ex = make_executor(request.param, kill_grace=1.0)
+    why_not = ex.available()
+    if why_not is not None:
+        pytest.skip(f"{request.param} executor unavailable: {why_not}")
+    yield ex
+
+
+def plugin(code: str, *, limits: Limits | None = None, env: dict[str, str] | None = None, job: str = "job-1") -> RunSpec:
+    return RunSpec(
+        run_id=new_ulid(),
+        node="W012",
+        job_id=job,
+        plugin="probe",
+        bundle_id="hivebus-test/probe:1.0.0",
+        image=IMAGE,
+        command=("python3", "-c", textwrap.dedent(code)),
+        env=env or {},
+        limits=limits or Limits(),
+    )
+
+
+async def run(executor: Executor, spec: RunSpec, timeout: float = 60) -> RunResult:
+    handle = await executor.start(spec)
+    return await asyncio.wait_for(executor.wait(handle), timeout)
+
+
+# --- outcomes ---------------------------------------------------------------------------------
+
+
+async def test_a_plugin_that_exits_cleanly_completes_with_its_environment(executor: Executor) -> None:
+    code = """
+        import json, os
+        keys = ["HIVEBUS_NODE", "HIVEBUS_JOB", "HIVEBUS_TASK", "HIVEBUS_PLUGIN", "HIVEBUS_RUN_ID", "HIVEBUS_VSN", "HIVEBUS_NATS_URL"]
+        print(json.dumps({k: os.environ.get(k) for k in keys}))
+    """
+    spec = plugin(code, env={"HIVEBUS_VSN": "W012", "HIVEBUS_NODE": "spoofed"})
+    result = await run(executor, spec)
+    assert (result.state, result.reason, result.exit_code) == ("completed", None, 0)
+    seen = json.loads(result.log_tail[-1])
+    assert seen == {
+        "HIVEBUS_NODE": "W012",  # identity comes from the spec, not from a job's env
+        "HIVEBUS_JOB": "job-1",
+        "HIVEBUS_TASK": "probe",
+        "HIVEBUS_PLUGIN": "hivebus-test/probe:1.0.0",
+        "HIVEBUS_RUN_ID": spec.run_id,
+        "HIVEBUS_VSN": "W012",
+        "HIVEBUS_NATS_URL": None,  # the agent's own settings never reach a plugin
+    }
+
+
+async def test_a_gpu_is_visible_only_to_runs_that_ask_for_one(executor: Executor) -> None:
+    if executor.name != "process":
+        pytest.skip("docker passes GPUs as device requests (see test_executors_config.py)")
+    code = "import os; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')))"
+    assert (await run(executor, plugin(code))).log_tail[-1] == "''"
+    assert (await run(executor, plugin(code, limits=Limits(gpu=True)))).log_tail[-1] == "None"
+
+
+async def test_a_non_zero_exit_fails_with_its_code_and_the_end_of_its_log(executor: Executor) -> None:
+    code = """
+        import sys
+        for i in range(100):
+            print("line", i)
+        print("giving up", file=sys.stderr)
+        sys.exit(3)
+    """
+    result = await run(executor, plugin(code))
+    assert (result.state, result.reason, result.exit_code) == ("failed", "exit", 3)
+    assert result.log_tail[-1] == "giving up" and result.log_tail[-2] == "line 99"
+    assert 0 < len(result.log_tail) <= 20
+    assert "code 3" in result.message
+
+
+async def test_logs_give_the_last_lines_while_and_after_it_runs(executor: Executor) -> None:
+    code = """
+        import sys, time
+        for i in range(30):
+            print("tick", i)
+        sys.stdout.flush()
+        time.sleep(60)
+    """
+    handle = await executor.start(plugin(code, limits=Limits(wall_seconds=30)))
+    for _ in range(200):
+        lines = await executor.logs(handle, 5)
+        if lines and lines[-1] == "tick 29":
+            break
+        await asyncio.sleep(0.05)
+    assert lines == [f"tick {i}" for i in range(25, 30)]
+    await executor.stop(handle)
+    result = await asyncio.wait_for(executor.wait(handle), 30)
+    assert (result.state, result.reason) == ("failed", "stopped")
+    assert (await executor.logs(handle, 2)) == ["tick 28", "tick 29"]
+
+
+async def test_a_plugin_that_grows_past_its_memory_limit_fails_with_oom(executor: Executor) -> None:
+    code = """
+        hoard = []
+        while True:
+            hoard.append(bytearray(8 * 2**20))  # touched pages: real resident memory
+    """
+    result = await run(executor, plugin(code, limits=Limits(memory_bytes=96 * MIB)))
+    assert (result.state, result.reason) == ("failed", "oom"), result.message
+    assert "96.0 MiB" in result.message
+
+
+async def test_one_huge_allocation_past_the_limit_is_oom_too(executor: Executor) -> None:
+    result = await run(executor, plugin("x = bytearray(20 * 2**30)", limits=Limits(memory_bytes=96 * MIB)))
+    assert (result.state, result.reason) == ("failed", "oom"), result.message
+
+
+async def test_memory_of_the_plugins_children_counts(executor: Executor) -> None:
+    code = """
+        import subprocess, sys
+        child = "import time\\nh = []\\nwhile True:\\n    h.append(bytearray(4 * 2**20))\\n    time.sleep(0.01)"
+        subprocess.run([sys.executable, "-c", child])
+        print("the child was not stopped")
+    """
+    result = await run(executor, plugin(code, limits=Limits(memory_bytes=96 * MIB)))
+    assert (result.state, result.reason) == ("failed", "oom"), result.message
+
+
+async def test_a_plugin_that_hangs_is_killed_at_its_wall_time(executor: Executor) -> None:
+    result = await run(executor, plugin("import time; time.sleep(3600)", limits=Limits(wall_seconds=1.0)))
+    assert (result.state, result.reason) == ("failed", "timeout")
+    assert result.perf.wall_seconds >= 1.0
+    assert "1 s wall-time limit" in result.message
+
+
+async def test_a_plugin_that_ignores_sigterm_is_killed_after_the_grace(executor: Executor) -> None:
+    code = """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ignoring SIGTERM", flush=True)
+        time.sleep(3600)
+    """
+    result = await run(executor, plugin(code, limits=Limits(wall_seconds=1.0)))
+    assert (result.state, result.reason, result.exit_code) == ("failed", "timeout", 137)
+    assert "SIGKILL" in result.message or executor.name == "docker"
+
+
+async def test_stop_on_request_is_reported_as_stopped(executor: Executor) -> None:
+    handle = await executor.start(plugin("import time; print('up', flush=True); time.sleep(3600)"))
+    await executor.stop(handle)
+    result = await asyncio.wait_for(executor.wait(handle), 30)
+    assert (result.state, result.reason) == ("failed", "stopped")
+
+
+async def test_a_missing_command_is_not_found(executor: Executor) -> None:
+    spec = plugin("")
+    spec = RunSpec(**{**spec.__dict__, "command": ("hivebus-no-such-command-xyz",)})
+    result = await run(executor, spec)
+    assert (result.state, result.reason) == ("failed", "not_found")
+    assert "hivebus-no-such-command-xyz" in result.message
+
+
+# --- measurement ------------------------------------------------------------------------------
+
+
+async def test_perf_is_within_20_percent_of_what_the_os_reports_to_the_plugin(executor: Executor) -> None:
+    """~1 s of CPU and ~150 MB touched; the plugin prints the kernel's figures for itself."""
+    code = """
+        import json, resource, time
+        block = bytearray(150 * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        start = time.process_time()
+        n = 0
+        while time.process_time() - start < 1.0:
+            n += 1
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        print(json.dumps({
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "max_rss_bytes": int(status["VmHWM"].split()[0]) * 1024,
+        }))
+    """
+    result = await run(executor, plugin(code))
+    assert result.state == "completed", result.log_tail
+    own = json.loads(result.log_tail[-1])
+    assert result.perf.cpu_seconds == pytest.approx(own["cpu_seconds"], rel=0.2)
+    assert result.perf.max_rss_bytes == pytest.approx(own["max_rss_bytes"], rel=0.2)
+    assert result.perf.wall_seconds >= own["cpu_seconds"] * 0.8  # one thread: wall >= cpu
+
+
+async def test_peak_memory_is_the_plugins_own_not_the_agents(executor: Executor) -> None:
+    """A small plugin reports a small peak, however large the agent that started it."""
+    ballast = bytearray(300 * MIB)  # make this (agent) process large
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    result = await run(executor, plugin("print('small')"))
+    assert result.state == "completed"
+    assert 0 < result.perf.max_rss_bytes < 100 * MIB, result.perf
+    del ballast
+
+
+async def test_leftover_children_die_with_the_plugin(executor: Executor) -> None:
+    if executor.name != "process":
+        pytest.skip("container pids are not host pids; the engine kills a container's processes itself")
+    code = """
+        import subprocess
+        child = subprocess.Popen(["sleep", "600"])
+        print(child.pid, flush=True)
+    """
+    result = await run(executor, plugin(code))
+    assert result.state == "completed"
+    pid = int(result.log_tail[-1])
+    for _ in range(100):
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        await asyncio.sleep(0.05)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    for _ in range(100):  # and it is reaped, not left as a zombie of the agent
+        if not psutil.pid_exists(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert not psutil.pid_exists(pid)
+
+
+async def test_a_cpu_budget_stops_a_plugin_that_spins(executor: Executor) -> None:
+    if executor.name != "process":
+        pytest.skip("docker enforces cpu as a rate (nano_cpus), not as a budget")
+    result = await run(executor, plugin("while True: pass", limits=Limits(cpu=0.5, wall_seconds=2.0)))
+    assert (result.state, result.reason) == ("failed", "timeout")
+    assert "CPU-time budget of 1 s" in result.message
+    assert result.perf.cpu_seconds >= 0.9
+
+
+async def test_runs_are_independent_and_concurrent(executor: Executor) -> None:
+    specs = [plugin(f"import time; time.sleep(0.3); print({i})") for i in range(4)]
+    handles = [await executor.start(s) for s in specs]
+    results = await asyncio.wait_for(asyncio.gather(*(executor.wait(h) for h in handles)), 60)
+    assert [r.log_tail[-1] for r in results] == ["0", "1", "2", "3"]
+    assert all(r.state == "completed" for r in results)
+
+
+# --- bundles on the plugin path (process) -----------------------------------------------------
+
+
+def bundle_spec(bundle: str, args: tuple[str, ...] = ()) -> RunSpec:
+    return RunSpec(run_id=new_ulid(), node="W012", job_id="job-1", plugin="bme680", bundle_id=bundle, image=f"registry.example.org/{bundle}", args=args)
+
+
+async def test_a_bundle_runs_from_the_plugin_path_with_its_input_defaults(tmp_path: Path) -> None:
+    ex = make_executor("process")
+    resolved = ex.resolve(bundle_spec("waggle/plugin-bme680:0.2.1", ("--simulate",)))  # type: ignore[attr-defined]
+    assert resolved.argv[1].endswith("examples/plugins/plugin-bme680/main.py")
+    assert resolved.argv[2:] == ("--simulate", "--interval", "30")  # continuous: false adds nothing
+    env = {"HIVEBUS_OFFLINE_LOG": str(tmp_path / "run.ndjson")}
+    spec = RunSpec(**{**bundle_spec("waggle/plugin-bme680:0.2.1", ("--simulate",)).__dict__, "env": env})
+    result = await run(ex, spec)
+    assert result.state == "completed", result.log_tail
+    names = [json.loads(line)["name"] for line in (tmp_path / "run.ndjson").read_text().splitlines()]
+    assert {"env.temperature", "env.relative_humidity", "env.pressure"} <= set(names)
+
+
+async def test_a_bundle_of_another_version_is_not_run() -> None:
+    ex = make_executor("process")
+    result = await run(ex, bundle_spec("waggle/plugin-bme680:9.9.9"))
+    assert (result.state, result.reason) == ("failed", "not_found")
+    assert "found only waggle/plugin-bme680:0.2.1" in result.message
+
+
+async def test_an_unknown_bundle_is_not_found_and_says_where_it_looked(tmp_path: Path) -> None:
+    ex = make_executor("process", plugin_path=[tmp_path])
+    result = await run(ex, bundle_spec("waggle/plugin-nope:1.0.0"))
+    assert (result.state, result.reason) == ("failed", "not_found")
+    assert str(tmp_path) in result.message and "HIVEBUS_PLUGIN_PATH" in result.message
+
+
+async def test_a_bundle_under_its_namespace_directory_is_found(tmp_path: Path) -> None:
+    bundle = tmp_path / "acme" / "plugin-hello"
+    bundle.mkdir(parents=True)
+    (bundle / "main.py").write_text("import sys; print('hello', *sys.argv[1:])\n")
+    ex = make_executor("process", plugin_path=[tmp_path])
+    result = await run(ex, bundle_spec("acme/plugin-hello:1.0.0", ("--x", "1")))
+    assert result.state == "completed" and result.log_tail[-1] == "hello --x 1"
+
+
+async def test_log_files_are_written_per_run_when_asked(tmp_path: Path) -> None:
+    ex = make_executor("process", log_dir=tmp_path / "logs", log_file_max_bytes=64)
+    spec = plugin("for i in range(100): print('line', i)")
+    result = await run(ex, spec)
+    assert result.state == "completed"
+    text = (tmp_path / "logs" / f"{spec.run_id}.log").read_text()
+    assert text.startswith("line 0\n") and "log file limit reached" in text
