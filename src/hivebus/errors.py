@@ -127,3 +127,55 @@ class QueryError(HivebusError):
 
 class QueryRefused(QueryError):
     """A query is not a single read-only statement, or touches files."""
+
+
+# --- edge execution ---------------------------------------------------------------------
+
+
+class ExecutorError(HivebusError):
+    """An executor cannot be built or used here (unknown name, no Docker engine...)."""
+
+
+class AdmissionRefused(ExecutorError):
+    """A run asks for more cpu, memory or GPUs than the node has: it can never be admitted."""
+
+
+class UploadError(HivebusError):
+    """A plugin's file could not be accepted for upload (missing file, store full, no agent)."""
+
+
+# --- edge -------------------------------------------------------------------------------
+
+
+class OutboxError(HivebusError):
+    """The node's outbox refused an event (too large for its cap, from another node, closed)."""
+
+
+# --- projections ------------------------------------------------------------------------
+
+
+class QueryTimeout(QueryError):
+    """A query ran past its time limit, or the views did not reach ``min_seq`` in time."""
+
+
+class ProjectionError(HivebusError):
+    """The projector's DuckDB store cannot be opened, built or written."""
+
+
+class StoreBusy(ProjectionError):
+    """Another process holds the DuckDB file (DuckDB allows one writer process)."""
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+
+class RequestRejected(HivebusError):
+    """The platform refused a request (a push, a job, a grant...); the message says why."""
+
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        self.reasons = list(reasons or [])
+        super().__init__(message)
+
+
+class NoAnswer(HivebusError):
+    """A handler did not process a request in time (is it running?)."""

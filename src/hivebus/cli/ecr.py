@@ -1,5 +1,455 @@
-"""``hivebus ecr (push, list, show, approve, grant)``."""
+"""``hivebus ecr``: push bundles, list and show them, approve, freeze, delete, grant, revoke.
+
+Write commands publish an event and wait until the ECR handler has processed it, then say
+what it decided (``registered``, ``rejected`` with every reason, or why a grant or approval
+was refused). Read commands go through the query service (``hivebus.query``).
+"""
 
 from __future__ import annotations
 
-from hivebus.cli.app import app  # noqa: F401  (commands register on it)
+import getpass
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.table import Table
+
+from hivebus.bus.client import Bus
+from hivebus.cli.app import Hub, app, out, run, settings
+from hivebus.errors import FormatError, QueryError, RequestRejected
+from hivebus.formats import load_app
+from hivebus.schemas.ecr import (
+    ArtifactRef,
+    BundleApproved,
+    BundleDeleted,
+    BundleFrozen,
+    BundlePushed,
+    PermissionGranted,
+    PermissionRevoked,
+)
+from hivebus.schemas.envelope import Event, Payload
+from hivebus.services.requests import Answer, request
+
+ecr_app = typer.Typer(
+    help="The edge code repository: bundles, reviews, permissions.", no_args_is_help=True
+)
+app.add_typer(ecr_app, name="ecr")
+
+User = Annotated[
+    str | None,
+    typer.Option(
+        "--user", "-u", envvar="HIVEBUS_USER", help="Who you are (default: your login name)."
+    ),
+]
+Timeout = Annotated[float, typer.Option(help="Seconds to wait for the handler's answer.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+PERMISSIONS = ("READ", "WRITE", "READ_ACP", "WRITE_ACP", "FULL_CONTROL")
+_MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".tflite", ".pb", ".h5", ".ckpt", ".safetensors")
+_CODE_SUFFIXES = (".tar.gz", ".tgz", ".zip", ".tar")
+
+
+def whoami(user: str | None) -> str:
+    """``--user``, ``HIVEBUS_USER`` or the login name, as a user name the platform accepts."""
+    name = user or getpass.getuser()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}", name):
+        raise RequestRejected(
+            f"{name!r} is not a user name", ["pass --user NAME (letters, digits, _ . @ + -)"]
+        )
+    return name
+
+
+def artifact(path: Path) -> ArtifactRef:
+    """A file of the bundle, named by its sha256 digest."""
+    if not path.is_file():
+        raise FormatError(str(path), [(None, "artifact file does not exist")])
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    name = path.name.lower()
+    kind: Literal["model", "code", "other"] = "other"
+    if name.endswith(_MODEL_SUFFIXES):
+        kind = "model"
+    elif name.endswith(_CODE_SUFFIXES):
+        kind = "code"
+    return ArtifactRef(
+        name=path.name, kind=kind, digest=f"sha256:{digest.hexdigest()}", size=path.stat().st_size
+    )
+
+
+async def _ask(hub: str | None, event: Event, answers: list[str], timeout: float) -> Answer:
+    async with await Bus.connect(settings(hub).nats_url) as bus:
+        return await request(bus, event, handler="ecr", answers=answers, timeout=timeout)
+
+
+def _refused(answer: Answer) -> None:
+    if answer.refused is not None:
+        raise RequestRejected(answer.refused, [answer.refused])
+
+
+@ecr_app.command()
+def push(
+    file: Annotated[Path, typer.Argument(help="The app's sage.yaml.")],
+    user: User = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(help="Namespace when sage.yaml names none (default: your user name)."),
+    ] = None,
+    artifacts: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--artifact", "-a", help="A file of the bundle (model, code archive); repeatable."
+        ),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the ECR's answer.")] = True,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+    as_json: AsJson = False,
+) -> None:
+    """Push an app version; prints its id when registered, every reason when rejected."""
+    pusher = whoami(user)
+    spec = load_app(file, name=str(file), namespace=namespace or pusher.split("@")[0].lower())
+    payload = BundlePushed(
+        app=spec, pusher=pusher, artifacts=[artifact(p) for p in artifacts or []]
+    )
+    event = Event.new(payload, source=f"user/{pusher}", subject=spec.bundle_id)
+    if not wait:
+
+        async def publish_only() -> int:
+            async with await Bus.connect(settings(hub).nats_url) as bus:
+                return await bus.publish(event)
+
+        seq = run(publish_only())
+        out.print(
+            f"pushed {spec.bundle_id} (seq {seq}); `hivebus ecr show {spec.bundle_id}` for the answer"
+        )
+        return
+    answers = [
+        "evt.ecr.bundle.registered.>",
+        "evt.ecr.bundle.rejected.>",
+        "evt.ecr.bundle.frozen.>",
+    ]
+    answer = run(_ask(hub, event, answers, timeout))
+    rejected = answer.of_type("ecr.bundle.rejected")
+    if rejected:
+        reasons = rejected[0].data.reasons
+        raise RequestRejected(
+            f"{spec.bundle_id} rejected:\n" + "\n".join(f"  - {r}" for r in reasons), reasons
+        )
+    registered = answer.of_type("ecr.bundle.registered")
+    if not registered:
+        raise RequestRejected(f"{spec.bundle_id}: the ECR gave no answer (sequence {answer.seq})")
+    frozen = bool(answer.of_type("ecr.bundle.frozen"))
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "bundle_id": spec.bundle_id,
+                    "state": "registered",
+                    "owner": registered[0].data.owner,
+                    "frozen": frozen,
+                    "seq": answer.seq,
+                }
+            )
+        )
+    else:
+        out.print(
+            f"registered {spec.bundle_id} (owner {registered[0].data.owner}{', frozen' if frozen else ''})"
+        )
+        out.print(
+            "  it runs on nodes tagged 'virtual' until a reviewer approves it: hivebus ecr approve "
+            + spec.bundle_id
+        )
+
+
+def _acted(
+    hub: str | None, payload: Payload, who: str, subject: str, timeout: float, done: str
+) -> None:
+    event = Event.new(payload, source=f"user/{who}", subject=subject)
+    answer = run(_ask(hub, event, [], timeout))
+    _refused(answer)
+    out.print(done)
+
+
+@ecr_app.command()
+def approve(
+    bundle: Annotated[str, typer.Argument(help="namespace/name:version")],
+    comment: Annotated[str, typer.Option(help="Review note.")] = "",
+    user: User = None,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+) -> None:
+    """Approve a bundle (reviewers only): it may then run on real nodes."""
+    who = whoami(user)
+    _acted(
+        hub,
+        BundleApproved(bundle_id=bundle, by=who, comment=comment),
+        who,
+        bundle,
+        timeout,
+        f"approved {bundle}",
+    )
+
+
+@ecr_app.command()
+def freeze(
+    bundle: Annotated[str, typer.Argument(help="namespace/name:version")],
+    user: User = None,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+) -> None:
+    """Freeze a version: it can never be pushed again (needs WRITE)."""
+    who = whoami(user)
+    _acted(hub, BundleFrozen(bundle_id=bundle, by=who), who, bundle, timeout, f"froze {bundle}")
+
+
+@ecr_app.command()
+def delete(
+    bundle: Annotated[str, typer.Argument(help="namespace/name:version")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    user: User = None,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+) -> None:
+    """Delete a bundle (needs FULL_CONTROL); running jobs keep it, new ones cannot use it."""
+    who = whoami(user)
+    _acted(
+        hub,
+        BundleDeleted(bundle_id=bundle, by=who, reason=reason),
+        who,
+        bundle,
+        timeout,
+        f"deleted {bundle}",
+    )
+
+
+def _grantee(to: str | None, group: str | None, public: bool) -> tuple[str, str]:
+    chosen = [x for x in (to, group, "AllUsers" if public else None) if x]
+    if len(chosen) != 1:
+        raise RequestRejected("name exactly one grantee", ["--to USER, --group GROUP or --public"])
+    return ("user", to) if to else ("group", group or "AllUsers")
+
+
+def _permission(text: str) -> str:
+    verb = text.upper()
+    if verb not in PERMISSIONS:
+        raise RequestRejected(f"unknown permission {text!r}", [f"one of {', '.join(PERMISSIONS)}"])
+    return verb
+
+
+@ecr_app.command()
+def grant(
+    resource: Annotated[
+        str, typer.Argument(help="A namespace (waggle) or a bundle (waggle/plugin-bme680:0.2.1).")
+    ],
+    permission: Annotated[
+        str, typer.Argument(help="READ, WRITE, READ_ACP, WRITE_ACP or FULL_CONTROL")
+    ],
+    to: Annotated[str | None, typer.Option("--to", help="The user to grant it to.")] = None,
+    group: Annotated[str | None, typer.Option("--group", help="The group to grant it to.")] = None,
+    public: Annotated[
+        bool, typer.Option("--public", help="Grant READ to AllUsers: make it public.")
+    ] = False,
+    user: User = None,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+) -> None:
+    """Grant a permission on a namespace or a bundle (needs WRITE_ACP there)."""
+    who = whoami(user)
+    kind, grantee = _grantee(to, group, public)
+    payload = PermissionGranted.model_validate(
+        {
+            "resource": resource,
+            "grantee_type": kind,
+            "grantee": grantee,
+            "permission": _permission(permission),
+            "by": who,
+        }
+    )
+    _acted(
+        hub,
+        payload,
+        who,
+        resource,
+        timeout,
+        f"granted {payload.permission} on {resource} to {kind} {grantee}",
+    )
+
+
+@ecr_app.command()
+def revoke(
+    resource: Annotated[str, typer.Argument(help="A namespace or a bundle.")],
+    permission: Annotated[
+        str, typer.Argument(help="READ, WRITE, READ_ACP, WRITE_ACP or FULL_CONTROL")
+    ],
+    to: Annotated[str | None, typer.Option("--to", help="The user who holds it.")] = None,
+    group: Annotated[str | None, typer.Option("--group", help="The group that holds it.")] = None,
+    public: Annotated[
+        bool, typer.Option("--public", help="Revoke AllUsers READ: make it private.")
+    ] = False,
+    user: User = None,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+) -> None:
+    """Revoke a permission granted earlier (needs WRITE_ACP)."""
+    who = whoami(user)
+    kind, grantee = _grantee(to, group, public)
+    payload = PermissionRevoked.model_validate(
+        {
+            "resource": resource,
+            "grantee_type": kind,
+            "grantee": grantee,
+            "permission": _permission(permission),
+            "by": who,
+        }
+    )
+    _acted(
+        hub,
+        payload,
+        who,
+        resource,
+        timeout,
+        f"revoked {payload.permission} on {resource} from {kind} {grantee}",
+    )
+
+
+# --- reading -------------------------------------------------------------------------------
+
+VISIBLE_SQL = """
+WITH ns_owner AS (
+    SELECT namespace, arg_min(owner, registered_at) AS ns_owner
+    FROM bundles WHERE registered_at IS NOT NULL GROUP BY namespace
+)
+SELECT b.bundle_id, b.state, b.owner, b.approved, b.frozen, b.public
+FROM bundles b LEFT JOIN ns_owner o ON o.namespace = b.namespace
+WHERE b.state <> 'deleted' AND (b.state NOT IN ('pushed', 'rejected') OR b.pusher = $user OR $all) AND (
+    $all OR b.public OR b.owner = $user OR o.ns_owner = $user
+    OR EXISTS (
+        SELECT 1 FROM bundle_permissions p
+        WHERE p.grantee_type = 'user' AND p.grantee = $user
+          AND p.permission IN ('READ', 'FULL_CONTROL')
+          AND (p.resource = b.bundle_id OR p.resource = b.namespace)
+    )
+)
+ORDER BY b.bundle_id
+"""
+
+
+async def _query(
+    hub: str | None, sql: str, params: dict[str, Any] | list[Any]
+) -> list[dict[str, Any]]:
+    from hivebus.projections.client import query
+
+    async with await Bus.connect(settings(hub).nats_url) as bus:
+        result = await query(bus, sql, params)
+    return result.records()
+
+
+@ecr_app.command("list")
+def list_bundles(
+    user: User = None,
+    all_bundles: Annotated[
+        bool, typer.Option("--all", help="Every bundle, private ones included.")
+    ] = False,
+    hub: Hub = None,
+    as_json: AsJson = False,
+) -> None:
+    """The bundles you can see: public ones, yours, and those shared with you."""
+    who = whoami(user)
+    rows = run(_query(hub, VISIBLE_SQL, {"all": all_bundles, "user": who}))
+    if as_json:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table("state", "owner", "approved", "frozen", "public")
+    table.add_column("bundle", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row["state"],
+            row["owner"] or "",
+            _yes(row["approved"]),
+            _yes(row["frozen"]),
+            _yes(row["public"]),
+            row["bundle_id"],
+        )
+    out.print(table)
+
+
+@ecr_app.command()
+def show(
+    bundle: Annotated[str, typer.Argument(help="namespace/name:version")],
+    hub: Hub = None,
+    as_json: AsJson = False,
+) -> None:
+    """One bundle: metadata, review, permissions and measured profiles."""
+
+    async def fetch() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        from hivebus.projections.client import query
+
+        async with await Bus.connect(settings(hub).nats_url) as bus:
+            rows = (
+                await query(bus, "SELECT * FROM bundles WHERE bundle_id = ?", [bundle])
+            ).records()
+            ns = bundle.split("/", 1)[0]
+            grants = (
+                await query(
+                    bus,
+                    "SELECT resource, grantee_type, grantee, permission, granted_by FROM bundle_permissions "
+                    "WHERE resource = ? OR resource = ? ORDER BY resource, grantee, permission",
+                    [bundle, ns],
+                )
+            ).records()
+            try:
+                profiles = (
+                    await query(
+                        bus, "SELECT * FROM profiles WHERE bundle_id = ? ORDER BY arch", [bundle]
+                    )
+                ).records()
+            except QueryError:
+                profiles = []
+        return rows, grants, profiles
+
+    rows, grants, profiles = run(fetch())
+    if not rows:
+        raise RequestRejected(
+            f"no bundle {bundle}", ["check the id (namespace/name:version) or `hivebus ecr list`"]
+        )
+    row = rows[0]
+    if as_json:
+        out.print_json(
+            json.dumps({"bundle": row, "permissions": grants, "profiles": profiles}, default=str)
+        )
+        return
+    out.print(
+        f"[bold]{row['bundle_id']}[/]  {row['state']}"
+        + (f"  (approved by {row['approved_by']})" if row["approved"] else "  (not approved)")
+    )
+    for key in (
+        "owner",
+        "description",
+        "source_url",
+        "git_commit",
+        "architectures",
+        "license",
+        "frozen",
+        "public",
+    ):
+        if row.get(key) not in (None, "", []):
+            out.print(f"  {key}: {row[key]}")
+    if row.get("reasons"):
+        out.print("  last push rejected:")
+        for reason in row["reasons"]:
+            out.print(f"    - {reason}")
+    for g in grants:
+        out.print(
+            f"  grant: {g['grantee_type']} {g['grantee']} {g['permission']} on {g['resource']} (by {g['granted_by']})"
+        )
+    for p in profiles:
+        summary = {k: v for k, v in p.items() if k not in ("bundle_id",) and v is not None}
+        out.print(f"  profile: {summary}")
+
+
+def _yes(value: object) -> str:
+    return "yes" if value else ""

@@ -1,5 +1,328 @@
-"""``hivebus job (submit, status, suspend, resume, rm)``."""
+"""``hivebus job``: submit (or dry-run) a job, see its status, suspend, resume, remove it;
+``hivebus handlers``: run the platform handlers (ECR, scheduler, node health) on their own.
+
+``submit`` waits until the scheduler has decided and prints where each plugin runs, or every
+reason it was refused (science-rule errors with their position). ``--dry-run`` asks the
+running scheduler what it would decide, publishing nothing.
+"""
 
 from __future__ import annotations
 
-from hivebus.cli.app import app  # noqa: F401  (commands register on it)
+import asyncio
+import json
+import re
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from hivebus.bus.client import Bus
+from hivebus.bus.subjects import encode_token
+from hivebus.cli.app import Hub, app, out, run, settings
+from hivebus.cli.ecr import AsJson, Timeout, User, whoami
+from hivebus.errors import RequestRejected, RuleSyntaxError
+from hivebus.formats import load_job
+from hivebus.rules import parse_rule
+from hivebus.schemas.envelope import Event, Payload
+from hivebus.schemas.ids import new_ulid
+from hivebus.schemas.ses import JobRemoved, JobResumed, JobSubmitted, JobSuspended
+from hivebus.services.requests import Answer, request
+
+job_app = typer.Typer(
+    help="Scheduler jobs: submit, status, suspend, resume, remove.", no_args_is_help=True
+)
+app.add_typer(job_app, name="job")
+
+Policy = Annotated[
+    str | None,
+    typer.Option(
+        "--policy", help="Placement policy: fit (most headroom), score (Home Edge), roundrobin."
+    ),
+]
+
+
+def new_job_id(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:48] or "job"
+    return f"{slug}-{new_ulid()[-6:].lower()}"
+
+
+def rule_errors(rules: list[str]) -> list[str]:
+    """Every science rule that does not parse, with a pointer at the error."""
+    problems = []
+    for i, text in enumerate(rules):
+        try:
+            parse_rule(text)
+        except RuleSyntaxError as exc:
+            problems.append(f"scienceRules[{i}]: {exc}")
+    return problems
+
+
+def _print_plan(placements: list[dict[str, Any]], notes: list[str]) -> None:
+    table = Table("node", "plugin", "bundle", "score")
+    for p in placements:
+        table.add_row(
+            p["node"],
+            p["plugin"],
+            p["bundle_id"],
+            "" if p.get("score") is None else f"{p['score']:g}",
+        )
+    out.print(table)
+    for note in notes:
+        out.print(f"  note: {note}")
+
+
+@job_app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="The job YAML.")],
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Ask what the scheduler would decide; publish nothing."),
+    ] = False,
+    policy: Policy = None,
+    max_nodes: Annotated[
+        int | None,
+        typer.Option("--max-nodes", min=1, help="Run on at most N of the matching nodes."),
+    ] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Job id (default: the job's name and a random suffix)."),
+    ] = None,
+    user: User = None,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+    as_json: AsJson = False,
+) -> None:
+    """Submit a job; prints its placements, or every reason it was rejected."""
+    who = whoami(user)
+    spec = load_job(file, name=str(file))
+    problems = rule_errors(spec.science_rules)
+    if problems:
+        raise RequestRejected(f"{file}: bad science rules:\n" + "\n".join(problems), problems)
+    identifier = job_id or new_job_id(spec.name)
+    if dry_run:
+        from hivebus.services.dryrun import DRYRUN_SUBJECT
+
+        body = {
+            "user": who,
+            "spec": spec.model_dump(mode="json"),
+            "job_id": identifier,
+            "policy": policy,
+            "max_nodes": max_nodes,
+        }
+
+        async def ask() -> dict[str, Any]:
+            async with await Bus.connect(settings(hub).nats_url) as bus:
+                return json.loads(await bus.request(DRYRUN_SUBJECT, body, timeout=timeout))
+
+        plan = run(ask())
+        if "error" in plan:
+            raise RequestRejected(f"dry run failed: {plan['error']}", [plan["error"]])
+        if as_json:
+            out.print_json(json.dumps(plan))
+            return
+        if plan["decision"] == "rejected":
+            out.print(f"[bold]dry run[/]: {identifier} would be rejected:")
+            for reason in plan["reasons"]:
+                out.print(f"  - {reason}")
+            raise typer.Exit(1)
+        out.print(f"[bold]dry run[/]: {identifier} would be scheduled ({plan['policy']}):")
+        _print_plan(plan["placements"], plan["notes"])
+        return
+    payload = JobSubmitted(
+        job_id=identifier, user=who, spec=spec, policy=policy, max_nodes=max_nodes
+    )
+    event = Event.new(payload, source=f"user/{who}", subject=identifier)
+    key = encode_token(identifier)
+    answers = [
+        f"evt.ses.job.scheduled.{key}",
+        f"evt.ses.job.rejected.{key}",
+        "toedge.*.ses.goal.assigned",
+    ]
+    answer = run(_ask(hub, event, answers, timeout))
+    rejected = answer.of_type("ses.job.rejected")
+    if rejected:
+        reasons = rejected[0].data.reasons
+        raise RequestRejected(
+            f"job {identifier} rejected:\n" + "\n".join(f"  - {r}" for r in reasons), reasons
+        )
+    scheduled = answer.of_type("ses.job.scheduled")
+    if not scheduled:
+        raise RequestRejected(
+            f"job {identifier}: the scheduler gave no answer (sequence {answer.seq})"
+        )
+    placements = [p.model_dump(mode="json") for p in scheduled[0].data.placements]
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "job_id": identifier,
+                    "state": "scheduled",
+                    "policy": scheduled[0].data.policy,
+                    "placements": placements,
+                    "seq": answer.seq,
+                }
+            )
+        )
+        return
+    goals = answer.of_type("ses.goal.assigned")
+    out.print(
+        f"scheduled {identifier} ({scheduled[0].data.policy}); goals sent to {', '.join(g.data.node for g in goals)}"
+    )
+    _print_plan(placements, [])
+
+
+async def _ask(hub: str | None, event: Event, answers: list[str], timeout: float) -> Answer:
+    async with await Bus.connect(settings(hub).nats_url) as bus:
+        return await request(bus, event, handler="ses", answers=answers, timeout=timeout)
+
+
+def _lifecycle(
+    hub: str | None, payload: Payload, who: str, job_id: str, timeout: float, done: str
+) -> Answer:
+    event = Event.new(payload, source=f"user/{who}", subject=job_id)
+    answer = run(_ask(hub, event, ["toedge.*.ses.goal.>"], timeout))
+    if answer.refused is not None:
+        raise RequestRejected(answer.refused, [answer.refused])
+    nodes = sorted({e.data.node for e in answer.events})
+    out.print(done + (f" (nodes: {', '.join(nodes)})" if nodes else ""))
+    return answer
+
+
+@job_app.command()
+def suspend(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    user: User = None,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+) -> None:
+    """Suspend a job: its goals are withdrawn from the nodes until it is resumed."""
+    who = whoami(user)
+    _lifecycle(
+        hub,
+        JobSuspended(job_id=job_id, by=who, reason=reason),
+        who,
+        job_id,
+        timeout,
+        f"suspended {job_id}",
+    )
+
+
+@job_app.command()
+def resume(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    user: User = None,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+) -> None:
+    """Resume a suspended job: its goals go back to the nodes if they still fit."""
+    who = whoami(user)
+    _lifecycle(hub, JobResumed(job_id=job_id, by=who), who, job_id, timeout, f"resumed {job_id}")
+
+
+@job_app.command("rm")
+def remove(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    user: User = None,
+    timeout: Timeout = 15.0,
+    hub: Hub = None,
+) -> None:
+    """Remove a job for good: its goals are withdrawn from the nodes."""
+    who = whoami(user)
+    _lifecycle(
+        hub,
+        JobRemoved(job_id=job_id, by=who, reason=reason),
+        who,
+        job_id,
+        timeout,
+        f"removed {job_id}",
+    )
+
+
+@job_app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(metavar="ID")], hub: Hub = None, as_json: AsJson = False
+) -> None:
+    """A job's state, and for each node and plugin: the goal, the plugin's last state, the node's."""
+
+    async def fetch() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        from hivebus.projections.client import query
+
+        async with await Bus.connect(settings(hub).nats_url) as bus:
+            jobs = (await query(bus, "SELECT * FROM jobs WHERE job_id = ?", [job_id])).records()
+            rows = (
+                await query(
+                    bus,
+                    "SELECT a.node, a.plugin, a.bundle_id, a.state AS goal, a.plugin_state, a.reason, "
+                    "n.status AS node_status, n.status_since "
+                    "FROM assignments a LEFT JOIN nodes n ON n.node_id = a.node "
+                    "WHERE a.job_id = ? ORDER BY a.node, a.plugin",
+                    [job_id],
+                )
+            ).records()
+        return jobs, rows
+
+    jobs, rows = run(fetch())
+    if not jobs:
+        raise RequestRejected(
+            f"no job {job_id}", ["check the id, or wait a moment: views follow the log"]
+        )
+    job = jobs[0]
+    if as_json:
+        out.print_json(json.dumps({"job": job, "assignments": rows}, default=str))
+        return
+    out.print(f"[bold]{job['job_id']}[/] ({job.get('name')}) by {job.get('user')}: {job['state']}")
+    for reason in job.get("reasons") or []:
+        out.print(f"  - {reason}")
+    table = Table("node", "node status", "plugin", "bundle", "goal", "plugin state")
+    for row in rows:
+        table.add_row(
+            row["node"],
+            row.get("node_status") or "",
+            row["plugin"],
+            row.get("bundle_id") or "",
+            row["goal"],
+            row.get("plugin_state") or "",
+        )
+    if rows:
+        out.print(table)
+
+
+@app.command()
+def handlers(
+    hub: Hub = None,
+    only: Annotated[
+        str | None,
+        typer.Option(help="Comma list of handlers to run: ecr, ses, health (default: all)."),
+    ] = None,
+) -> None:
+    """Run the platform handlers (ECR, scheduler with its dry-run endpoint, node health) until stopped."""
+    from hivebus.services import HANDLERS, run_handlers
+
+    names = tuple(n.strip() for n in only.split(",")) if only else HANDLERS
+    unknown = [n for n in names if n not in HANDLERS]
+    if unknown:
+        raise RequestRejected(
+            f"unknown handler(s) {', '.join(unknown)}", [f"one of {', '.join(HANDLERS)}"]
+        )
+    config = settings(hub)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with await Bus.connect(
+            config.nats_url, name="hivebus-handlers", settings=config
+        ) as bus:
+            await bus.ensure_streams()
+            out.print(
+                f"handlers {', '.join(names)} running on {config.nats_url}; Ctrl-C stops them",
+                highlight=False,
+            )
+            await run_handlers(config, bus, stop, only=names)
+
+    run(serve())

@@ -211,6 +211,10 @@ class JobSubmitted(Payload):
     job_id: Key
     user: UserName
     spec: JobSpec
+    policy: Label | None = None
+    """Placement policy asked for (``fit``, ``score``, ``roundrobin``); None: the scheduler's default."""
+    max_nodes: Annotated[int, Field(ge=1)] | None = None
+    """Run on at most this many of the matching nodes, the policy's best; None: on all of them."""
 
 
 @event("ses.job.scheduled")

@@ -1,0 +1,56 @@
+"""Plugin selectors (``pluginSpec.selector``): which nodes a plugin may run on.
+
+Keys, as Sage writes node labels: ``arch: linux/arm64``, ``gpu: true`` (or ``resource.gpu``),
+``resource.<sensor>: true`` (a sensor of that name or kind in the manifest and not reported
+lost), ``node_class: <class>``, ``executor: docker``, ``vsn: W012``, ``tag: <tag>`` or
+``tag.<tag>: true``. An unknown key is refused at submit time rather than matching nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from hivebus.handlers.nodes import NodeView
+
+_EXACT: Final = ("arch", "node_class", "executor", "vsn", "tag")
+_TRUTH: Final = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def selector_problem(key: str, value: str) -> str | None:
+    """Why a selector entry can never be evaluated, or None."""
+    boolean = key in ("gpu", "resource.gpu") or key.startswith(("resource.", "tag."))
+    if boolean:
+        if value.strip().lower() not in _TRUTH:
+            return f"selector {key}: {value!r} is not true or false"
+        return None
+    if key in _EXACT:
+        return None
+    return f"unknown selector key {key!r} (known: arch, gpu, resource.<sensor>, node_class, executor, vsn, tag, tag.<tag>)"
+
+
+def selector_mismatch(selector: dict[str, str], node: NodeView) -> str | None:
+    """The first selector entry ``node`` does not satisfy, as a sentence, or None."""
+    manifest = node.manifest
+    for key, value in sorted(selector.items()):
+        truth = _TRUTH.get(value.strip().lower(), False)
+        if key in ("gpu", "resource.gpu"):
+            ok = node.has_gpu == truth
+        elif key.startswith("resource."):
+            ok = (key.removeprefix("resource.") in node.sensors_working()) == truth
+        elif key.startswith("tag."):
+            ok = (key.removeprefix("tag.") in node.tags) == truth
+        elif key == "tag":
+            ok = value in node.tags
+        elif key == "arch":
+            ok = node.arch == value
+        elif key == "node_class":
+            ok = manifest is not None and manifest.node_class == value
+        elif key == "executor":
+            ok = manifest is not None and value in manifest.executors
+        elif key == "vsn":
+            ok = manifest is not None and manifest.vsn == value
+        else:
+            ok = False
+        if not ok:
+            return f"selector {key}={value} does not match"
+    return None

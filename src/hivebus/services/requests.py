@@ -1,0 +1,100 @@
+"""Publish a request event and wait for the handler's answer (what the CLI does).
+
+A handler has processed an input once its durable consumer's ack floor has reached the
+input's stream sequence (it acknowledges only after publishing its outputs). The answer is
+then in the stream: the events whose causation id is the request's id, or a dead letter for
+that sequence when the handler refused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nats.js.errors import NotFoundError
+
+from hivebus.bus.client import Bus
+from hivebus.bus.consumer import DeadLetter
+from hivebus.bus.streams import DEADLETTERS, EVENTS
+from hivebus.bus.subjects import dlq_subject
+from hivebus.errors import NoAnswer
+from hivebus.schemas import codec
+from hivebus.schemas.envelope import Event
+
+
+@dataclass
+class Answer:
+    seq: int
+    events: list[Event] = field(default_factory=list)
+    refused: str | None = None
+
+    def of_type(self, event_type: str) -> list[Event]:
+        return [e for e in self.events if e.type == event_type]
+
+
+async def _dlq_position(bus: Bus) -> int:
+    try:
+        return await bus.last_seq(DEADLETTERS)
+    except NotFoundError:
+        return 0
+
+
+async def processed(bus: Bus, durable: str, seq: int, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        try:
+            info = await bus.js.consumer_info(EVENTS, durable)
+            if info.ack_floor is not None and info.ack_floor.stream_seq >= seq:
+                return
+        except NotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise NoAnswer(
+                f"{durable} did not process the request (sequence {seq}) within {timeout:g}s",
+                hint="are the handlers running (`hivebus up` or `hivebus handlers`)?",
+            )
+        await asyncio.sleep(delay)
+        delay = min(0.25, delay * 1.5)
+
+
+async def request(
+    bus: Bus,
+    event: Event,
+    *,
+    handler: str,
+    answers: Sequence[str],
+    timeout: float = 15.0,
+) -> Answer:
+    """Publish ``event``, wait until ``handler`` processed it, return its answer.
+
+    ``answers``: the subjects the handler's outputs go to (``evt.ecr.bundle.registered.>``...).
+    """
+    durable = f"handler-{handler}"
+    dlq_from = await _dlq_position(bus)
+    seq = await bus.publish(event)
+    await processed(bus, durable, seq, timeout=timeout)
+    answer = Answer(seq)
+    async for batch in bus.read(
+        EVENTS, start_seq=seq + 1, filter_subjects=list(answers), stop_at_end=True
+    ):
+        for message in batch:
+            try:
+                out = codec.decode(message.data)
+            except Exception:
+                continue
+            if out.causationid == event.id:
+                answer.events.append(out)
+    async for batch in bus.read(
+        DEADLETTERS,
+        start_seq=dlq_from + 1,
+        filter_subjects=[dlq_subject(EVENTS, durable)],
+        stop_at_end=True,
+    ):
+        for message in batch:
+            letter = DeadLetter.model_validate_json(message.data)
+            if letter.seq == seq:
+                answer.refused = letter.reason
+    return answer
