@@ -38,7 +38,13 @@ async def executor(request: pytest.FixtureRequest) -> AsyncIterator[Executor]:
     yield ex
 
 
-def plugin(code: str, *, limits: Limits | None = None, env: dict[str, str] | None = None, job: str = "job-1") -> RunSpec:
+def plugin(
+    code: str,
+    *,
+    limits: Limits | None = None,
+    env: dict[str, str] | None = None,
+    job: str = "job-1",
+) -> RunSpec:
     return RunSpec(
         run_id=new_ulid(),
         node="W012",
@@ -60,7 +66,9 @@ async def run(executor: Executor, spec: RunSpec, timeout: float = 60) -> RunResu
 # --- outcomes ---------------------------------------------------------------------------------
 
 
-async def test_a_plugin_that_exits_cleanly_completes_with_its_environment(executor: Executor) -> None:
+async def test_a_plugin_that_exits_cleanly_completes_with_its_environment(
+    executor: Executor,
+) -> None:
     code = """
         import json, os
         keys = ["HIVEBUS_NODE", "HIVEBUS_JOB", "HIVEBUS_TASK", "HIVEBUS_PLUGIN", "HIVEBUS_RUN_ID", "HIVEBUS_VSN", "HIVEBUS_NATS_URL"]
@@ -89,7 +97,9 @@ async def test_a_gpu_is_visible_only_to_runs_that_ask_for_one(executor: Executor
     assert (await run(executor, plugin(code, limits=Limits(gpu=True)))).log_tail[-1] == "None"
 
 
-async def test_a_non_zero_exit_fails_with_its_code_and_the_end_of_its_log(executor: Executor) -> None:
+async def test_a_non_zero_exit_fails_with_its_code_and_the_end_of_its_log(
+    executor: Executor,
+) -> None:
     code = """
         import sys
         for i in range(100):
@@ -137,7 +147,9 @@ async def test_a_plugin_that_grows_past_its_memory_limit_fails_with_oom(executor
 
 
 async def test_one_huge_allocation_past_the_limit_is_oom_too(executor: Executor) -> None:
-    result = await run(executor, plugin("x = bytearray(20 * 2**30)", limits=Limits(memory_bytes=96 * MIB)))
+    result = await run(
+        executor, plugin("x = bytearray(20 * 2**30)", limits=Limits(memory_bytes=96 * MIB))
+    )
     assert (result.state, result.reason) == ("failed", "oom"), result.message
 
 
@@ -153,7 +165,9 @@ async def test_memory_of_the_plugins_children_counts(executor: Executor) -> None
 
 
 async def test_a_plugin_that_hangs_is_killed_at_its_wall_time(executor: Executor) -> None:
-    result = await run(executor, plugin("import time; time.sleep(3600)", limits=Limits(wall_seconds=1.0)))
+    result = await run(
+        executor, plugin("import time; time.sleep(3600)", limits=Limits(wall_seconds=1.0))
+    )
     assert (result.state, result.reason) == ("failed", "timeout")
     assert result.perf.wall_seconds >= 1.0
     assert "1 s wall-time limit" in result.message
@@ -189,7 +203,9 @@ async def test_a_missing_command_is_not_found(executor: Executor) -> None:
 # --- measurement ------------------------------------------------------------------------------
 
 
-async def test_perf_is_within_20_percent_of_what_the_os_reports_to_the_plugin(executor: Executor) -> None:
+async def test_perf_is_within_20_percent_of_what_the_os_reports_to_the_plugin(
+    executor: Executor,
+) -> None:
     """~1 s of CPU and ~150 MB touched; the plugin prints the kernel's figures for itself."""
     code = """
         import json, resource, time
@@ -228,7 +244,9 @@ async def test_peak_memory_is_the_plugins_own_not_the_agents(executor: Executor)
 
 async def test_leftover_children_die_with_the_plugin(executor: Executor) -> None:
     if executor.name != "process":
-        pytest.skip("container pids are not host pids; the engine kills a container's processes itself")
+        pytest.skip(
+            "container pids are not host pids; the engine kills a container's processes itself"
+        )
     code = """
         import subprocess
         child = subprocess.Popen(["sleep", "600"])
@@ -252,7 +270,9 @@ async def test_leftover_children_die_with_the_plugin(executor: Executor) -> None
 async def test_a_cpu_budget_stops_a_plugin_that_spins(executor: Executor) -> None:
     if executor.name != "process":
         pytest.skip("docker enforces cpu as a rate (nano_cpus), not as a budget")
-    result = await run(executor, plugin("while True: pass", limits=Limits(cpu=0.5, wall_seconds=2.0)))
+    result = await run(
+        executor, plugin("while True: pass", limits=Limits(cpu=0.5, wall_seconds=2.0))
+    )
     assert (result.state, result.reason) == ("failed", "timeout")
     assert "CPU-time budget of 1 s" in result.message
     assert result.perf.cpu_seconds >= 0.9
@@ -270,7 +290,15 @@ async def test_runs_are_independent_and_concurrent(executor: Executor) -> None:
 
 
 def bundle_spec(bundle: str, args: tuple[str, ...] = ()) -> RunSpec:
-    return RunSpec(run_id=new_ulid(), node="W012", job_id="job-1", plugin="bme680", bundle_id=bundle, image=f"registry.example.org/{bundle}", args=args)
+    return RunSpec(
+        run_id=new_ulid(),
+        node="W012",
+        job_id="job-1",
+        plugin="bme680",
+        bundle_id=bundle,
+        image=f"registry.example.org/{bundle}",
+        args=args,
+    )
 
 
 async def test_a_bundle_runs_from_the_plugin_path_with_its_input_defaults(tmp_path: Path) -> None:
@@ -279,10 +307,14 @@ async def test_a_bundle_runs_from_the_plugin_path_with_its_input_defaults(tmp_pa
     assert resolved.argv[1].endswith("examples/plugins/plugin-bme680/main.py")
     assert resolved.argv[2:] == ("--simulate", "--interval", "30")  # continuous: false adds nothing
     env = {"HIVEBUS_OFFLINE_LOG": str(tmp_path / "run.ndjson")}
-    spec = RunSpec(**{**bundle_spec("waggle/plugin-bme680:0.2.1", ("--simulate",)).__dict__, "env": env})
+    spec = RunSpec(
+        **{**bundle_spec("waggle/plugin-bme680:0.2.1", ("--simulate",)).__dict__, "env": env}
+    )
     result = await run(ex, spec)
     assert result.state == "completed", result.log_tail
-    names = [json.loads(line)["name"] for line in (tmp_path / "run.ndjson").read_text().splitlines()]
+    names = [
+        json.loads(line)["name"] for line in (tmp_path / "run.ndjson").read_text().splitlines()
+    ]
     assert {"env.temperature", "env.relative_humidity", "env.pressure"} <= set(names)
 
 

@@ -35,9 +35,14 @@ MIB = 2**20
 
 def spec(**changes: object) -> RunSpec:
     base: dict[str, object] = {
-        "run_id": "01HRUN", "node": "W012", "job_id": "job-1", "plugin": "bme680",
-        "bundle_id": "waggle/plugin-bme680:0.2.1", "image": "registry.sagecontinuum.org/waggle/plugin-bme680:0.2.1",
-        "args": ("--interval", "30"), "env": {"HIVEBUS_LOCAL_BUS": "nats://127.0.0.1:40111", "HIVEBUS_VSN": "W012"},
+        "run_id": "01HRUN",
+        "node": "W012",
+        "job_id": "job-1",
+        "plugin": "bme680",
+        "bundle_id": "waggle/plugin-bme680:0.2.1",
+        "image": "registry.sagecontinuum.org/waggle/plugin-bme680:0.2.1",
+        "args": ("--interval", "30"),
+        "env": {"HIVEBUS_LOCAL_BUS": "nats://127.0.0.1:40111", "HIVEBUS_VSN": "W012"},
     }
     return RunSpec(**{**base, **changes})  # type: ignore[arg-type]
 
@@ -57,21 +62,34 @@ def test_container_gets_the_limits_the_engine_enforces() -> None:
     assert config["nano_cpus"] == 500_000_000
     assert "device_requests" not in config
     hc = host_config(config)
-    assert hc["Memory"] == 128 * MIB and hc["MemorySwap"] == 128 * MIB and hc["NanoCpus"] == 500_000_000
+    assert (
+        hc["Memory"] == 128 * MIB
+        and hc["MemorySwap"] == 128 * MIB
+        and hc["NanoCpus"] == 500_000_000
+    )
     assert hc["NetworkMode"] == "host"  # the local bus listens on loopback
 
 
 def test_a_run_that_asks_for_a_gpu_gets_a_device_request() -> None:
     hc = host_config(container_config(spec(limits=Limits(gpu=True))))
-    assert hc["DeviceRequests"] == [{"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
+    assert hc["DeviceRequests"] == [
+        {"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+    ]
 
 
 def test_container_runs_the_jobs_entrypoint_and_args_with_the_node_environment() -> None:
     config = container_config(spec(command=("python3", "/app/main.py")))
-    assert config["entrypoint"] == ["python3", "/app/main.py"] and config["command"] == ["--interval", "30"]
+    assert config["entrypoint"] == ["python3", "/app/main.py"] and config["command"] == [
+        "--interval",
+        "30",
+    ]
     assert config["image"] == "registry.sagecontinuum.org/waggle/plugin-bme680:0.2.1"
     env = config["environment"]
-    assert env["HIVEBUS_NODE"] == "W012" and env["HIVEBUS_TASK"] == "bme680" and env["HIVEBUS_RUN_ID"] == "01HRUN"
+    assert (
+        env["HIVEBUS_NODE"] == "W012"
+        and env["HIVEBUS_TASK"] == "bme680"
+        and env["HIVEBUS_RUN_ID"] == "01HRUN"
+    )
     assert env["HIVEBUS_LOCAL_BUS"] == "nats://127.0.0.1:40111"
     assert config["labels"]["org.hivebus.bundle"] == "waggle/plugin-bme680:0.2.1"
     assert container_config(spec())["entrypoint"] is None  # the image's own ENTRYPOINT
@@ -79,37 +97,69 @@ def test_container_runs_the_jobs_entrypoint_and_args_with_the_node_environment()
 
 def test_the_upload_dir_is_mounted_at_the_same_path() -> None:
     config = container_config(spec(env={"HIVEBUS_UPLOAD_DIR": "/var/lib/hivebus/uploads/incoming"}))
-    assert config["volumes"] == {"/var/lib/hivebus/uploads/incoming": {"bind": "/var/lib/hivebus/uploads/incoming", "mode": "rw"}}
-    assert host_config(config)["Binds"] == ["/var/lib/hivebus/uploads/incoming:/var/lib/hivebus/uploads/incoming:rw"]
+    assert config["volumes"] == {
+        "/var/lib/hivebus/uploads/incoming": {
+            "bind": "/var/lib/hivebus/uploads/incoming",
+            "mode": "rw",
+        }
+    }
+    assert host_config(config)["Binds"] == [
+        "/var/lib/hivebus/uploads/incoming:/var/lib/hivebus/uploads/incoming:rw"
+    ]
 
 
 # --- docker: outcomes -------------------------------------------------------------------------
 
 
 def outcome(state: dict[str, object], code: int, kill_reason=None, message: str = ""):  # type: ignore[no-untyped-def]
-    return classify(state, code, kill_reason=kill_reason, kill_message=message, memory_limit=64 * MIB, perf=Perf(), log_tail=("last",))
+    return classify(
+        state,
+        code,
+        kill_reason=kill_reason,
+        kill_message=message,
+        memory_limit=64 * MIB,
+        perf=Perf(),
+        log_tail=("last",),
+    )
 
 
 def test_engine_states_become_reasons() -> None:
     assert outcome({"OOMKilled": True}, 137).reason == "oom"
     assert "64.0 MiB" in outcome({"OOMKilled": True}, 137).message
-    assert outcome({}, 137, "timeout", "still running at its 5 s wall-time limit").reason == "timeout"
+    assert (
+        outcome({}, 137, "timeout", "still running at its 5 s wall-time limit").reason == "timeout"
+    )
     assert outcome({}, 143, "stopped", "stopped on request").reason == "stopped"
     done = outcome({}, 0)
     assert (done.state, done.exit_code, done.reason) == ("completed", 0, None)
     failed = outcome({"Error": "boom"}, 2)
-    assert (failed.state, failed.reason, failed.exit_code) == ("failed", "exit", 2) and "boom" in failed.message
+    assert (failed.state, failed.reason, failed.exit_code) == (
+        "failed",
+        "exit",
+        2,
+    ) and "boom" in failed.message
     assert outcome({"OOMKilled": True}, 137, "timeout").reason == "oom"  # the engine's verdict wins
 
 
 def test_perf_from_cgroup_v2_and_v1_stats() -> None:
     v2 = [
-        {"cpu_stats": {"cpu_usage": {"total_usage": 200_000_000}}, "memory_stats": {"usage": 50 * MIB, "stats": {"inactive_file": 10 * MIB}}},
-        {"cpu_stats": {"cpu_usage": {"total_usage": 1_500_000_000}}, "memory_stats": {"usage": 30 * MIB, "stats": {"inactive_file": 2 * MIB}}},
+        {
+            "cpu_stats": {"cpu_usage": {"total_usage": 200_000_000}},
+            "memory_stats": {"usage": 50 * MIB, "stats": {"inactive_file": 10 * MIB}},
+        },
+        {
+            "cpu_stats": {"cpu_usage": {"total_usage": 1_500_000_000}},
+            "memory_stats": {"usage": 30 * MIB, "stats": {"inactive_file": 2 * MIB}},
+        },
     ]
     perf = perf_from_stats(v2, 2.5)
     assert perf == Perf(cpu_seconds=1.5, max_rss_bytes=40 * MIB, wall_seconds=2.5)
-    v1 = [{"cpu_stats": {"cpu_usage": {"total_usage": 10**9}}, "memory_stats": {"usage": 20 * MIB, "max_usage": 90 * MIB, "stats": {"cache": 5 * MIB}}}]
+    v1 = [
+        {
+            "cpu_stats": {"cpu_usage": {"total_usage": 10**9}},
+            "memory_stats": {"usage": 20 * MIB, "max_usage": 90 * MIB, "stats": {"cache": 5 * MIB}},
+        }
+    ]
     assert perf_from_stats(v1, 1.0).max_rss_bytes == 85 * MIB
     assert perf_from_stats([], 1.0) == Perf(wall_seconds=1.0)
 
@@ -137,8 +187,19 @@ def test_input_defaults_fill_what_the_job_does_not_give() -> None:
         AppInput(id="model", type="string", default="tiny.tflite"),
         AppInput(id="stream", type="string"),
     ]
-    assert input_args(inputs, ("--interval", "5")) == ("--interval", "5", "--verbose", "--model", "tiny.tflite")
-    assert input_args(inputs, ("--model=big.tflite",)) == ("--model=big.tflite", "--interval", "30", "--verbose")
+    assert input_args(inputs, ("--interval", "5")) == (
+        "--interval",
+        "5",
+        "--verbose",
+        "--model",
+        "tiny.tflite",
+    )
+    assert input_args(inputs, ("--model=big.tflite",)) == (
+        "--model=big.tflite",
+        "--interval",
+        "30",
+        "--verbose",
+    )
 
 
 def test_identity_variables_come_from_the_spec() -> None:
@@ -150,7 +211,9 @@ def test_identity_variables_come_from_the_spec() -> None:
 def test_make_executor_builds_by_name_and_explains_mistakes() -> None:
     assert make_executor().name == "process"
     assert make_executor("docker", network_mode="bridge").name == "docker"
-    with pytest.raises(ExecutorError, match=r"unknown executor 'wasm'.*known executors: process, docker"):
+    with pytest.raises(
+        ExecutorError, match=r"unknown executor 'wasm'.*known executors: process, docker"
+    ):
         make_executor("wasm")
     with pytest.raises(ExecutorError, match="unexpected keyword argument 'memory'"):
         make_executor("process", memory=1)
@@ -158,11 +221,15 @@ def test_make_executor_builds_by_name_and_explains_mistakes() -> None:
     assert availability["process"] is None and set(availability) == {"process", "docker"}
 
 
-async def test_starting_without_an_engine_fails_the_run_with_the_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_starting_without_an_engine_fails_the_run_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'docker.sock'}")
     executor = DockerExecutor()
     handle = await executor.start(spec())
     result = await executor.wait(handle)
     assert (result.state, result.reason) == ("failed", "error")
-    assert result.message.startswith("docker: ") and result.log_tail == (f"hivebus: {result.message}",)
+    assert result.message.startswith("docker: ") and result.log_tail == (
+        f"hivebus: {result.message}",
+    )
     assert await executor.logs(handle, 5) == [f"hivebus: {result.message}"]

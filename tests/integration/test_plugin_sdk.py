@@ -55,7 +55,9 @@ class NodeIntake:
     async def _on_publish(self, msg: Any) -> None:
         reading = Reading.model_validate_json(msg.data)  # the SDK must send valid readings
         assert msg.subject == f"local.publish.{reading.name}"
-        reading = reading.model_copy(update={"meta": {**reading.meta, "node": NODE, "vsn": NODE, "host": "w012-host"}})
+        reading = reading.model_copy(
+            update={"meta": {**reading.meta, "node": NODE, "vsn": NODE, "host": "w012-host"}}
+        )
         self.readings.append(reading)
         if reading.scope != "beehive":
             await self.nc.publish(f"readings.{reading.name}", reading.model_dump_json().encode())
@@ -67,10 +69,14 @@ class NodeIntake:
 
     async def publish_reading(self, name: str, value: Any, **meta: str) -> None:
         """A reading as the agent re-publishes it for node-local subscribers."""
-        body = Reading(name=name, value=value, timestamp=1_800_000_000_000_000_000, meta={"node": NODE, **meta})
+        body = Reading(
+            name=name, value=value, timestamp=1_800_000_000_000_000_000, meta={"node": NODE, **meta}
+        )
         await self.nc.publish(f"readings.{name}", body.model_dump_json().encode())
 
-    async def wait_for(self, predicate: Callable[[list[Reading]], bool], timeout: float = 30.0) -> list[Reading]:
+    async def wait_for(
+        self, predicate: Callable[[list[Reading]], bool], timeout: float = 30.0
+    ) -> list[Reading]:
         async with asyncio.timeout(timeout):
             while not predicate(self.readings):
                 self._changed.clear()
@@ -94,7 +100,12 @@ def executor() -> Executor:
 
 
 def spec_for(
-    bundle: str, task: str, local_bus: str, *, args: tuple[str, ...] = (), code: str | None = None,
+    bundle: str,
+    task: str,
+    local_bus: str,
+    *,
+    args: tuple[str, ...] = (),
+    code: str | None = None,
     env: dict[str, str] | None = None,
 ) -> RunSpec:
     return RunSpec(
@@ -106,7 +117,12 @@ def spec_for(
         image=f"registry.sagecontinuum.org/{bundle}",
         command=("python3", "-c", textwrap.dedent(code)) if code else (),
         args=args,
-        env={"HIVEBUS_LOCAL_BUS": local_bus, "HIVEBUS_VSN": NODE, "HIVEBUS_HOST": "w012-host", **(env or {})},
+        env={
+            "HIVEBUS_LOCAL_BUS": local_bus,
+            "HIVEBUS_VSN": NODE,
+            "HIVEBUS_HOST": "w012-host",
+            **(env or {}),
+        },
         limits=Limits(memory_bytes=256 * 2**20, wall_seconds=60),
     )
 
@@ -130,7 +146,12 @@ async def test_a_pywaggle_plugin_publishes_readings_that_reach_the_hub_with_node
         await hub.ensure_streams()
         intake = await NodeIntake(local.url, hub).start()
         try:
-            spec = spec_for("waggle/plugin-bme680:0.2.1", "bme680", local.url, args=("--simulate", "--count", "2", "--interval", "0"))
+            spec = spec_for(
+                "waggle/plugin-bme680:0.2.1",
+                "bme680",
+                local.url,
+                args=("--simulate", "--count", "2", "--interval", "0"),
+            )
             await finished(executor, spec)
         finally:
             await intake.close()
@@ -141,19 +162,37 @@ async def test_a_pywaggle_plugin_publishes_readings_that_reach_the_hub_with_node
     temperature = next(e for e in stored if e.data.name == "env.temperature")
     assert temperature.node == NODE
     assert temperature.data.meta == {
-        "node": NODE, "vsn": NODE, "host": "w012-host",
-        "job": "job-heat", "task": "bme680", "plugin": "waggle/plugin-bme680:0.2.1",
-        "sensor": "bme680", "simulated": "true", "units": "degrees Celsius",
+        "node": NODE,
+        "vsn": NODE,
+        "host": "w012-host",
+        "job": "job-heat",
+        "task": "bme680",
+        "plugin": "waggle/plugin-bme680:0.2.1",
+        "sensor": "bme680",
+        "simulated": "true",
+        "units": "degrees Celsius",
     }
     assert isinstance(temperature.data.value, float)
 
 
-async def test_a_consumer_subscribes_and_publishes_a_derived_value(intake: NodeIntake, executor: Executor, nats_server) -> None:
+async def test_a_consumer_subscribes_and_publishes_a_derived_value(
+    intake: NodeIntake, executor: Executor, nats_server
+) -> None:
     consumer = await executor.start(
-        spec_for("waggle/plugin-heat-index:0.1.0", "heat-index", nats_server.url, args=("--count", "1", "--idle", "30"))
+        spec_for(
+            "waggle/plugin-heat-index:0.1.0",
+            "heat-index",
+            nats_server.url,
+            args=("--count", "1", "--idle", "30"),
+        )
     )
     producer = await executor.start(
-        spec_for("waggle/plugin-bme680:0.2.1", "bme680", nats_server.url, args=("--simulate", "--continuous", "--interval", "0.2"))
+        spec_for(
+            "waggle/plugin-bme680:0.2.1",
+            "bme680",
+            nats_server.url,
+            args=("--simulate", "--continuous", "--interval", "0.2"),
+        )
     )
     try:  # the producer keeps publishing until the consumer (subscribed at some point) derives one value
         await intake.wait_for(lambda rs: any(r.name == "env.heat_index" for r in rs))
@@ -171,7 +210,9 @@ async def test_a_consumer_subscribes_and_publishes_a_derived_value(intake: NodeI
 
 
 def heat_index_example() -> Callable[[float, float], float]:
-    spec = importlib.util.spec_from_file_location("heat_index_example", EXAMPLES / "plugin-heat-index" / "main.py")
+    spec = importlib.util.spec_from_file_location(
+        "heat_index_example", EXAMPLES / "plugin-heat-index" / "main.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -202,9 +243,13 @@ PROBE = """
 async def test_subscribe_wildcards_deliver_each_matching_reading_once_and_get_times_out(
     intake: NodeIntake, executor: Executor, nats_server
 ) -> None:
-    handle = await executor.start(spec_for("hivebus-test/probe:1.0.0", "probe", nats_server.url, code=PROBE))
+    handle = await executor.start(
+        spec_for("hivebus-test/probe:1.0.0", "probe", nats_server.url, code=PROBE)
+    )
     await intake.wait_for(lambda rs: any(r.name == "probe.ready" for r in rs))
-    await intake.publish_reading("env.temperature", 21.5, sensor="bme680")  # matches env.# and env.*
+    await intake.publish_reading(
+        "env.temperature", 21.5, sensor="bme680"
+    )  # matches env.# and env.*
     await intake.publish_reading("env.raingauge.uint", 3)  # env.# only
     await intake.publish_reading("env", 0)  # env.#: '#' matches zero parts too
     await intake.publish_reading("sys.load1", 0.5)  # nothing
@@ -235,14 +280,20 @@ BURST = """
 """
 
 
-async def test_everything_published_before_exit_is_delivered(intake: NodeIntake, executor: Executor, nats_server) -> None:
-    await finished(executor, spec_for("hivebus-test/burst:1.0.0", "burst", nats_server.url, code=BURST))
+async def test_everything_published_before_exit_is_delivered(
+    intake: NodeIntake, executor: Executor, nats_server
+) -> None:
+    await finished(
+        executor, spec_for("hivebus-test/burst:1.0.0", "burst", nats_server.url, code=BURST)
+    )
     readings = await intake.wait_for(lambda rs: len(rs) >= 20000, timeout=10)
     assert [r.value for r in readings] == list(range(20000))  # all, in order
     assert all(r.scope == "beehive" for r in readings)
 
 
-async def test_an_unreachable_bus_leaves_the_readings_in_the_offline_log(tmp_path: Path, executor: Executor) -> None:
+async def test_an_unreachable_bus_leaves_the_readings_in_the_offline_log(
+    tmp_path: Path, executor: Executor
+) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -255,7 +306,10 @@ async def test_an_unreachable_bus_leaves_the_readings_in_the_offline_log(tmp_pat
     """
     log = tmp_path / "fallback.ndjson"
     spec = spec_for(
-        "hivebus-test/kept:1.0.0", "kept", f"nats://127.0.0.1:{port}", code=code,
+        "hivebus-test/kept:1.0.0",
+        "kept",
+        f"nats://127.0.0.1:{port}",
+        code=code,
         env={"HIVEBUS_FLUSH_TIMEOUT": "1", "HIVEBUS_OFFLINE_LOG": str(log)},
     )
     result = await finished(executor, spec)
@@ -263,7 +317,9 @@ async def test_an_unreachable_bus_leaves_the_readings_in_the_offline_log(tmp_pat
     assert any("did not take 5 message(s)" in line for line in result.log_tail)
 
 
-async def test_scope_decides_where_a_reading_goes(intake: NodeIntake, executor: Executor, nats_server) -> None:
+async def test_scope_decides_where_a_reading_goes(
+    intake: NodeIntake, executor: Executor, nats_server
+) -> None:
     code = """
         from hivebus.plugin import Plugin
 
@@ -276,6 +332,10 @@ async def test_scope_decides_where_a_reading_goes(intake: NodeIntake, executor: 
             seen = sorted(plugin.get(timeout=10).name for _ in range(2))
             plugin.publish("probe.seen", ",".join(seen), scope="beehive")
     """
-    await finished(executor, spec_for("hivebus-test/scoped:1.0.0", "scoped", nats_server.url, code=code))
+    await finished(
+        executor, spec_for("hivebus-test/scoped:1.0.0", "scoped", nats_server.url, code=code)
+    )
     (seen,) = intake.named("probe.seen")
-    assert seen.value == "scoped.all,scoped.node"  # beehive-only readings are not re-published locally
+    assert (
+        seen.value == "scoped.all,scoped.node"
+    )  # beehive-only readings are not re-published locally

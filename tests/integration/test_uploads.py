@@ -51,8 +51,14 @@ class Node:
     async def start(self) -> UploadService:
         self.nc = await nats.connect(self.local_url, name="test-agent")
         self.service = UploadService(
-            self.nc, self.data_dir, NODE, self.append, lambda: self.hub if self.online else None,
-            retry_seconds=0.1, max_retry_seconds=0.5, **self.options,
+            self.nc,
+            self.data_dir,
+            NODE,
+            self.append,
+            lambda: self.hub if self.online else None,
+            retry_seconds=0.1,
+            max_retry_seconds=0.5,
+            **self.options,
         )
         self._stop.clear()
         self._task = asyncio.create_task(self.service.run(self._stop))
@@ -104,10 +110,20 @@ async def object_bytes(hub: Bus, key: str) -> bytes:
     return (await store.get(key)).data
 
 
-def plugin_spec(local_url: str, *, bundle: str = "waggle/plugin-snapshot:0.1.0", task: str = "snapshot",
-                code: str | None = None, env: dict[str, str] | None = None) -> RunSpec:
+def plugin_spec(
+    local_url: str,
+    *,
+    bundle: str = "waggle/plugin-snapshot:0.1.0",
+    task: str = "snapshot",
+    code: str | None = None,
+    env: dict[str, str] | None = None,
+) -> RunSpec:
     return RunSpec(
-        run_id=new_ulid(), node=NODE, job_id="job-cam", plugin=task, bundle_id=bundle,
+        run_id=new_ulid(),
+        node=NODE,
+        job_id="job-cam",
+        plugin=task,
+        bundle_id=bundle,
         image=f"registry.sagecontinuum.org/{bundle}",
         command=("python3", "-c", textwrap.dedent(code)) if code else (),
         env={"HIVEBUS_LOCAL_BUS": local_url, "HIVEBUS_VSN": NODE, **(env or {})},
@@ -118,7 +134,9 @@ def plugin_spec(local_url: str, *, bundle: str = "waggle/plugin-snapshot:0.1.0",
 # --- the path of a plugin's file -------------------------------------------------------------
 
 
-async def test_a_plugins_upload_reaches_the_hub_object_store_and_is_reported(node: Node, hub: Bus) -> None:
+async def test_a_plugins_upload_reaches_the_hub_object_store_and_is_reported(
+    node: Node, hub: Bus
+) -> None:
     executor = make_executor("process", plugin_path=[EXAMPLES])
     handle = await executor.start(plugin_spec(node.local_url))
     result = await asyncio.wait_for(executor.wait(handle), 60)
@@ -127,10 +145,15 @@ async def test_a_plugins_upload_reaches_the_hub_object_store_and_is_reported(nod
     (put,), (reading,) = node.reports()
     assert reading.name == "upload" and reading.value == f"uploads/{put.key}"
     assert put.key.startswith(f"{NODE}/snapshot/") and put.key.endswith(".pgm")
-    assert reading.meta["filename"].startswith("snapshot-") and reading.meta["camera"] == "simulated"
+    assert (
+        reading.meta["filename"].startswith("snapshot-") and reading.meta["camera"] == "simulated"
+    )
     for key in ("node", "vsn", "job", "task", "plugin"):
         assert reading.meta[key], key
-    assert reading.meta["task"] == "snapshot" and reading.meta["plugin"] == "waggle/plugin-snapshot:0.1.0"
+    assert (
+        reading.meta["task"] == "snapshot"
+        and reading.meta["plugin"] == "waggle/plugin-snapshot:0.1.0"
+    )
     data = await object_bytes(hub, put.key)
     assert data.startswith(b"P5\n64 48\n255\n") and len(data) == put.size
     assert put.digest == "sha256:" + hashlib.sha256(data).hexdigest()
@@ -138,7 +161,9 @@ async def test_a_plugins_upload_reaches_the_hub_object_store_and_is_reported(nod
     assert node.service is not None and node.service.pending() == []  # the node's copy is gone
 
 
-async def test_files_wait_on_the_node_while_offline_and_go_when_online(node: Node, hub: Bus, tmp_path: Path) -> None:
+async def test_files_wait_on_the_node_while_offline_and_go_when_online(
+    node: Node, hub: Bus, tmp_path: Path
+) -> None:
     node.online = False
     code = """
         from pathlib import Path
@@ -151,7 +176,9 @@ async def test_files_wait_on_the_node_while_offline_and_go_when_online(node: Nod
             print("source still there:", path.exists())
     """
     executor = make_executor("process")
-    handle = await executor.start(plugin_spec(node.local_url, bundle="acme/sampler:1.0.0", task="sampler", code=code))
+    handle = await executor.start(
+        plugin_spec(node.local_url, bundle="acme/sampler:1.0.0", task="sampler", code=code)
+    )
     result = await asyncio.wait_for(executor.wait(handle), 60)
     assert result.state == "completed", result.log_tail
     assert result.log_tail[-2] == f"uploads/{NODE}/sampler/{TS}-sample.txt"
@@ -163,20 +190,27 @@ async def test_files_wait_on_the_node_while_offline_and_go_when_online(node: Nod
     assert node.outbox == [] and len(node.service.pending()) == 1
     node.online = True
     await node.transferred(1)
-    assert await object_bytes(hub, f"{NODE}/sampler/{TS}-sample.txt") == b"recorded while the uplink was down"
+    assert (
+        await object_bytes(hub, f"{NODE}/sampler/{TS}-sample.txt")
+        == b"recorded while the uplink was down"
+    )
     (put,), (reading,) = node.reports()
     assert reading.timestamp == TS and reading.meta["kind"] == "sample"
     assert put.size == len(b"recorded while the uplink was down")
 
 
-async def test_accepted_files_survive_an_agent_restart(nats_server_factory, hub: Bus, tmp_path: Path) -> None:
+async def test_accepted_files_survive_an_agent_restart(
+    nats_server_factory, hub: Bus, tmp_path: Path
+) -> None:
     local = nats_server_factory("local")
     source = tmp_path / "clip.wav"
     source.write_bytes(b"RIFF" + bytes(1000))
     first = Node(local.url, hub, tmp_path / "agent")
     first.online = False
     await first.start()
-    reply = await first.request({"path": str(source), "meta": {"task": "audio"}, "timestamp": TS, "keep": True})
+    reply = await first.request(
+        {"path": str(source), "meta": {"task": "audio"}, "timestamp": TS, "keep": True}
+    )
     assert reply == {"ref": f"uploads/{NODE}/audio/{TS}-clip.wav"}
     await first.stop()  # the agent goes away before the hub was reachable
     second = Node(local.url, hub, tmp_path / "agent")
@@ -189,12 +223,16 @@ async def test_accepted_files_survive_an_agent_restart(nats_server_factory, hub:
     assert source.exists()  # keep=True
 
 
-async def test_a_hub_outage_holds_files_until_the_hub_returns(node: Node, hub: Bus, tmp_path: Path) -> None:
+async def test_a_hub_outage_holds_files_until_the_hub_returns(
+    node: Node, hub: Bus, tmp_path: Path
+) -> None:
     server = hub.server  # type: ignore[attr-defined]
     server.stop()
     source = tmp_path / "frame.jpg"
     source.write_bytes(b"\xff\xd8" + bytes(5000))
-    reply = await node.request({"path": str(source), "meta": {"task": "cam"}, "timestamp": TS, "keep": False})
+    reply = await node.request(
+        {"path": str(source), "meta": {"task": "cam"}, "timestamp": TS, "keep": False}
+    )
     assert "ref" in reply and not source.exists()
     assert node.service is not None
     await asyncio.sleep(0.5)  # retry periods pass with the hub down: nothing sent, nothing lost
@@ -204,7 +242,9 @@ async def test_a_hub_outage_holds_files_until_the_hub_returns(node: Node, hub: B
     assert await object_bytes(hub, f"{NODE}/cam/{TS}-frame.jpg") == b"\xff\xd8" + bytes(5000)
 
 
-async def test_a_container_plugin_stages_its_file_in_the_shared_upload_dir(node: Node, hub: Bus, tmp_path: Path) -> None:
+async def test_a_container_plugin_stages_its_file_in_the_shared_upload_dir(
+    node: Node, hub: Bus, tmp_path: Path
+) -> None:
     """With HIVEBUS_UPLOAD_DIR (the docker executor mounts it), the SDK copies the file there."""
     shared = tmp_path / "shared-uploads"
     shared.mkdir()
@@ -218,7 +258,13 @@ async def test_a_container_plugin_stages_its_file_in_the_shared_upload_dir(node:
             print("left behind:", Path("result.csv").exists())
     """
     executor = make_executor("process")
-    spec = plugin_spec(node.local_url, bundle="acme/table:1.0.0", task="table", code=code, env={"HIVEBUS_UPLOAD_DIR": str(shared)})
+    spec = plugin_spec(
+        node.local_url,
+        bundle="acme/table:1.0.0",
+        task="table",
+        code=code,
+        env={"HIVEBUS_UPLOAD_DIR": str(shared)},
+    )
     result = await asyncio.wait_for(executor.wait(await executor.start(spec)), 60)
     assert result.state == "completed", result.log_tail
     assert result.log_tail[-1] == "left behind: False"
@@ -237,9 +283,15 @@ async def test_bad_requests_are_refused_with_the_reason(node: Node, tmp_path: Pa
         ({"path": "relative.bin", "meta": {}, "timestamp": TS}, "must be absolute"),
         ({"path": str(tmp_path / "missing.bin"), "meta": {}, "timestamp": TS}, "no such file"),
         ({"path": str(tmp_path), "meta": {}, "timestamp": TS}, "not a regular file"),
-        ({"path": str(good), "meta": {"n": 1}, "timestamp": TS}, "meta must map strings to strings"),
+        (
+            {"path": str(good), "meta": {"n": 1}, "timestamp": TS},
+            "meta must map strings to strings",
+        ),
         ({"path": str(good), "meta": {}, "timestamp": 1_700_000_000}, "nanoseconds"),
-        ({"path": str(good), "meta": {}, "timestamp": TS, "keep": "yes"}, "keep must be true or false"),
+        (
+            {"path": str(good), "meta": {}, "timestamp": TS, "keep": "yes"},
+            "keep must be true or false",
+        ),
     ]
     for body, reason in cases:
         reply = await node.request(body)
@@ -250,7 +302,9 @@ async def test_bad_requests_are_refused_with_the_reason(node: Node, tmp_path: Pa
     assert good.exists() and node.service.pending() == []
 
 
-async def test_uploads_are_confined_to_allowed_roots_and_bounded(nats_server_factory, tmp_path: Path) -> None:
+async def test_uploads_are_confined_to_allowed_roots_and_bounded(
+    nats_server_factory, tmp_path: Path
+) -> None:
     local = nats_server_factory("local")
     allowed = tmp_path / "plugins"
     allowed.mkdir()
@@ -294,7 +348,12 @@ async def test_the_sdk_raises_when_the_node_refuses(nats_server_factory, tmp_pat
     """
     try:
         executor = make_executor("process")
-        result = await asyncio.wait_for(executor.wait(await executor.start(plugin_spec(n.local_url, bundle="a/b:1.0.0", code=code))), 60)
+        result = await asyncio.wait_for(
+            executor.wait(
+                await executor.start(plugin_spec(n.local_url, bundle="a/b:1.0.0", code=code))
+            ),
+            60,
+        )
     finally:
         await n.stop()
     assert result.state == "completed", result.log_tail
@@ -306,7 +365,9 @@ async def test_the_sdk_raises_when_the_node_refuses(nats_server_factory, tmp_pat
 # --- reporting ---------------------------------------------------------------------------------
 
 
-async def test_reporting_an_upload_twice_gives_the_same_event_ids(node: Node, tmp_path: Path) -> None:
+async def test_reporting_an_upload_twice_gives_the_same_event_ids(
+    node: Node, tmp_path: Path
+) -> None:
     """After a crash between the outbox append and the cleanup, the events are re-sent with
     the same ids, so JetStream and the projections see them once."""
     node.online = False

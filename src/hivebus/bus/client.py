@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -177,9 +178,15 @@ class Bus:
             [Outgoing(subject_for(e), encode(e), e.id) for e in events], timeout=timeout
         )
 
-    async def publish_raw_many(self, messages: Sequence[Outgoing], *, timeout: float = 10.0) -> list[int]:
-        """Publish pre-encoded messages pipelined (the edge outbox forwards these)."""
-        return await self._pipeline.publish(messages, timeout=timeout)
+    async def publish_raw_many(
+        self, messages: Sequence[Outgoing], *, timeout: float = 10.0, retries: int = 8
+    ) -> list[int]:
+        """Publish pre-encoded messages pipelined (the edge outbox forwards these).
+
+        ``retries=0`` fails fast instead of resending unacknowledged messages itself: the
+        edge forwarder then checks the stream for what arrived before it sends again.
+        """
+        return await self._pipeline.publish(messages, timeout=timeout, retries=retries)
 
     # --- consume --------------------------------------------------------------------
 
@@ -223,12 +230,15 @@ class Bus:
         batch: int = 2000,
         idle: float = 0.5,
         stop_at_end: bool = False,
+        start_time: datetime | None = None,
+        new_only: bool = False,
     ) -> AsyncIterator[list[RawMessage]]:
-        """Raw messages of ``stream`` from ``start_seq`` on, in batches, with no acks
-        (see ``bus.reader``); with ``stop_at_end`` it ends when nothing is pending."""
+        """Raw messages of ``stream`` from ``start_seq`` (or ``start_time``, or only new
+        ones) on, in batches, with no acks (see ``bus.reader``); with ``stop_at_end`` it
+        ends when nothing is pending."""
         return read_stream(
             self.js, stream, start_seq=start_seq, filter_subjects=filter_subjects,
-            batch=batch, idle=idle, stop_at_end=stop_at_end,
+            batch=batch, idle=idle, stop_at_end=stop_at_end, start_time=start_time, new_only=new_only,
         )
 
     async def last_seq(self, stream: str) -> int:

@@ -28,6 +28,7 @@ class RawMessage(NamedTuple):
     seq: int
     subject: str
     data: bytes
+    time_ns: int = 0  # when the stream stored it (ns since the epoch); 0 if unknown
 
 
 def parse_reply(reply: str) -> tuple[int, int]:
@@ -40,6 +41,14 @@ def parse_reply(reply: str) -> tuple[int, int]:
     if len(tokens) == 9:
         return int(tokens[5]), int(tokens[4])
     return int(tokens[7]), int(tokens[6])
+
+
+def reply_position(reply: str) -> tuple[int, int]:
+    """(stream sequence, stored time in ns since the epoch) from a ``$JS.ACK...`` reply subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[7])
+    return int(tokens[7]), int(tokens[9])
 
 
 class DeadLetter(BaseModel):

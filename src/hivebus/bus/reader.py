@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from hivebus.bus.consumer import RawMessage, parse_reply
+from hivebus.bus.consumer import RawMessage, reply_position
 
 # Status codes the server sends on the pull inbox instead of messages.
 _END_OF_PULL = {"404", "408", "409"}  # no messages / request expired / consumer changed
@@ -32,11 +33,15 @@ async def read_stream(
     batch: int = 2000,
     idle: float = 0.5,
     stop_at_end: bool = False,
+    start_time: datetime | None = None,
+    new_only: bool = False,
 ) -> AsyncIterator[list[RawMessage]]:
     """Yield lists of raw messages in stream order from ``start_seq`` on.
 
-    ``stop_at_end``: stop once nothing is pending (for rebuilds and catch-up reads);
-    otherwise wait for new messages forever (``idle`` is the pull's expiry).
+    ``start_time`` starts at the first message stored at or after it instead, and
+    ``new_only`` at the next message to arrive. ``stop_at_end``: stop once nothing is
+    pending (for rebuilds and catch-up reads); otherwise wait for new messages forever
+    (``idle`` is the pull's expiry).
     """
     nc = js._nc
     subjects = list(filter_subjects)
@@ -44,8 +49,9 @@ async def read_stream(
         stream,
         ConsumerConfig(
             ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
-            opt_start_seq=start_seq if start_seq > 1 else None,
+            deliver_policy=_deliver_policy(start_seq, start_time, new_only),
+            opt_start_seq=start_seq if start_seq > 1 and start_time is None and not new_only else None,
+            opt_start_time=start_time,
             filter_subject=subjects[0] if len(subjects) == 1 else None,
             filter_subjects=subjects if len(subjects) > 1 else None,
             inactive_threshold=30.0,
@@ -78,7 +84,8 @@ async def read_stream(
                 out = []
                 for m in msgs:
                     if m.reply:
-                        out.append(RawMessage(parse_reply(m.reply)[0], m.subject, m.data))
+                        seq, stored = reply_position(m.reply)
+                        out.append(RawMessage(seq, m.subject, m.data, stored))
                         continue
                     status = m.headers.get("Status") if m.headers else None
                     if status in _END_OF_PULL or status != _HEARTBEAT:
@@ -94,3 +101,11 @@ async def read_stream(
             await js.delete_consumer(stream, info.name)
         except Exception:  # the consumer expires by itself (inactive_threshold)
             pass
+
+
+def _deliver_policy(start_seq: int, start_time: datetime | None, new_only: bool) -> DeliverPolicy:
+    if new_only:
+        return DeliverPolicy.NEW
+    if start_time is not None:
+        return DeliverPolicy.BY_START_TIME
+    return DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL

@@ -17,4 +17,14 @@ from hivebus.plugin import (
     upload_file,
 )
 
-__all__ = ["Message", "Plugin", "PluginConfig", "get", "init", "publish", "subscribe", "timeit", "upload_file"]
+__all__ = [
+    "Message",
+    "Plugin",
+    "PluginConfig",
+    "get",
+    "init",
+    "publish",
+    "subscribe",
+    "timeit",
+    "upload_file",
+]

@@ -207,6 +207,23 @@ class TriggerFired(Payload):
     time: UtcTime
 
 
+@event("node.toedge.applied")
+class ToEdgeApplied(Payload):
+    """A node stored a to-edge message (a goal, its removal, a config update) and applied it,
+    or refused it with the reason. ``goals`` lists the job ids the node holds afterwards;
+    ``causationid`` is the to-edge event's id."""
+
+    model_config = STRICT
+
+    node: NodeId
+    applied_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    applied_type: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    job_id: Key | None = None
+    outcome: Literal["applied", "refused"] = "applied"
+    reason: str = ""
+    goals: list[Key] = Field(default_factory=list)
+
+
 __all__ = [
     "Executor",
     "Hardware",
@@ -223,5 +240,6 @@ __all__ = [
     "SensorLost",
     "SensorRestored",
     "SensorSpec",
+    "ToEdgeApplied",
     "TriggerFired",
 ]

@@ -1,0 +1,235 @@
+"""The forwarder: sends the outbox to the hub in order and deletes only what the hub acked.
+
+One batch at a time (the oldest ``batch`` events, nodeseq order) is published pipelined with
+the stored bytes and ``Nats-Msg-Id`` = event id; it is deleted from the outbox only once every
+message in it is acknowledged. If any message fails, nothing of the batch is deleted.
+
+Exactly once, beyond the duplicate window
+    After a failure (or at start-up, after a crash that may have struck between a publish and
+    the delete) it is unknown which events of the batch the hub stored. Resending them relies
+    on JetStream's duplicate window, which a long outage outlasts. So before sending again the
+    forwarder *reconciles*: it reads this node's subjects in DATA and EVENTS from the last
+    position known to be complete and deletes from the outbox every event found there (by
+    nodeseq and id). What is left was never stored and is sent again. A failed message can
+    never make later ones look like duplicates: nothing is inferred from order, only from the
+    events actually found. The projections still de-duplicate on exact ``(node, nodeseq)``
+    membership as the last line, and alone if the check keeps failing (a hub whose
+    permissions forbid a node to read streams): after three failed checks it resends anyway.
+
+A message the hub refuses for what it is
+    After a failed batch (and the reconciliation), the oldest event is sent alone first. If
+    JetStream refuses that very message (larger than the stream's ``max_msg_size``, or than
+    the server's ``max_payload``) it would block the node's uplink forever; it is parked
+    instead (kept on the node, counted as ``refused_by_hub``, logged with the reason) and
+    forwarding goes on. Timeouts, a missing stream or a full store are not its fault: those
+    are retried, with back-off, for as long as it takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+from nats.errors import MaxPayloadError
+from nats.js.errors import APIError
+
+from hivebus.bus.client import Bus
+from hivebus.bus.publisher import MSG_ID, Outgoing
+from hivebus.bus.streams import DATA, EVENTS
+from hivebus.bus.subjects import data_filter, fromedge_filter
+from hivebus.edge.outbox import Entry, Outbox
+from hivebus.edge.uplink import Uplink
+
+log = structlog.get_logger()
+
+_NODESEQ: Final = re.compile(rb'"nodeseq":(\d+)')
+_ID: Final = re.compile(rb'"id":"([0-9A-Za-z]+)"')
+_CHECKS_BEFORE_RESENDING: Final = 3
+# JetStream errors about the message itself (JSStreamMessageExceedsMaximumErr).
+_REFUSED_FOR_WHAT_IT_IS: Final = frozenset({10054})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwarderOptions:
+    batch: int = 5000
+    ack_timeout: float = 5.0  # seconds without any ack before a batch counts as failed
+    retry_min: float = 0.2
+    retry_max: float = 5.0
+    idle_poll: float = 1.0
+
+
+@dataclass
+class ForwarderStats:
+    sent: int = 0
+    batches: int = 0
+    failures: int = 0
+    reconciled: int = 0  # events found already stored by the hub and deleted without resending
+    parked: int = 0  # events the hub refused for what they are, set aside on the node
+
+
+class Forwarder:
+    """Drains an ``Outbox`` through an ``Uplink`` (see the module docstring)."""
+
+    def __init__(
+        self, outbox: Outbox, uplink: Uplink, options: ForwarderOptions | None = None
+    ) -> None:
+        self.outbox = outbox
+        self.uplink = uplink
+        self.options = options or ForwarderOptions()
+        self.stats = ForwarderStats()
+        self._node = outbox.node
+        # After a crash the last batch's fate is unknown: check before sending anything.
+        self._uncertain = True
+        self._probe = False  # after a failure: send the oldest event alone first
+        self._check_failures = 0
+        self.idle = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = self.options.retry_min
+        while not stop.is_set():
+            bus = await self.uplink.wait_online(stop)
+            if bus is None:
+                return
+            try:
+                sent = await self._step(bus)
+            except Exception as exc:  # the hub went away, refused, or timed out: try again
+                self.outbox.release()
+                self._uncertain = True
+                self._probe = True
+                self.stats.failures += 1
+                log.warning(
+                    "forwarder.batch_failed", error=str(exc) or type(exc).__name__, retry_in=delay
+                )
+                await _sleep(stop, delay)
+                delay = min(delay * 2, self.options.retry_max)
+                continue
+            delay = self.options.retry_min
+            if not sent:
+                self.idle.set()
+                await self.outbox.wait_appended(self.options.idle_poll)
+            else:
+                self.idle.clear()
+
+    async def _step(self, bus: Bus) -> int:
+        """Send one batch; how many events it held (0 = the outbox is empty)."""
+        if self._uncertain:
+            try:
+                await self.reconcile(bus)
+            except Exception as exc:
+                self._check_failures += 1
+                if self._check_failures < _CHECKS_BEFORE_RESENDING:
+                    raise
+                # e.g. a hub that does not let nodes read streams: resend unchecked; the
+                # duplicate window and the projections' (node, nodeseq) check still hold.
+                log.warning("forwarder.unchecked_resend", error=str(exc) or type(exc).__name__)
+            self._check_failures = 0
+            self._uncertain = False
+        await self.ensure_positions(bus)
+        entries = await self.outbox.next_batch(1 if self._probe else self.options.batch)
+        if not entries:
+            self._probe = False
+            return 0
+        self.idle.clear()
+        if self._probe:
+            refusal = await self._refusal(bus, entries[0])
+            if refusal is not None:
+                await self.outbox.park(entries[0], refusal)
+                self.stats.parked += 1
+                log.error(
+                    "forwarder.parked",
+                    nodeseq=entries[0].nodeseq,
+                    subject=entries[0].subject,
+                    reason=refusal,
+                )
+                return 1
+            self._probe = False
+        seqs = await self._publish(bus, entries)
+        positions: dict[str, int] = {}
+        for entry, seq in zip(entries, seqs, strict=True):
+            stream = entry.stream
+            if seq > positions.get(stream, 0):
+                positions[stream] = seq
+        await self.outbox.remove(entries, positions)
+        self.stats.sent += len(entries)
+        self.stats.batches += 1
+        log.debug("forwarder.sent", n=len(entries), through=entries[-1].nodeseq)
+        return len(entries)
+
+    async def _publish(self, bus: Bus, entries: Sequence[Entry]) -> list[int]:
+        messages = [Outgoing(e.subject, e.body, e.msg_id) for e in entries]
+        return await bus.publish_raw_many(messages, timeout=self.options.ack_timeout, retries=0)
+
+    async def _refusal(self, bus: Bus, entry: Entry) -> str | None:
+        """Send ``entry`` alone: why the hub refuses this message itself, or None if it took
+        it (a timeout or a missing stream raises: not the message's fault)."""
+        try:
+            await bus.js.publish(
+                entry.subject,
+                entry.body,
+                timeout=self.options.ack_timeout,
+                headers={MSG_ID: entry.msg_id},
+            )
+        except MaxPayloadError as exc:
+            return f"larger than the server's max_payload: {exc}"
+        except APIError as exc:
+            if exc.err_code in _REFUSED_FOR_WHAT_IT_IS:
+                return f"JetStream refused it: {exc.description} (err_code {exc.err_code})"
+            raise
+        return None
+
+    async def ensure_positions(self, bus: Bus) -> None:
+        """Before the first publish ever, note where each stream ends: nothing of this
+        outbox can be stored before that point, so reconciliation never reads further back."""
+        known = self.outbox.positions
+        missing = {s: 0 for s in (DATA, EVENTS) if s not in known}
+        if not missing:
+            return
+        for stream in missing:
+            missing[stream] = await bus.last_seq(stream)
+        await self.outbox.save_positions(missing)
+
+    async def reconcile(self, bus: Bus) -> int:
+        """Delete from the outbox what the hub already stored; how many events that was."""
+        if self.outbox.backlog_now()[0] == 0:
+            return 0
+        positions = self.outbox.positions
+        found: list[tuple[int, str]] = []
+        reached: dict[str, int] = {}
+        for stream, subject in (
+            (DATA, data_filter(self._node)),
+            (EVENTS, fromedge_filter(self._node)),
+        ):
+            if stream not in positions:
+                continue  # never published to it
+            last = positions[stream]
+            async for batch in bus.read(
+                stream, start_seq=last + 1, filter_subjects=[subject], stop_at_end=True
+            ):
+                for message in batch:
+                    seq, msg_id = _identity(message.data)
+                    if seq is not None and msg_id is not None:
+                        found.append((seq, msg_id))
+                    last = max(last, message.seq)
+            reached[stream] = last
+        gone = await self.outbox.remove_published(found, reached)
+        self.stats.reconciled += gone
+        if gone:
+            log.info("forwarder.reconciled", already_stored=gone, checked=len(found))
+        return gone
+
+
+def _identity(body: bytes) -> tuple[int | None, str | None]:
+    """(nodeseq, event id) of a stored event, read without decoding it."""
+    seq = _NODESEQ.search(body)
+    ident = _ID.search(body)
+    return (int(seq.group(1)) if seq else None, ident.group(1).decode() if ident else None)
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

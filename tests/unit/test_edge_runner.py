@@ -1,0 +1,263 @@
+"""The goal runner's decisions, with an in-memory executor (the integration tests use the
+real process executor): what runs when, statuses in order, triggers on rising edges."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from hivebus.edge.executors import Capacity, ResourceGate, RunHandle, RunResult, RunSpec
+from hivebus.edge.goals import Goal
+from hivebus.edge.recent import RecentReadings
+from hivebus.edge.runner import GoalRunner
+from hivebus.edge.runs import RunEnvironment
+from hivebus.errors import RuleSyntaxError
+from hivebus.rules import Rule
+from hivebus.schemas.ecr import HardwareProfile
+from hivebus.schemas.envelope import Event
+from hivebus.schemas.node import PluginStatus
+from hivebus.schemas.ses import GoalAssigned, GoalPlugin, ResourceRequest
+
+NODE = "W012"
+
+
+class MemoryExecutor:
+    """Runs nothing: a run ends when the test says so (``finish``)."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.specs: list[RunSpec] = []
+        self.ends: dict[str, asyncio.Future[RunResult]] = {}
+
+    async def start(self, spec: RunSpec) -> RunHandle:
+        self.specs.append(spec)
+        self.ends[spec.run_id] = asyncio.get_running_loop().create_future()
+        return RunHandle(spec=spec, ref=self.ends[spec.run_id])
+
+    async def wait(self, handle: RunHandle) -> RunResult:
+        return await handle.ref  # type: ignore[no-any-return]
+
+    async def stop(self, handle: RunHandle) -> None:
+        if not handle.ref.done():  # type: ignore[union-attr]
+            handle.ref.set_result(
+                RunResult(state="failed", reason="stopped", message="stopped on request")
+            )  # type: ignore[union-attr]
+
+    async def logs(self, handle: RunHandle, lines: int = 50) -> list[str]:
+        return []
+
+    def available(self) -> str | None:
+        return None
+
+    def finish(self, ok: bool = True) -> None:
+        for future in self.ends.values():
+            if not future.done():
+                future.set_result(
+                    RunResult(state="completed", exit_code=0)
+                    if ok
+                    else RunResult(state="failed", reason="exit", exit_code=1)
+                )
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.executor = MemoryExecutor()
+        self.statuses: list[PluginStatus] = []
+        self.triggers: list[tuple[str, Any]] = []
+        self.recent = RecentReadings()
+        self.runner = GoalRunner(
+            executor=self.executor,
+            gate=ResourceGate(Capacity(cpus=2, memory_bytes=2**30)),
+            environment=RunEnvironment(
+                node=NODE,
+                env={"HIVEBUS_LOCAL_BUS": "nats://x"},
+                hardware=HardwareProfile(arch="linux/amd64"),
+            ),
+            recent=self.recent,
+            emit_status=self._status,
+            trigger=self._trigger,
+            backoff=(0.05, 1.0),
+        )
+
+    async def _status(self, status: PluginStatus, goal: Goal) -> None:
+        self.statuses.append(status)
+
+    async def _trigger(self, goal: Goal, rule: Rule, name: str, value: Any, when: datetime) -> None:
+        self.triggers.append((name, value))
+
+    def states(self) -> list[str]:
+        return [str(s.state) for s in self.statuses]
+
+    async def settle(self) -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+
+def plugin(name: str = "p", **resources: Any) -> GoalPlugin:
+    return GoalPlugin(
+        name=name,
+        bundle_id=f"test/{name}:1.0",
+        image=f"test/{name}:1.0",
+        resources=ResourceRequest(**resources),
+    )
+
+
+def goal(rules: list[str], plugins: list[GoalPlugin] | None = None, job: str = "job-1") -> Goal:
+    event = Event.new(
+        GoalAssigned(node=NODE, job_id=job, plugins=plugins or [plugin()], science_rules=rules),
+        source="handler/ses",
+        subject=job,
+    )
+    return Goal.of(event)
+
+
+T0 = datetime(2024, 6, 1, 12, 4, 59, tzinfo=UTC)
+
+
+async def test_a_schedule_rule_runs_its_plugin_with_every_status_and_never_stacks_runs() -> None:
+    h = Harness()
+    h.runner.set_goals({"job-1": goal(["schedule(p): true"])})
+    h.runner.tick(T0)
+    await h.settle()
+    h.runner.tick(T0 + timedelta(seconds=1))  # still running: no second run
+    await h.settle()
+    assert len(h.executor.specs) == 1 and h.states() == [
+        "queued",
+        "scheduled",
+        "initializing",
+        "running",
+    ]
+    h.executor.finish()
+    await h.settle()
+    assert h.states()[-1] == "completed" and h.statuses[-1].perf is not None
+    h.runner.tick(T0 + timedelta(seconds=2))
+    await h.settle()
+    assert len(h.executor.specs) == 2
+    spec = h.executor.specs[0]
+    assert (spec.job_id, spec.plugin, spec.bundle_id, spec.env["HIVEBUS_LOCAL_BUS"]) == (
+        "job-1",
+        "p",
+        "test/p:1.0",
+        "nats://x",
+    )
+    await h.runner.shutdown()
+    assert h.statuses[-1].state == "failed" and h.statuses[-1].reason.startswith("stopped")
+
+
+async def test_a_cron_rule_fires_once_at_its_slot() -> None:
+    h = Harness()
+    h.runner.set_goals({"job-1": goal(["schedule(p): cronjob('p', '*/5 * * * *')"])})
+    for seconds in (0, 0.5, 1.5, 2.5):  # 12:04:59 .. 12:05:01.5
+        h.runner.tick(T0 + timedelta(seconds=seconds))
+        await h.settle()
+        h.executor.finish()
+        await h.settle()
+    assert len(h.executor.specs) == 1
+
+
+async def test_a_cron_slot_counts_only_when_the_rest_of_the_condition_holds_then() -> None:
+    h = Harness()
+    h.runner.set_goals(
+        {"job-1": goal(["schedule(p): v('env.rain') > 3 and cronjob('p', '*/5 * * * *')"])}
+    )
+    h.recent.add("env.rain", 1, time.time_ns())
+    h.runner.tick(T0)
+    h.runner.tick(T0 + timedelta(seconds=1))  # the 12:05 slot, but it is dry
+    h.recent.add("env.rain", 9, time.time_ns())
+    h.runner.tick(T0 + timedelta(seconds=2))  # wet now, but between slots: not late
+    await h.settle()
+    assert h.executor.specs == []
+
+
+async def test_publish_fires_on_the_rising_edge_with_the_reading_value() -> None:
+    h = Harness()
+    h.runner.set_goals(
+        {"job-1": goal(["publish(heat.alert): v('env.temperature') > 35"], [plugin()])}
+    )
+    now = T0
+    for value, expected in ((20, 0), (36.5, 1), (37, 1), (30, 1), (38, 2)):
+        h.recent.add("env.temperature", value, time.time_ns())
+        now += timedelta(seconds=1)
+        h.runner.tick(now)
+        await h.settle()
+        assert len(h.triggers) == expected
+    assert h.triggers == [("heat.alert", 36.5), ("heat.alert", 38.0)]
+    await h.runner.shutdown()
+
+
+async def test_set_gives_later_runs_a_variable() -> None:
+    h = Harness()
+    h.runner.set_goals(
+        {
+            "job-1": goal(
+                ["set(mode, value='storm'): v('env.rain') > 3", "schedule(p): v('env.rain') > 3"]
+            )
+        }
+    )
+    h.recent.add("env.rain", 5, time.time_ns())
+    h.runner.tick(T0)
+    await h.settle()
+    assert h.executor.specs[0].env["HIVEBUS_VAR_MODE"] == "storm"
+    await h.runner.shutdown()
+
+
+async def test_a_plugin_no_rule_schedules_runs_continuously_and_backs_off_when_it_fails_fast() -> (
+    None
+):
+    h = Harness()
+    h.runner.set_goals({"job-1": goal([])})
+    h.runner.tick(T0)
+    await h.settle()
+    assert len(h.executor.specs) == 1
+    h.executor.finish(ok=False)
+    await h.settle()
+    h.runner.tick(T0)  # failed at once: not again immediately
+    await h.settle()
+    assert len(h.executor.specs) == 1
+    await asyncio.sleep(0.15)
+    h.runner.tick(T0)
+    await h.settle()
+    assert len(h.executor.specs) == 2
+    await h.runner.shutdown()
+
+
+async def test_removing_a_goal_stops_its_runs() -> None:
+    h = Harness()
+    h.runner.set_goals({"job-1": goal([]), "job-2": goal([], job="job-2")})
+    h.runner.tick(T0)
+    await h.settle()
+    h.runner.set_goals({"job-2": h.runner.goals["job-2"]})
+    await h.settle()
+    stopped = [s for s in h.statuses if s.state == "failed"]
+    assert [(s.job_id, s.reason.split(":")[0]) for s in stopped] == [("job-1", "stopped")]
+    await h.runner.shutdown()
+
+
+async def test_a_run_bigger_than_the_node_fails_at_once_instead_of_waiting() -> None:
+    h = Harness()
+    h.runner.set_goals({"job-1": goal(["schedule(big): true"], [plugin("big", cpu=64.0)])})
+    h.runner.tick(T0)
+    await h.settle()
+    assert h.states() == ["queued", "failed"] and h.statuses[-1].reason.startswith(
+        "error: run can never start"
+    )
+    assert h.executor.specs == []
+
+
+def test_a_goal_whose_rule_schedules_an_unknown_plugin_is_refused() -> None:
+    with pytest.raises(RuleSyntaxError, match="'other'"):
+        goal(["schedule(other): true"])
+    g = goal(
+        [
+            "schedule(p): avg('env.temperature', '10m') > 3",
+            "publish(x): rate('env.pressure', '1h') < 0",
+        ],
+        [plugin("p"), plugin("q")],
+    )
+    assert [p.name for p in g.continuous] == ["q"]
+    assert g.windows_seconds() == 3600 and g.watched_names() == {"env.temperature", "env.pressure"}
