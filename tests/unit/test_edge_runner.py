@@ -261,3 +261,11 @@ def test_a_goal_whose_rule_schedules_an_unknown_plugin_is_refused() -> None:
     )
     assert [p.name for p in g.continuous] == ["q"]
     assert g.windows_seconds() == 3600 and g.watched_names() == {"env.temperature", "env.pressure"}
+
+
+def test_a_scheduled_run_may_last_until_its_next_fire() -> None:
+    from hivebus.edge.runner import SCHEDULED_RUN_WALL_SECONDS, scheduled_wall_limit
+    from hivebus.rules import parse_rule
+
+    assert scheduled_wall_limit(parse_rule("schedule(p): cronjob('p', '*/5 * * * *')"), "p") == 300
+    assert scheduled_wall_limit(parse_rule("schedule(p): v('env.x') > 3"), "p") == SCHEDULED_RUN_WALL_SECONDS

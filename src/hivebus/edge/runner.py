@@ -21,7 +21,7 @@ from hivebus.edge.executors import Executor, ResourceGate
 from hivebus.edge.goals import Goal
 from hivebus.edge.recent import RecentReadings, TickContext
 from hivebus.edge.runs import EmitStatus, PluginRun, RunEnvironment
-from hivebus.rules import Publish, Rule, Schedule, Set
+from hivebus.rules import Publish, Rule, Schedule, Set, cron_period_seconds
 
 log = structlog.get_logger()
 
@@ -115,7 +115,7 @@ class GoalRunner:
         action = rule.action
         if isinstance(action, Schedule):
             if fired:
-                self._start(goal, action.plugin)
+                self._start(goal, action.plugin, wall_seconds=scheduled_wall_limit(rule, action.plugin))
             return
         key = (goal.job_id, rule.text)
         rising = fired and not self._fired.get(key, False)
@@ -138,7 +138,7 @@ class GoalRunner:
                 return value
         return 1
 
-    def _start(self, goal: Goal, plugin_name: str) -> None:
+    def _start(self, goal: Goal, plugin_name: str, wall_seconds: float | None = None) -> None:
         key = (goal.job_id, plugin_name)
         if key in self.runs:
             return  # still running: a schedule never stacks runs of one plugin
@@ -155,6 +155,7 @@ class GoalRunner:
             emit=self.emit_status,
             environment=self.environment,
             variables=self.variables.get(goal.job_id),
+            wall_seconds=wall_seconds,
         )
         self.runs[key] = run
         task = run.start()
@@ -189,3 +190,14 @@ class GoalRunner:
         )
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+SCHEDULED_RUN_WALL_SECONDS = 3600.0
+
+
+def scheduled_wall_limit(rule: Rule, plugin: str) -> float:
+    """How long one scheduled run may take: until the plugin's next cron fire (a run that
+    outlives its period would pile up on the node), or an hour when a condition schedules it.
+    Continuous plugins (named by no schedule rule) get no wall limit."""
+    periods = [cron_period_seconds(expr) for name, expr in rule.cronjobs if name == plugin]
+    return min(periods) if periods else SCHEDULED_RUN_WALL_SECONDS

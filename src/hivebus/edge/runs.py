@@ -51,8 +51,10 @@ class PluginRun:
         emit: EmitStatus,
         environment: RunEnvironment,
         variables: Mapping[str, str] | None = None,
+        wall_seconds: float | None = None,
     ) -> None:
         self.goal = goal
+        self.wall_seconds = wall_seconds
         self.plugin = plugin
         self.executor = executor
         self.gate = gate
@@ -119,7 +121,7 @@ class PluginRun:
 
     def _limits(self) -> Limits:
         wanted = self.plugin.resources
-        return Limits(cpu=wanted.cpu, memory_bytes=wanted.memory, gpu=wanted.gpu > 0)
+        return Limits(cpu=wanted.cpu, memory_bytes=wanted.memory, gpu=wanted.gpu > 0, wall_seconds=self.wall_seconds)
 
     def _spec(self, limits: Limits) -> RunSpec:
         env = {**self.environment.env, **self.plugin.env}
