@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "hivebus.cli.ecr",
     "hivebus.cli.job",
     "hivebus.cli.node",
+    "hivebus.cli.up",
 )
 
 Hub = Annotated[

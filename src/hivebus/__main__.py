@@ -1,0 +1,5 @@
+"""``python -m hivebus`` is the ``hivebus`` command."""
+
+from hivebus.cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""The composition root: the whole platform on one machine.
+
+``Platform`` builds the adapters and starts the services in order: the embedded
+nats-server (unless an existing server or cluster is given), the streams, the projector
+with its query service, the handler services, and N virtual edge nodes. Virtual nodes run
+as their own processes (``hivebus node run --virtual``), as real nodes would, each with
+its own outbox and node-local bus. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from hivebus.bus.client import Bus
+from hivebus.bus.server import NatsServer, ServerConfig
+from hivebus.config import Settings
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlatformOptions:
+    data_dir: Path = Path(".hivebus")
+    nats_port: int = 4222
+    nats_url: str | None = None  # use this server/cluster instead of starting one
+    virtual_nodes: int = 0
+    node_prefix: str = "V"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "hivebus.duckdb"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def node_ids(self) -> list[str]:
+        return [f"{self.node_prefix}{i:03d}" for i in range(1, self.virtual_nodes + 1)]
+
+
+@dataclass
+class PlatformInfo:
+    """What runs where, for the operator."""
+
+    nats_url: str
+    data_dir: Path
+    db_path: Path
+    embedded_server: bool
+    nodes: list[str] = field(default_factory=list)
+    logs_dir: Path | None = None
+
+
+class Platform:
+    def __init__(self, settings: Settings, options: PlatformOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.server: NatsServer | None = None
+        self.bus: Bus | None = None
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        self.info: PlatformInfo | None = None
+
+    def start_server(self) -> str:
+        if self.options.nats_url:
+            return self.options.nats_url
+        self.server = NatsServer(
+            ServerConfig(store_dir=self.options.data_dir / "nats", port=self.options.nats_port, fsync=self.settings.fsync)
+        ).start()
+        return self.server.url
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Start everything, set ``ready``, run until ``stop``, then stop in reverse order."""
+        from hivebus.projections.runner import Projector
+        from hivebus.services import run_handlers
+
+        self.options.data_dir.mkdir(parents=True, exist_ok=True)
+        self.options.logs_dir.mkdir(parents=True, exist_ok=True)
+        url = await asyncio.to_thread(self.start_server)
+        try:
+            self.bus = await Bus.connect(url, name="hivebus-up", settings=self.settings)
+            await self.bus.ensure_streams()
+            projector = Projector(self.settings, self.bus, self.options.db_path)
+            tasks = [
+                asyncio.create_task(projector.run(stop), name="projector"),
+                asyncio.create_task(run_handlers(self.settings, self.bus, stop), name="handlers"),
+            ]
+            for node in self.options.node_ids():
+                self.nodes[node] = self._start_node(node, url)
+            self.info = PlatformInfo(
+                nats_url=url,
+                data_dir=self.options.data_dir,
+                db_path=self.options.db_path,
+                embedded_server=self.server is not None,
+                nodes=list(self.nodes),
+                logs_dir=self.options.logs_dir,
+            )
+            if ready is not None:
+                ready.set()
+            stopper = asyncio.create_task(stop.wait(), name="stop")
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            await asyncio.wait(tasks, timeout=15)
+        finally:
+            stop.set()
+            await asyncio.to_thread(self._stop_nodes)
+            if self.bus is not None:
+                await self.bus.close()
+            if self.server is not None:
+                await asyncio.to_thread(self.server.stop)
+
+    def _start_node(self, node: str, url: str) -> subprocess.Popen[bytes]:
+        log_file = (self.options.logs_dir / f"node-{node}.log").open("ab")
+        argv = [
+            sys.executable, "-m", "hivebus", "node", "run", "--virtual",
+            "--node-id", node, "--hub", url, "--data-dir", str(self.options.data_dir / "nodes" / node),
+        ]
+        env = {**os.environ, "HIVEBUS_LOG_FORMAT": "json"}
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        log.info("platform.node_started", node=node, pid=proc.pid)
+        return proc
+
+    def _stop_nodes(self) -> None:
+        for proc in self.nodes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for node, proc in self.nodes.items():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.warning("platform.node_kill", node=node)
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)

@@ -1,0 +1,125 @@
+"""``hivebus up``: the whole platform on this machine, and a live view of it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from hivebus.bootstrap import Platform, PlatformInfo, PlatformOptions
+from hivebus.cli.app import app, out, run, settings
+from hivebus.errors import HivebusError
+
+STATUS_SQL = """
+select
+  (select count(*) from nodes) as nodes,
+  (select count(*) from nodes where status = 'online') as nodes_online,
+  (select count(*) from bundles) as bundles,
+  (select count(*) from jobs) as jobs,
+  (select count(*) from jobs where state = 'Running') as jobs_running,
+  (select count(*) from plugin_runs) as plugin_runs,
+  (select count(*) from readings) as readings,
+  (select count(*) from dead_letters) as dead_letters
+"""
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(envvar="HIVEBUS_DATA_DIR", help="Where the NATS store, the DuckDB file, node outboxes and logs live.")] = Path(".hivebus"),
+    nats_port: Annotated[int, typer.Option(envvar="HIVEBUS_NATS_PORT", help="Port of the embedded nats-server.")] = 4222,
+    nats_url: Annotated[str | None, typer.Option(help="Use this NATS server or cluster instead of starting one (comma-separated URLs).")] = None,
+    virtual_nodes: Annotated[int, typer.Option(help="How many virtual edge nodes to run.")] = 0,
+    demo: Annotated[bool, typer.Option(help="Push an example plugin, approve it, and run it on the virtual nodes every minute.")] = False,
+) -> None:
+    """Start the platform: nats-server, streams, handlers, projector + query service, virtual nodes."""
+    cfg = settings(None, data_dir=data_dir, nats_port=nats_port)
+    platform = Platform(cfg, PlatformOptions(data_dir=data_dir, nats_port=nats_port, nats_url=nats_url, virtual_nodes=virtual_nodes))
+    run(_up(platform, demo))
+
+
+async def _up(platform: Platform, demo: bool) -> None:
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = asyncio.create_task(platform.run(stop, ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([runner, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if runner.done():
+        waiter.cancel()
+        runner.result()  # raises the start-up error
+        return
+    assert platform.info is not None and platform.bus is not None
+    _announce(platform.info)
+    if demo:
+        from hivebus.demo import start_demo
+
+        try:
+            await start_demo(platform.bus, platform.info)
+        except HivebusError as exc:
+            out.print(f"[yellow]demo did not start:[/] {exc}")
+    with contextlib.suppress(asyncio.CancelledError):
+        await _watch(platform, stop)
+    await runner
+
+
+def _announce(info: PlatformInfo) -> None:
+    lines = [
+        "[bold green]hivebus is running[/]",
+        f"NATS      {info.nats_url}{' (embedded)' if info.embedded_server else ''}",
+        f"data dir  {info.data_dir}",
+        f"DuckDB    {info.db_path}",
+        f"nodes     {', '.join(info.nodes) or 'none (--virtual-nodes N)'}",
+        f"logs      {info.logs_dir}",
+        "",
+        "try, in another terminal:",
+        f"  hivebus query \"select count(*) from readings\" --hub {info.nats_url}",
+        f"  hivebus node list --hub {info.nats_url}",
+        f"  hivebus tail --from-edge '*' --hub {info.nats_url}",
+        f"  hivebus ecr push examples/plugins/plugin-bme680/sage.yaml --hub {info.nats_url}",
+        "stop: Ctrl-C",
+    ]
+    out.print(Panel("\n".join(lines), title="hivebus up", expand=False))
+
+
+async def _watch(platform: Platform, stop: asyncio.Event) -> None:
+    from hivebus.projections.client import query
+
+    assert platform.bus is not None
+    with Live(_status_table(None), console=out, refresh_per_second=1, transient=False) as live:
+        while not stop.is_set():
+            try:
+                result = await query(platform.bus, STATUS_SQL, timeout=5)
+                live.update(_status_table(result.records()[0]))
+            except HivebusError as exc:
+                live.update(_status_table(None, note=str(exc)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+
+
+def _status_table(row: dict | None, note: str = "") -> Table:
+    table = Table(title="platform (refreshes every 2 s)", show_header=True)
+    for column in ("nodes online", "bundles", "jobs running", "plugin runs", "readings", "dead letters"):
+        table.add_column(column, justify="right")
+    if row is None:
+        table.add_row(*["…"] * 6)
+    else:
+        table.add_row(
+            f"{row['nodes_online']}/{row['nodes']}",
+            str(row["bundles"]),
+            f"{row['jobs_running']}/{row['jobs']}",
+            str(row["plugin_runs"]),
+            f"{row['readings']:,}",
+            str(row["dead_letters"]),
+        )
+    if note:
+        table.caption = note
+    return table
