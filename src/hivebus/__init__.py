@@ -1,3 +1,10 @@
 """hivebus: an event-sourced message bus for an edge-computing sensor network."""
 
 __version__ = "0.1.0"
+
+
+def connect(url: str | None = None, *, name: str = "hivebus-api"):  # type: ignore[no-untyped-def]
+    """``async with hivebus.connect(url) as hub:`` -- see ``hivebus.api``."""
+    from hivebus.api import connect as _connect
+
+    return _connect(url, name=name)

@@ -28,7 +28,7 @@ log = structlog.get_logger()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEMO_APP = EXAMPLES / "plugins" / "plugin-bme680" / "sage.yaml"
 DEMO_JOB = EXAMPLES / "job-demo.yaml"
-DEMO_USER = "demo"
+DEMO_USER = "waggle"  # the namespace owner: the Waggle team publishes waggle/ plugins
 REVIEWER = "admin"
 
 

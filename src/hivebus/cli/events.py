@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from hivebus.api import _aggregate_of, connect, parse_since
 from hivebus.bus.client import Bus
-from hivebus.bus.streams import EVENTS
-from hivebus.bus.subjects import EVENTS_SUBJECTS, fromedge_filter, subject_for, toedge_filter
-from hivebus.cli.app import Hub, app, err, out, run, settings
-from hivebus.config import parse_duration
-from hivebus.errors import HivebusError, SchemaError
+from hivebus.bus.subjects import subject_for
+from hivebus.cli.app import Hub, app, out, run, settings
+from hivebus.errors import SchemaError
 from hivebus.schemas import Event, codec, registry
 from hivebus.schemas.codec import validate_payload
 
@@ -41,7 +38,7 @@ def publish(
     """Publish one event; prints its id and stream sequence. A bad payload is refused with the field."""
     spec = registry.spec(event_type)
     payload = validate_payload(spec.model, read_data(data))
-    aggregate = subject or _default_subject(payload)
+    aggregate = subject or _aggregate_of(payload)
     event = Event.new(payload, source=source, subject=aggregate)
 
     async def go() -> int:
@@ -55,38 +52,6 @@ def publish(
         out.print(f"published {event.type} id={event.id} seq={seq} on {subject_for(event)}")
 
 
-def _default_subject(payload: object) -> str:
-    for name in ("bundle_id", "job_id", "node", "node_id", "bucket_id", "id", "name"):
-        value = getattr(payload, name, None)
-        if isinstance(value, str) and value:
-            return value
-    raise SchemaError("cannot tell which aggregate this event is about", hint="pass --subject")
-
-
-def tail_subjects(to_edge: str | None, from_edge: str | None) -> list[str]:
-    """The EVENTS subjects ``hivebus tail`` follows for its flags (all of them by default)."""
-    if to_edge is None and from_edge is None:
-        return list(EVENTS_SUBJECTS)
-    subjects = []
-    if to_edge is not None:
-        subjects.append(toedge_filter(to_edge) if to_edge != "*" else "toedge.>")
-    if from_edge is not None:
-        subjects.append(fromedge_filter(from_edge))
-    return subjects
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """``-1h``, ``-30m``, ``-2d``, ``-90s`` or an ISO time (UTC if it has no zone)."""
-    now = now or datetime.now(UTC)
-    if text.startswith("-"):
-        return now - parse_duration(text[1:], name="--since")
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise SchemaError(f"--since {text!r} is neither a relative time like -1h nor an ISO time") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 @app.command()
 def tail(
     to_edge: Annotated[str | None, typer.Option("--to-edge", help="What the hub sends to NODE ('*' for every node)")] = None,
@@ -98,26 +63,16 @@ def tail(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON envelope a line")] = False,
 ) -> None:
     """Follow events live (to-edge goals, from-edge triggers, the control log), optionally from a point in history."""
-    subjects = tail_subjects(to_edge, from_edge)
-    start = parse_since(since) if since else None
+    start = parse_since(since) if since else None  # a bad --since fails before connecting
 
     async def go() -> None:
         shown = 0
-        async with await Bus.connect(settings(hub).nats_url, name="hivebus-tail") as bus:
-            stream = bus.read(EVENTS, filter_subjects=subjects, start_time=start, new_only=start is None)
-            async for batch in stream:
-                for message in batch:
-                    try:
-                        event = codec.decode(message.data)
-                    except HivebusError as exc:
-                        err.print(f"[yellow]seq {message.seq}: undecodable ({exc})[/]")
-                        continue
-                    if not fnmatch.fnmatchcase(event.type, type_glob):
-                        continue
-                    _print_event(message.seq, message.subject, event, as_json)
-                    shown += 1
-                    if limit and shown >= limit:
-                        return
+        async with connect(settings(hub).nats_url, name="hivebus-tail") as api:
+            async for seq, event in api.tail_with_seq(to_edge=to_edge, from_edge=from_edge, type=type_glob, since=start):
+                _print_event(seq, subject_for(event), event, as_json)
+                shown += 1
+                if limit and shown >= limit:
+                    return
 
     run(go())
 

@@ -1,0 +1,146 @@
+"""The Python API: ``async with hivebus.connect() as hub:``.
+
+    import hivebus
+    from hivebus.schemas.ecr import BundleApproved
+
+    async with hivebus.connect("nats://127.0.0.1:4222") as hub:
+        seq = await hub.publish(BundleApproved(bundle_id="waggle/plugin-bme680:0.2.1", by="admin"),
+                                source="user/admin")
+        rows = (await hub.query("select id, state from bundles", min_seq=seq)).records()
+        async for event in hub.tail(from_edge="*", type="trigger.fired"):
+            print(event.data)
+
+``publish`` returns the event's stream sequence; passing it as ``min_seq`` to ``query``
+waits until the views include it (read-your-writes). ``tail`` follows to-edge goals,
+from-edge events and triggers live, or from a point in history (``since="-1h"``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from hivebus.bus.client import Bus
+from hivebus.bus.streams import EVENTS
+from hivebus.bus.subjects import EVENTS_SUBJECTS, fromedge_filter, toedge_filter
+from hivebus.config import Settings, parse_duration
+from hivebus.errors import HivebusError, SchemaError
+from hivebus.schemas import Event, Payload, codec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from hivebus.projections.client import QueryResult
+
+
+def tail_subjects(to_edge: str | None = None, from_edge: str | None = None) -> list[str]:
+    """The EVENTS subjects to follow: one node's or every node's ('*') to-edge and/or
+    from-edge traffic; everything (the control log too) when neither is given."""
+    if to_edge is None and from_edge is None:
+        return list(EVENTS_SUBJECTS)
+    subjects = []
+    if to_edge is not None:
+        subjects.append("toedge.>" if to_edge == "*" else toedge_filter(to_edge))
+    if from_edge is not None:
+        subjects.append(fromedge_filter(from_edge))
+    return subjects
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``-1h``, ``-30m``, ``-2d``, ``-90s`` or an ISO time (UTC if it has no zone)."""
+    now = now or datetime.now(UTC)
+    if text.startswith("-"):
+        return now - parse_duration(text[1:], name="since")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise SchemaError(f"since {text!r} is neither a relative time like -1h nor an ISO time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+class Hub:
+    """A connection to a running hivebus hub."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def publish(self, event: Event | Payload, *, source: str = "user/api", subject: str | None = None) -> int:
+        """Publish an event (or a payload, wrapped in a new event); returns its stream sequence."""
+        if isinstance(event, Payload):
+            event = Event.new(event, source=source, subject=subject or _aggregate_of(event))
+        return await self.bus.publish(event)
+
+    async def query(
+        self,
+        sql: str,
+        params: list[Any] | dict[str, Any] | None = None,
+        *,
+        min_seq: int | Mapping[str, int] | None = None,
+        limit: int | None = None,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        """Read-only SQL over the views; ``min_seq`` waits until they include that event."""
+        from hivebus.projections.client import query
+
+        return await query(self.bus, sql, params, dict(min_seq) if isinstance(min_seq, Mapping) else min_seq, limit, timeout=timeout)
+
+    async def data(self, start: str | datetime, end: str | datetime | None = None, **options: Any) -> pd.DataFrame:
+        """Readings as a DataFrame, like ``sage_data_client.query`` (see ``hivebus.data``)."""
+        from hivebus.data import aquery
+
+        return await aquery(self.bus, start, end, **options)
+
+    async def tail(
+        self,
+        *,
+        to_edge: str | None = None,
+        from_edge: str | None = None,
+        type: str = "*",
+        since: str | datetime | None = None,
+    ) -> AsyncIterator[Event]:
+        """Events as they happen (or from ``since`` on), filtered by route and type glob."""
+        async for _seq, event in self.tail_with_seq(to_edge=to_edge, from_edge=from_edge, type=type, since=since):
+            yield event
+
+    async def tail_with_seq(
+        self,
+        *,
+        to_edge: str | None = None,
+        from_edge: str | None = None,
+        type: str = "*",
+        since: str | datetime | None = None,
+    ) -> AsyncIterator[tuple[int, Event]]:
+        start = parse_since(since) if isinstance(since, str) else since
+        reader = self.bus.read(EVENTS, filter_subjects=tail_subjects(to_edge, from_edge), start_time=start, new_only=start is None)
+        async for batch in reader:
+            for message in batch:
+                try:
+                    event = codec.decode(message.data)
+                except HivebusError:
+                    continue  # the projector records it in dead_letters
+                if fnmatch.fnmatchcase(event.type, type):
+                    yield message.seq, event
+
+    subscribe = tail
+
+
+def _aggregate_of(payload: Payload) -> str:
+    for name in ("bundle_id", "job_id", "node", "node_id", "bucket_id", "id", "name"):
+        value = getattr(payload, name, None)
+        if isinstance(value, str) and value:
+            return value
+    raise SchemaError(f"cannot tell which aggregate a {type(payload).__name__} is about", hint="pass subject=")
+
+
+@asynccontextmanager
+async def connect(url: str | None = None, *, name: str = "hivebus-api") -> AsyncIterator[Hub]:
+    """Connect to the hub at ``url`` (default ``HIVEBUS_NATS_URL`` or nats://127.0.0.1:4222)."""
+    settings = Settings.from_env(nats_url=url)
+    bus = await Bus.connect(settings.nats_url, name=name, settings=settings)
+    try:
+        yield Hub(bus)
+    finally:
+        await bus.close()
