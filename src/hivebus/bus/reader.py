@@ -81,6 +81,10 @@ async def read_stream(
                 msgs = [first]
                 while not queue.empty():
                     msgs.append(queue.get_nowait())
+                # nats-py counts a subscription's pending bytes down only in its own getters;
+                # taken from the queue directly, they must be released here, or past 256 MB
+                # read the subscription counts as a slow consumer and drops every message.
+                sub._pending_size -= sum(len(m.data) for m in msgs)
                 out = []
                 for m in msgs:
                     if m.reply:

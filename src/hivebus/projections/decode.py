@@ -1,0 +1,130 @@
+"""Raw stream messages -> the items views apply, the messages to dead-letter, the duplicates.
+
+Every message is decoded by the one codec (``schemas.codec``) and checked to belong on its
+stream (readings on DATA, the rest on EVENTS). Events a node produced are then de-duplicated
+on ``(node, nodeseq)`` (see ``dedup``), visiting the batch's messages of all streams in stored
+time order, the order the node sent them in. What cannot be used becomes a ``Rejected`` with
+the reason, which the projector dead-letters; nothing stops the batch.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from hivebus.bus.consumer import DeadLetter
+from hivebus.errors import DecodeError
+from hivebus.projections.dedup import NodeSeqs
+from hivebus.projections.views.base import DATA, DEADLETTERS, INT64_MAX, Item
+from hivebus.schemas import codec
+
+READING = "data.reading"
+
+
+class Message(Protocol):
+    """A stream message as ``Bus.read`` yields it (``RawMessage``)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def time_ns(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message the projector could not use, and why."""
+
+    stream: str
+    seq: int
+    subject: str
+    data: bytes
+    reason: str
+    field: str | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One stream's part of a batch, decoded (not yet de-duplicated)."""
+
+    stream: str
+    items: list[tuple[Message, Any]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    last_seq: int = 0
+    messages: int = 0
+
+
+def decode_slice(stream: str, messages: Iterable[Message], after: int) -> Decoded:
+    """Decode ``messages`` of ``stream`` with a sequence above ``after`` (older ones are already
+    in the views and are skipped)."""
+    out = Decoded(stream, last_seq=after)
+    for m in messages:
+        out.messages += 1
+        if m.seq <= out.last_seq:
+            continue
+        out.last_seq = m.seq
+        if stream == DEADLETTERS:
+            out.items.append((m, _letter(m.data)))
+            continue
+        try:
+            event = codec.decode(m.data)
+        except DecodeError as exc:
+            out.rejected.append(Rejected(stream, m.seq, m.subject, bytes(m.data), exc.reason, exc.field))
+            continue
+        if (event.type == READING) != (stream == DATA):
+            reason = _misplaced(stream, event.type)
+            out.rejected.append(Rejected(stream, m.seq, m.subject, bytes(m.data), reason, "type"))
+            continue
+        out.items.append((m, event))
+    return out
+
+
+@dataclass(slots=True)
+class Deduplicated:
+    items: dict[str, list[Item]] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def deduplicate(parts: Sequence[Decoded], seen: NodeSeqs) -> Deduplicated:
+    """Drop events a node already delivered, walking all streams in stored-time order."""
+    out = Deduplicated(items={p.stream: [] for p in parts})
+    ordered = [
+        [(m.time_ns, i, k, p.stream, m, event) for k, (m, event) in enumerate(p.items)]
+        for i, p in enumerate(parts)
+    ]
+    for _, _, _, stream, m, event in heapq.merge(*ordered):
+        if stream != DEADLETTERS:
+            node, nodeseq = event.node, event.nodeseq
+            if node is not None and nodeseq is not None:
+                if not 0 < nodeseq <= INT64_MAX:
+                    reason = f"nodeseq {nodeseq} is not between 1 and 2^63-1"
+                    out.rejected.append(Rejected(stream, m.seq, m.subject, bytes(m.data), reason, "nodeseq"))
+                    continue
+                if not seen.add(node, nodeseq, stream):
+                    out.duplicates += 1
+                    continue
+            out.items[stream].append(Item(m.seq, m.subject, event))
+        else:
+            out.items[stream].append(Item(m.seq, m.subject, event, bytes(m.data)))
+    return out  # (merge keeps each stream's own order: views see every stream in stream order)
+
+
+def _misplaced(stream: str, event_type: str) -> str:
+    if stream == DATA:
+        return f"{event_type} is not a reading: only {READING} belongs on the DATA stream"
+    return f"{READING} belongs on the DATA stream, not {stream}"
+
+
+def _letter(data: bytes) -> DeadLetter | None:
+    try:
+        return DeadLetter.model_validate_json(data)
+    except (ValidationError, ValueError):
+        return None

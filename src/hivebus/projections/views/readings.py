@@ -1,0 +1,89 @@
+"""``readings``: every measurement of the DATA stream, one row each (the hot path).
+
+``timestamp`` is the reading's own time (nanoseconds, UTC), ``value`` the number as a DOUBLE
+(NULL for strings, which go to ``value_text``; an int a double cannot hold exactly keeps its
+digits in ``value_text`` too), ``meta`` every meta key (keys sorted, so equal metadata is an
+equal MAP and one series), ``node`` the node that sent it, ``seq`` its DATA sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from hivebus.projections.views.base import (
+    DATA,
+    Append,
+    Applied,
+    Item,
+    Row,
+    Scope,
+    Table,
+    View,
+    failure,
+    number_and_text,
+)
+
+
+class ReadingsView(View):
+    name = "readings"
+    version = 1
+    stream = DATA
+    public = ("readings",)
+    table: ClassVar[Table] = Table(
+        "readings",
+        """CREATE TABLE {name} (
+            timestamp TIMESTAMP_NS NOT NULL,
+            name VARCHAR NOT NULL,
+            value DOUBLE,
+            value_text VARCHAR,
+            node VARCHAR,
+            meta MAP(VARCHAR, VARCHAR),
+            seq BIGINT NOT NULL
+        )""",
+    )
+    tables = (table,)
+
+    def apply(self, items: Sequence[Item], state: dict[str, dict[Scope, list[Row]]]) -> Applied:
+        timestamps: list[int] = []
+        names: list[str] = []
+        values: list[float | None] = []
+        texts: list[str | None] = []
+        nodes: list[str | None] = []
+        metas: list[list[tuple[str, str]]] = []
+        seqs: list[int] = []
+        failures: dict[int, str] = {}
+        for item in items:
+            event = item.event
+            reading = event.data
+            raw = reading.value
+            value: float | None
+            text: str | None
+            if type(raw) is float:  # the common case, without a call
+                value, text = raw, None
+            else:
+                try:
+                    value, text = number_and_text(raw)
+                except Exception as exc:
+                    failures[item.seq] = failure(self.name, exc)
+                    continue
+            timestamps.append(reading.timestamp)
+            names.append(reading.name)
+            values.append(value)
+            texts.append(text)
+            nodes.append(event.node)
+            meta = reading.meta
+            metas.append(sorted(meta.items()) if len(meta) > 1 else list(meta.items()))
+            seqs.append(item.seq)
+        if not seqs:
+            return Applied([], failures)
+        columns: dict[str, list[Any]] = {
+            "timestamp": timestamps,
+            "name": names,
+            "value": values,
+            "value_text": texts,
+            "node": nodes,
+            "meta": metas,
+            "seq": seqs,
+        }
+        return Applied([Append(self.table.name, columns)], failures)
