@@ -57,6 +57,7 @@ from hivebus.schemas.node import (
     SensorLost,
     SensorRestored,
     SensorSpec,
+    ToEdgeApplied,
     TriggerFired,
 )
 from hivebus.schemas.registry import Registry, registry
@@ -344,7 +345,14 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
         gpu_percent=opt(percent),
         wall_seconds=nonneg,
     ),
-    "ses.job.submitted": st.builds(JobSubmitted, job_id=keys, user=users, spec=job_specs),
+    "ses.job.submitted": st.builds(
+        JobSubmitted,
+        job_id=keys,
+        user=users,
+        spec=job_specs,
+        policy=opt(st.sampled_from(["fit", "score", "roundrobin"])),
+        max_nodes=opt(st.integers(1, 1000)),
+    ),
     "ses.job.scheduled": st.builds(
         JobScheduled,
         job_id=keys,
@@ -404,6 +412,16 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
         tags=opt(st.lists(labels, max_size=3)),
         sensors=opt(st.lists(sensor_specs, max_size=2)),
         settings=str_maps,
+    ),
+    "node.toedge.applied": st.builds(
+        ToEdgeApplied,
+        node=node_ids,
+        applied_id=rx(r"[0-9A-Z]{26}"),
+        applied_type=st.sampled_from(["ses.goal.assigned", "ses.goal.removed", "node.config.updated"]),
+        job_id=opt(keys),
+        outcome=st.sampled_from(["applied", "refused"]),
+        reason=text,
+        goals=st.lists(keys, max_size=3),
     ),
     "plugin.status": st.builds(
         PluginStatus,

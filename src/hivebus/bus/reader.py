@@ -97,7 +97,7 @@ async def read_stream(
                 got += len(out)
                 if out:
                     yield out
-            if ended and stop_at_end and got < batch:
+            if ended and stop_at_end and got < batch and await _drained(js, stream, info.name):
                 return
     finally:
         try:
@@ -113,3 +113,17 @@ def _deliver_policy(start_seq: int, start_time: datetime | None, new_only: bool)
     if start_time is not None:
         return DeliverPolicy.BY_START_TIME
     return DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL
+
+
+async def _drained(js: JetStreamContext, stream: str, consumer: str) -> bool:
+    """Whether the consumer has nothing left to deliver.
+
+    A short no-wait pull usually means the end, but a status reply during a cluster
+    leader change ends a pull early too: ask the server instead of trusting the pull.
+    """
+    try:
+        info = await js.consumer_info(stream, consumer)
+    except Exception:  # the server is away: reading on would not end either; ask again
+        await asyncio.sleep(0.2)
+        return False
+    return info.num_pending == 0
