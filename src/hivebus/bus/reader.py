@@ -14,10 +14,14 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 
 from hivebus.bus.consumer import RawMessage, reply_position
+from hivebus.errors import BusError
 
 # Status codes the server sends on the pull inbox instead of messages.
 _END_OF_PULL = {"404", "408", "409"}  # no messages / request expired / consumer changed
@@ -45,7 +49,8 @@ async def read_stream(
     """
     nc = js._nc
     subjects = list(filter_subjects)
-    info = await js.add_consumer(
+    info = await _create_consumer(
+        js,
         stream,
         ConsumerConfig(
             ack_policy=AckPolicy.NONE,
@@ -127,3 +132,17 @@ async def _drained(js: JetStreamContext, stream: str, consumer: str) -> bool:
         await asyncio.sleep(0.2)
         return False
     return info.num_pending == 0
+
+
+async def _create_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig, attempts: int = 6) -> ConsumerInfo:
+    """Create the ephemeral consumer, riding out a JetStream that is electing a leader
+    (right after a server restart, or a cluster member's loss, the API times out for a
+    few seconds)."""
+    for attempt in range(attempts):
+        try:
+            return await js.add_consumer(stream, config)
+        except (TimeoutError, NatsTimeout, NoRespondersError, ServiceUnavailableError) as exc:
+            if attempt == attempts - 1:
+                raise BusError(f"JetStream did not create a reader on {stream} ({type(exc).__name__})", hint="is the server or cluster healthy?") from None
+            await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
