@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 
-def connect(url: str | None = None, *, name: str = "hivebus-api"):  # type: ignore[no-untyped-def]
+def connect(url: str | None = None, *, name: str = "hivebus-api"):  # lazy import keeps `import hivebus` cheap
     """``async with hivebus.connect(url) as hub:`` -- see ``hivebus.api``."""
     from hivebus.api import connect as _connect
 

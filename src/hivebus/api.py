@@ -70,7 +70,7 @@ class Hub:
     async def publish(self, event: Event | Payload, *, source: str = "user/api", subject: str | None = None) -> int:
         """Publish an event (or a payload, wrapped in a new event); returns its stream sequence."""
         if isinstance(event, Payload):
-            event = Event.new(event, source=source, subject=subject or _aggregate_of(event))
+            event = Event.new(event, source=source, subject=subject or aggregate_of(event))
         return await self.bus.publish(event)
 
     async def query(
@@ -127,7 +127,7 @@ class Hub:
     subscribe = tail
 
 
-def _aggregate_of(payload: Payload) -> str:
+def aggregate_of(payload: Payload) -> str:
     for name in ("bundle_id", "job_id", "node", "node_id", "bucket_id", "id", "name"):
         value = getattr(payload, name, None)
         if isinstance(value, str) and value:

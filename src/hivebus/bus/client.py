@@ -93,7 +93,7 @@ class Bus:
                     name=name,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py sleeps on it: a float is fine
                     connect_timeout=max(1, int(connect_timeout)),
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,

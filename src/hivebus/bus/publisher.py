@@ -142,8 +142,11 @@ class Pipeline:
             m = batch.messages[i]
             await publish(m.subject, m.payload, reply=reply_prefix + str(i), headers={MSG_ID: m.msg_id})
             if sent - (batch.replies - base) >= window:
-                progressed = await self._until(batch, lambda sent=sent: sent - (batch.replies - base) < window // 2, timeout)
-                if not progressed:
+
+                def half_drained(sent: int = sent) -> bool:
+                    return sent - (batch.replies - base) < window // 2
+
+                if not await self._until(batch, half_drained, timeout):
                     return  # acks stopped (server gone?): the rest goes in the next attempt
 
     async def _settle(self, batch: _Batch, timeout: float) -> None:

@@ -63,22 +63,31 @@ class StreamSpec:
 
 def platform_streams(settings: Settings) -> list[StreamSpec]:
     """EVENTS, DATA and DEADLETTERS as ``settings`` configure them."""
-    common = {"duplicate_window": settings.duplicate_window, "num_replicas": settings.replicas}
+    window, replicas = settings.duplicate_window, settings.replicas
     return [
         StreamSpec(
             name=EVENTS,
             subjects=EVENTS_SUBJECTS,
             max_age=settings.events_max_age,
             description="control-plane log: one global order for replay",
-            **common,
+            duplicate_window=window,
+            num_replicas=replicas,
         ),
-        StreamSpec(name=DATA, subjects=DATA_SUBJECTS, max_age=settings.data_max_age, description="readings", **common),
+        StreamSpec(
+            name=DATA,
+            subjects=DATA_SUBJECTS,
+            max_age=settings.data_max_age,
+            description="readings",
+            duplicate_window=window,
+            num_replicas=replicas,
+        ),
         StreamSpec(
             name=DEADLETTERS,
             subjects=DLQ_SUBJECTS,
             max_age=timedelta(days=30),
             description="messages a consumer could not decode or apply, with the reason",
-            **common,
+            duplicate_window=window,
+            num_replicas=replicas,
         ),
     ]
 

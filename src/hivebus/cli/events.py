@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hivebus.api import _aggregate_of, connect, parse_since
+from hivebus.api import aggregate_of, connect, parse_since
 from hivebus.bus.client import Bus
 from hivebus.bus.subjects import subject_for
 from hivebus.cli.app import Hub, app, out, run, settings
@@ -38,7 +38,7 @@ def publish(
     """Publish one event; prints its id and stream sequence. A bad payload is refused with the field."""
     spec = registry.spec(event_type)
     payload = validate_payload(spec.model, read_data(data))
-    aggregate = subject or _aggregate_of(payload)
+    aggregate = subject or aggregate_of(payload)
     event = Event.new(payload, source=source, subject=aggregate)
 
     async def go() -> int:

@@ -7,6 +7,7 @@ decode time, so every reader sees the current shape.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -23,7 +24,7 @@ _TYPE_PARTS = r"[a-z][a-z0-9_]*"
 @dataclass
 class EventSpec:
     type: str
-    model: type[Payload]
+    model: builtins.type[Payload]
     version: int
     upcasters: dict[int, Upcaster] = field(default_factory=dict)
 
