@@ -37,6 +37,10 @@ async def start_demo(bus: Bus, info: PlatformInfo, *, timeout: float = 30.0) -> 
     if not DEMO_APP.is_file():
         raise HivebusError(f"the demo needs {DEMO_APP} (run from a hivebus checkout)")
     app = load_app(DEMO_APP)
+    job_id = "demo-bme680"
+    if await _already_running(bus, job_id):
+        log.info("demo.resumed", job=job_id)  # started by an earlier `hivebus up` on this data dir
+        return job_id
     pushed = Event.new(BundlePushed(app=app, pusher=DEMO_USER), source=f"user/{DEMO_USER}", subject=app.bundle_id)
     answer = await request(bus, pushed, handler="ecr", answers=["evt.ecr.bundle.registered.>", "evt.ecr.bundle.rejected.>"], timeout=timeout)
     rejected = answer.of_type("ecr.bundle.rejected")
@@ -46,7 +50,6 @@ async def start_demo(bus: Bus, info: PlatformInfo, *, timeout: float = 30.0) -> 
     await request(bus, approved, handler="ecr", answers=["evt.ecr.bundle.approved.>"], timeout=timeout)
     await wait_for_nodes(bus, info.nodes, timeout=timeout * 2)
     spec = load_job(DEMO_JOB)
-    job_id = "demo-bme680"
     submitted = Event.new(JobSubmitted(job_id=job_id, user=DEMO_USER, spec=spec), source=f"user/{DEMO_USER}", subject=job_id)
     answer = await request(bus, submitted, handler="ses", answers=["evt.ses.job.scheduled.>", "evt.ses.job.rejected.>"], timeout=timeout)
     rejected = answer.of_type("ses.job.rejected")
@@ -77,3 +80,18 @@ async def wait_for_nodes(bus: Bus, nodes: list[str], *, timeout: float) -> None:
             return
         await asyncio.sleep(0.5)
     raise HivebusError(f"demo: only {online} of the {len(nodes)} virtual nodes came online within {timeout:g}s", hint="see the node logs")
+
+
+async def _already_running(bus: Bus, job_id: str) -> bool:
+    """Whether an earlier ``hivebus up`` on this data dir started the demo job (it resumes)."""
+    from hivebus.projections.client import query
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            result = await query(bus, "select state from jobs where job_id = $1", [job_id], timeout=5)
+            return bool(result.rows) and result.rows[0][0] in ("Submitted", "Running", "Suspended")
+        except (QueryError, RequestTimeout):  # the projector may still be starting
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)

@@ -96,6 +96,12 @@ class Story:
         event = Event.new(payload, source=source, subject=subject, time=when, nodeseq=nodeseq)
         return Item(self.seq, nats_subject, event)
 
+    def answer(self, to: Item, payload: Any) -> Item:
+        """A handler's output caused by ``to`` (causation id = its event id)."""
+        self.seq += 1
+        event = to.event.caused(payload, source="handler/ses", subject="x", producer="handler/ses", index=self.seq)
+        return Item(self.seq, "evt.test.x", event)
+
     def apply(self, *items: Item) -> None:
         wanted = self.view.wanted(list(items))
         state = {t: {s: self.tables.get(t, {}).get(s, []) for s in scopes} for t, scopes in wanted.items()}
@@ -301,17 +307,31 @@ def job_spec() -> JobSpec:
 
 def test_job_states_follow_the_scheduler() -> None:
     story = Story(JobsView())
-    story.apply(story.item(JobSubmitted(job_id="j1", user="ada", spec=job_spec())))
+    j1 = story.item(JobSubmitted(job_id="j1", user="ada", spec=job_spec()))
+    story.apply(j1)
     (row,) = story.rows()
     assert (row["state"], row["user"], row["nodes"], row["bundles"]) == ("Submitted", "ada", ["W012", "W013"], [BUNDLE])
-    story.apply(story.item(JobScheduled(job_id="j1", policy="fit", placements=[
+    story.apply(story.answer(j1, JobScheduled(job_id="j1", policy="fit", placements=[
         Placement(node="W012", plugin="bme680", bundle_id=BUNDLE)])))
     assert story.rows()[0]["state"] == "Running" and story.rows()[0]["placed_nodes"] == ["W012"]
     story.apply(story.item(JobSuspended(job_id="j1", by="ada", reason="maintenance")))
     assert (story.rows()[0]["state"], story.rows()[0]["reasons"]) == ("Suspended", ["maintenance"])
-    story.apply(story.item(JobSubmitted(job_id="j2", user="bob", spec=job_spec())),
-                story.item(JobRejected(job_id="j2", reasons=["no node fits"])))
+    j2 = story.item(JobSubmitted(job_id="j2", user="bob", spec=job_spec()))
+    story.apply(j2, story.answer(j2, JobRejected(job_id="j2", reasons=["no node fits"])))
     assert {r["job_id"]: r["state"] for r in story.rows()} == {"j1": "Suspended", "j2": "Rejected"}
+
+
+def test_a_second_submission_of_a_job_id_leaves_the_job_alone() -> None:
+    """The scheduler rejects a reused id; that rejection answers the second submission only."""
+    story = Story(JobsView())
+    first = story.item(JobSubmitted(job_id="j1", user="ada", spec=job_spec()))
+    story.apply(first, story.answer(first, JobScheduled(job_id="j1", policy="fit", placements=[
+        Placement(node="W012", plugin="bme680", bundle_id=BUNDLE)])))
+    again = story.item(JobSubmitted(job_id="j1", user="eve", spec=job_spec()))
+    story.apply(again, story.answer(again, JobRejected(job_id="j1", reasons=["job id 'j1' is already used"])))
+    (row,) = story.rows()
+    assert (row["state"], row["user"], row["reasons"]) == ("Running", "ada", None)
+    assert row["submission_id"] == first.event.id
 
 
 def test_assignments_from_placement_to_goal_to_run_and_removal() -> None:

@@ -3,6 +3,10 @@
 States follow the scheduler (``Submitted``, ``Running`` once scheduled or resumed,
 ``Suspended``, ``Completed``, ``Removed``) plus ``Rejected`` for a submission the scheduler
 refused (``reasons`` says why). ``bundles`` are the ECR bundles the job's plugins run.
+
+Job ids are unique, as the scheduler keeps them: the first submission of an id owns the row,
+and only the scheduler's answers to that submission (``causationid`` = its event id) change
+it. A later submission reusing the id is rejected by the scheduler and leaves the job alone.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ TYPES = frozenset({SUBMITTED, SCHEDULED, REJECTED, SUSPENDED, RESUMED, REMOVED, 
 
 class JobsView(FoldView):
     name = "jobs"
-    version = 1
+    version = 2
     stream = EVENTS
     public = ("jobs",)
     scope_columns = ("job_id",)
@@ -52,7 +56,8 @@ class JobsView(FoldView):
             completed_at TIMESTAMP,
             removed_at TIMESTAMP,
             updated_at TIMESTAMP NOT NULL,
-            last_seq BIGINT NOT NULL
+            last_seq BIGINT NOT NULL,
+            submission_id VARCHAR
         )""",
     )
 
@@ -67,8 +72,13 @@ class JobsView(FoldView):
         when = utc(event.time)
         row = rows[0] if rows else _blank(data.job_id)
         kind = event.type
+        if kind == SUBMITTED and row["submission_id"] is not None:
+            return None  # the id is taken: the scheduler rejects this submission
+        if kind in (SCHEDULED, REJECTED) and event.causationid != row["submission_id"]:
+            return None  # an answer to another submission of this id
         if kind == SUBMITTED:
             spec = data.spec
+            row["submission_id"] = event.id
             row.update(
                 name=spec.name,
                 user=data.user,
@@ -116,5 +126,5 @@ def _blank(job_id: str) -> Row:
         "success_criteria": None, "spec": None, "policy": None, "placed_nodes": None,
         "reasons": None, "criterion": None, "submitted_at": None, "scheduled_at": None,
         "suspended_at": None, "completed_at": None, "removed_at": None, "updated_at": None,
-        "last_seq": 0,
+        "last_seq": 0, "submission_id": None,
     }  # fmt: skip
