@@ -90,3 +90,13 @@ def test_every_readme_python_snippet_runs(platform: RunningPlatform, tmp_path: P
         proc = subprocess.run([sys.executable, str(script)], cwd=platform.workdir, env=platform.env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"snippet {n} failed:\n{code}\n{proc.stdout}\n{proc.stderr}"
         assert "node_id" in proc.stdout and "env." in proc.stdout
+
+
+def test_a_permission_can_be_revoked_and_granted_again(platform: RunningPlatform) -> None:
+    bundle = "waggle/plugin-bme680:0.2.1"
+    granted = platform.cli("ecr", "grant", bundle, "READ", "--to", "carol", "--user", "waggle")
+    assert f"granted READ on {bundle} to user carol" in granted.stdout
+    revoked = platform.cli("ecr", "revoke", bundle, "READ", "--to", "carol", "--user", "waggle")
+    assert f"revoked READ on {bundle} from user carol" in revoked.stdout
+    refused = platform.cli("ecr", "grant", bundle, "READ", "--to", "mallory", "--user", "carol", check=False)
+    assert refused.returncode == 1 and "error:" in refused.stderr and "Traceback" not in refused.stderr

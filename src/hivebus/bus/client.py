@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from hivebus.bus.consumer import Delivery, RawMessage
 from hivebus.bus.publisher import (
@@ -296,13 +296,6 @@ class Bus:
                 await msg.respond(body)
 
         return await self.nc.subscribe(subject, queue=queue, cb=on_request)
-
-    async def consumer_exists(self, stream: str, durable: str) -> bool:
-        try:
-            await self.js.consumer_info(stream, durable)
-        except NotFoundError:
-            return False
-        return True
 
 
 async def _close_quietly(nc: NATS) -> None:

@@ -11,6 +11,7 @@ import getpass
 import hashlib
 import json
 import re
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,7 +32,7 @@ from hivebus.schemas.ecr import (
     PermissionRevoked,
 )
 from hivebus.schemas.envelope import Event, Payload
-from hivebus.services.requests import Answer, request
+from hivebus.services.requests import Answer, request_at
 
 ecr_app = typer.Typer(
     help="The edge code repository: bundles, reviews, permissions.", no_args_is_help=True
@@ -78,11 +79,6 @@ def artifact(path: Path) -> ArtifactRef:
     return ArtifactRef(
         name=path.name, kind=kind, digest=f"sha256:{digest.hexdigest()}", size=path.stat().st_size
     )
-
-
-async def _ask(hub: str | None, event: Event, answers: list[str], timeout: float) -> Answer:
-    async with await Bus.connect(settings(hub).nats_url) as bus:
-        return await request(bus, event, handler="ecr", answers=answers, timeout=timeout)
 
 
 def _refused(answer: Answer) -> None:
@@ -240,6 +236,27 @@ def _permission(text: str) -> str:
     return verb
 
 
+def _change_permission(
+    model: type[PermissionGranted] | type[PermissionRevoked],
+    verb: str,
+    preposition: str,
+    resource: str,
+    permission: str,
+    to: str | None,
+    group: str | None,
+    public: bool,
+    user: str | None,
+    timeout: float,
+    hub: str | None,
+) -> None:
+    who = whoami(user)
+    kind, grantee = _grantee(to, group, public)
+    payload = model.model_validate(
+        {"resource": resource, "grantee_type": kind, "grantee": grantee, "permission": _permission(permission), "by": who}
+    )
+    _acted(hub, payload, who, resource, timeout, f"{verb} {payload.permission} on {resource} {preposition} {kind} {grantee}")
+
+
 @ecr_app.command()
 def grant(
     resource: Annotated[
@@ -258,25 +275,7 @@ def grant(
     hub: Hub = None,
 ) -> None:
     """Grant a permission on a namespace or a bundle (needs WRITE_ACP there)."""
-    who = whoami(user)
-    kind, grantee = _grantee(to, group, public)
-    payload = PermissionGranted.model_validate(
-        {
-            "resource": resource,
-            "grantee_type": kind,
-            "grantee": grantee,
-            "permission": _permission(permission),
-            "by": who,
-        }
-    )
-    _acted(
-        hub,
-        payload,
-        who,
-        resource,
-        timeout,
-        f"granted {payload.permission} on {resource} to {kind} {grantee}",
-    )
+    _change_permission(PermissionGranted, "granted", "to", resource, permission, to, group, public, user, timeout, hub)
 
 
 @ecr_app.command()
@@ -295,25 +294,7 @@ def revoke(
     hub: Hub = None,
 ) -> None:
     """Revoke a permission granted earlier (needs WRITE_ACP)."""
-    who = whoami(user)
-    kind, grantee = _grantee(to, group, public)
-    payload = PermissionRevoked.model_validate(
-        {
-            "resource": resource,
-            "grantee_type": kind,
-            "grantee": grantee,
-            "permission": _permission(permission),
-            "by": who,
-        }
-    )
-    _acted(
-        hub,
-        payload,
-        who,
-        resource,
-        timeout,
-        f"revoked {payload.permission} on {resource} from {kind} {grantee}",
-    )
+    _change_permission(PermissionRevoked, "revoked", "from", resource, permission, to, group, public, user, timeout, hub)
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -453,3 +434,7 @@ def show(
 
 def _yes(value: object) -> str:
     return "yes" if value else ""
+
+
+def _ask(hub: str | None, event: Event, answers: list[str], timeout: float) -> Coroutine[Any, Any, Answer]:
+    return request_at(settings(hub).nats_url, event, handler="ecr", answers=answers, timeout=timeout)

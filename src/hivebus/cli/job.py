@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +29,7 @@ from hivebus.rules import parse_rule
 from hivebus.schemas.envelope import Event, Payload
 from hivebus.schemas.ids import new_ulid
 from hivebus.schemas.ses import JobRemoved, JobResumed, JobSubmitted, JobSuspended
-from hivebus.services.requests import Answer, request
+from hivebus.services.requests import Answer, request_at
 
 job_app = typer.Typer(
     help="Scheduler jobs: submit, status, suspend, resume, remove.", no_args_is_help=True
@@ -171,11 +172,6 @@ def submit(
         f"scheduled {identifier} ({scheduled[0].data.policy}); goals sent to {', '.join(g.data.node for g in goals)}"
     )
     _print_plan(placements, [])
-
-
-async def _ask(hub: str | None, event: Event, answers: list[str], timeout: float) -> Answer:
-    async with await Bus.connect(settings(hub).nats_url) as bus:
-        return await request(bus, event, handler="ses", answers=answers, timeout=timeout)
 
 
 def _lifecycle(
@@ -326,3 +322,7 @@ def handlers(
             await run_handlers(config, bus, stop, only=names)
 
     run(serve())
+
+
+def _ask(hub: str | None, event: Event, answers: list[str], timeout: float) -> Coroutine[Any, Any, Answer]:
+    return request_at(settings(hub).nats_url, event, handler="ses", answers=answers, timeout=timeout)

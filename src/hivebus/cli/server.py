@@ -23,16 +23,16 @@ def server(
     cfg = settings()
     srv = NatsServer(ServerConfig(store_dir=data_dir / "nats", port=nats_port, fsync=cfg.fsync)).start()
     try:
-        run(_announce(srv.url, cfg))
+        run(_create_streams(srv.url))
         out.print(f"[green]nats-server running[/] at [bold]{srv.url}[/] (store {data_dir / 'nats'}, fsync={cfg.fsync})")
-        out.print(f"try:  hivebus publish ecr.permission.granted --hub {srv.url} --data '{{...}}'")
+        out.print(f"try:  hivebus tail --hub {srv.url}   (and `hivebus handlers`, `hivebus projector` against it)")
         out.print("stop: Ctrl-C")
         run(_wait_for_signal())
     finally:
         srv.stop()
 
 
-async def _announce(url: str, cfg: object) -> None:
+async def _create_streams(url: str) -> None:
     async with await Bus.connect(url) as bus:
         await bus.ensure_streams()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pydantic_core
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import ValidationError, create_model
 
 from hivebus.errors import DecodeError
 from hivebus.schemas.envelope import SPECVERSION, Event, Payload
@@ -95,7 +95,3 @@ def _decode_error(exc: ValidationError, type_: str, prefix: tuple[str, ...] | No
     field = ".".join(str(p) for p in first["loc"]) or "<body>"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return DecodeError(f"{first['msg']}{more}", field=field, event_type=type_)
-
-
-def payload_json_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return model.model_json_schema()

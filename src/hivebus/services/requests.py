@@ -60,6 +60,14 @@ async def processed(bus: Bus, durable: str, seq: int, *, timeout: float) -> None
         delay = min(0.25, delay * 1.5)
 
 
+async def request_at(
+    url: str, event: Event, *, handler: str, answers: Sequence[str], timeout: float = 15.0
+) -> Answer:
+    """``request`` on a connection of its own (what a CLI command does once)."""
+    async with await Bus.connect(url) as bus:
+        return await request(bus, event, handler=handler, answers=answers, timeout=timeout)
+
+
 async def request(
     bus: Bus,
     event: Event,
