@@ -15,14 +15,17 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
 
+from hivebus.auth.hub import HubAuth
+from hivebus.auth.permissions import SERVICE
 from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer, ServerConfig
 from hivebus.config import Settings
+from hivebus.edge.uploads import ensure_bucket
 
 log = structlog.get_logger()
 
@@ -34,6 +37,9 @@ class PlatformOptions:
     nats_url: str | None = None  # use this server/cluster instead of starting one
     virtual_nodes: int = 0
     node_prefix: str = "V"
+    # Authentication on the embedded server: nodes and services present credentials
+    # (``<data_dir>/auth``), everything else is the public identity (hivebus.auth).
+    auth: bool = True
 
     @property
     def db_path(self) -> Path:
@@ -67,12 +73,23 @@ class Platform:
         self.bus: Bus | None = None
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
         self.info: PlatformInfo | None = None
+        self.auth: HubAuth | None = None
 
     def start_server(self) -> str:
         if self.options.nats_url:
             return self.options.nats_url
+        include = None
+        if self.options.auth:
+            self.auth = HubAuth.of_data_dir(self.options.data_dir).ensure()
+            self.settings = replace(self.settings, nats_credentials=self.auth.creds_path(SERVICE))
+            include = self.auth.conf_path
+            for node in self.options.node_ids():  # before the server reads the rules
+                self.auth.node_credential(node, self._node_creds(node))
         self.server = NatsServer(
-            ServerConfig(store_dir=self.options.data_dir / "nats", port=self.options.nats_port, fsync=self.settings.fsync)
+            ServerConfig(
+                store_dir=self.options.data_dir / "nats", port=self.options.nats_port, fsync=self.settings.fsync,
+                include=include,
+            )
         ).start()
         return self.server.url
 
@@ -87,6 +104,7 @@ class Platform:
         try:
             self.bus = await Bus.connect(url, name="hivebus-up", settings=self.settings)
             await self.bus.ensure_streams()
+            await ensure_bucket(self.bus.js, replicas=self.settings.replicas)
             projector = Projector(self.settings, self.bus, self.options.db_path)
             tasks = [
                 asyncio.create_task(projector.run(stop), name="projector"),
@@ -126,9 +144,14 @@ class Platform:
             "--node-id", node, "--hub", url, "--data-dir", str(self.options.data_dir / "nodes" / node),
         ]
         env = {**os.environ, "HIVEBUS_LOG_FORMAT": "json"}
+        if self.auth is not None:
+            env["HIVEBUS_NATS_CREDENTIALS"] = str(self._node_creds(node))
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.info("platform.node_started", node=node, pid=proc.pid)
         return proc
+
+    def _node_creds(self, node: str) -> Path:
+        return self.options.data_dir / "nodes" / node / "hub.creds"
 
     def _stop_nodes(self) -> None:
         for proc in self.nodes.values():

@@ -34,6 +34,10 @@ class Settings:
     """Platform settings. Environment variable = ``HIVEBUS_`` + field name upper-cased."""
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # A credentials file (``hivebus node add --out``, or ``<data_dir>/auth/*.creds``).
+    # Unset: the hub's admin credential if this machine has one (the operator on the hub
+    # machine), else none (the public identity: queries, commands with a user token).
+    nats_credentials: Path | None = None
     data_dir: Path = Path(".hivebus")
     nats_port: int = 4222
     # JetStream
@@ -58,6 +62,12 @@ class Settings:
             raise SetupError(f"HIVEBUS_REPLICAS: {self.replicas} must be 1, 3 or 5")
         if self.fsync not in ("always", "interval"):
             raise SetupError(f"HIVEBUS_FSYNC: {self.fsync!r} must be 'always' or 'interval'")
+
+    def credentials_file(self) -> Path | None:
+        if self.nats_credentials is not None:
+            return self.nats_credentials
+        admin = self.data_dir / "auth" / "admin.creds"
+        return admin if admin.exists() else None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

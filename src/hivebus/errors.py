@@ -87,6 +87,10 @@ class ConnectError(BusError):
     """The NATS server could not be reached."""
 
 
+class PermissionDenied(BusError):
+    """The hub's NATS server refused this identity a publish or subscription."""
+
+
 class PublishError(BusError):
     """The server did not acknowledge a publish."""
 
@@ -175,6 +179,10 @@ class RequestRejected(HivebusError):
     def __init__(self, message: str, reasons: list[str] | None = None) -> None:
         self.reasons = list(reasons or [])
         super().__init__(message)
+
+
+class Unauthorized(HivebusError):
+    """A user action came without a valid token, or with someone else's."""
 
 
 class NoAnswer(HivebusError):

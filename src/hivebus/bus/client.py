@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -17,10 +18,11 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError, NoServersError
+from nats.errors import AuthorizationError, NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NoStreamResponseError
 
+from hivebus.auth.credentials import Credential
 from hivebus.bus.consumer import Delivery, RawMessage
 from hivebus.bus.publisher import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -40,11 +42,19 @@ from hivebus.bus.streams import (
 )
 from hivebus.bus.subjects import subject_for
 from hivebus.config import Settings
-from hivebus.errors import ConcurrencyConflict, ConnectError, PublishError, RequestTimeout
+from hivebus.errors import (
+    ConcurrencyConflict,
+    ConnectError,
+    PermissionDenied,
+    PublishError,
+    RequestTimeout,
+)
 from hivebus.schemas import codec
 from hivebus.schemas.envelope import Event
 
 log = structlog.get_logger()
+
+_PERMISSION_VIOLATION = re.compile(r"Permissions Violation for (Publish|Subscription) to \\?\"?([^\"\\'\s]+)", re.IGNORECASE)
 
 
 class Bus:
@@ -55,6 +65,8 @@ class Bus:
         self.js = nc.jetstream(timeout=10)
         self.settings = settings or Settings()
         self._pipeline = Pipeline(nc)
+        # subject -> the server's message, for every publish/subscribe it refused us
+        self.denied: dict[str, str] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -75,9 +87,21 @@ class Bus:
         settings = settings or Settings.from_env()
         servers = servers or settings.nats_url
         urls = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers)
+        creds = settings.credentials_file()
+        if creds is not None and "user" not in options:
+            options = {**Credential.load(creds).connect_options(), **options}
+        denied: dict[str, str] = {}
+        refused: list[str] = []
 
         async def on_error(exc: Exception) -> None:
-            log.debug("nats.error", error=str(exc) or type(exc).__name__)
+            text = str(exc) or type(exc).__name__
+            if "authorization violation" in text.lower():
+                refused.append(text)
+            if m := _PERMISSION_VIOLATION.search(text):
+                denied[m.group(2)] = text
+                log.warning("nats.permission_denied", action=m.group(1).lower(), subject=m.group(2), name=name)
+                return
+            log.debug("nats.error", error=text)
 
         async def on_disconnect() -> None:
             log.info("nats.disconnected", name=name)
@@ -106,13 +130,22 @@ class Bus:
                 ),
                 timeout=connect_timeout,
             )
-        except (TimeoutError, NoServersError, OSError) as exc:
+        except (AuthorizationError, TimeoutError, NoServersError, OSError) as exc:
             await _close_quietly(nc)
+            if refused or isinstance(exc, AuthorizationError):
+                raise ConnectError(
+                    f"NATS at {', '.join(urls)} refused the credentials"
+                    + (f" in {creds}" if creds is not None else " (none given)"),
+                    hint="set HIVEBUS_NATS_CREDENTIALS to this identity's creds file; "
+                    "`hivebus node add <ID> --rotate` (on the hub) issues a new node credential",
+                ) from None
             raise ConnectError(
                 f"cannot reach NATS at {', '.join(urls)} ({type(exc).__name__})",
                 hint="start the hub with `hivebus up` (or `hivebus server`), or point --hub / HIVEBUS_NATS_URL at it",
             ) from None
-        return cls(nc, settings=settings)
+        bus = cls(nc, settings=settings)
+        bus.denied = denied
+        return bus
 
     async def close(self) -> None:
         await _close_quietly(self.nc)
@@ -166,10 +199,20 @@ class Bus:
             except (NoRespondersError, NoStreamResponseError):
                 raise PublishError(f"no stream listens on {subject!r}", hint="run `hivebus up` once to create the streams") from None
             except (NatsTimeout, TimeoutError, ConnectionError) as exc:
+                self.raise_if_denied(subject)
                 # Safe to resend: the same Nats-Msg-Id is dropped as a duplicate.
                 log.warning("publish.retry", subject=subject, attempt=attempt + 1, error=type(exc).__name__)
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
         raise PublishError(f"no acknowledgement for {subject!r} after {retries + 1} attempts", hint="is the NATS server up?")
+
+    def raise_if_denied(self, subject: str) -> None:
+        """``PermissionDenied`` if the server refused this identity a publish to ``subject``."""
+        if subject.lower() in self.denied:  # nats-py lower-cases the server's message
+            raise PermissionDenied(
+                f"the hub does not let this identity publish to {subject!r}",
+                hint="nodes publish only their own data.<node>.> and fromedge.<node>.>; "
+                "user actions go through the gateway with a user token (HIVEBUS_TOKEN)",
+            )
 
     async def publish_many(self, events: Iterable[Event], *, timeout: float = 10.0) -> list[int]:
         """Publish events pipelined; returns their stream sequences in order."""
@@ -186,7 +229,12 @@ class Bus:
         ``retries=0`` fails fast instead of resending unacknowledged messages itself: the
         edge forwarder then checks the stream for what arrived before it sends again.
         """
-        return await self._pipeline.publish(messages, timeout=timeout, retries=retries)
+        try:
+            return await self._pipeline.publish(messages, timeout=timeout, retries=retries)
+        except PublishError:
+            for subject in {m.subject for m in messages}:
+                self.raise_if_denied(subject)
+            raise
 
     # --- consume --------------------------------------------------------------------
 
@@ -232,13 +280,14 @@ class Bus:
         stop_at_end: bool = False,
         start_time: datetime | None = None,
         new_only: bool = False,
+        name: str | None = None,
     ) -> AsyncIterator[list[RawMessage]]:
         """Raw messages of ``stream`` from ``start_seq`` (or ``start_time``, or only new
         ones) on, in batches, with no acks (see ``bus.reader``); with ``stop_at_end`` it
         ends when nothing is pending."""
         return read_stream(
             self.js, stream, start_seq=start_seq, filter_subjects=filter_subjects,
-            batch=batch, idle=idle, stop_at_end=stop_at_end, start_time=start_time, new_only=new_only,
+            batch=batch, idle=idle, stop_at_end=stop_at_end, start_time=start_time, new_only=new_only, name=name, denied=self.denied,
         )
 
     async def last_seq(self, stream: str) -> int:

@@ -10,8 +10,10 @@ drains the subscription queue in bulk, several times faster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 
 from nats.errors import NoRespondersError
@@ -21,11 +23,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import ServiceUnavailableError
 
 from hivebus.bus.consumer import RawMessage, reply_position
-from hivebus.errors import BusError
+from hivebus.errors import BusError, PermissionDenied
 
 # Status codes the server sends on the pull inbox instead of messages.
 _END_OF_PULL = {"404", "408", "409"}  # no messages / request expired / consumer changed
 _HEARTBEAT = "100"
+_NO_RESPONDERS = "503"  # (an in-memory consumer does not survive a server restart)
 
 
 async def read_stream(
@@ -39,16 +42,28 @@ async def read_stream(
     stop_at_end: bool = False,
     start_time: datetime | None = None,
     new_only: bool = False,
+    name: str | None = None,
+    denied: Mapping[str, str] | None = None,
 ) -> AsyncIterator[list[RawMessage]]:
     """Yield lists of raw messages in stream order from ``start_seq`` on.
 
     ``start_time`` starts at the first message stored at or after it instead, and
     ``new_only`` at the next message to arrive. ``stop_at_end``: stop once nothing is
     pending (for rebuilds and catch-up reads); otherwise wait for new messages forever
-    (``idle`` is the pull's expiry).
+    (``idle`` is the pull's expiry). ``name`` names the reader's consumer (an identity
+    whose permissions allow only that name, a node's, needs it); a leftover consumer of
+    that name, from a reader that died, is deleted first. Otherwise it gets a fresh
+    name (a named consumer is created on the API subject that carries its filter, which
+    is what the public identity's permissions check). ``denied``: the subjects the server
+    refused this connection (``Bus.denied``), to fail at once instead of timing out.
     """
     nc = js._nc
     subjects = list(filter_subjects)
+    if name is not None:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
+    else:
+        name = f"rd{secrets.token_hex(8)}"
     info = await _create_consumer(
         js,
         stream,
@@ -60,9 +75,11 @@ async def read_stream(
             filter_subject=subjects[0] if len(subjects) == 1 else None,
             filter_subjects=subjects if len(subjects) > 1 else None,
             inactive_threshold=30.0,
+            name=name,
             mem_storage=True,
             num_replicas=1,
         ),
+        denied if denied is not None else {},
     )
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{info.name}"
     inbox = nc.new_inbox()
@@ -97,6 +114,8 @@ async def read_stream(
                         out.append(RawMessage(seq, m.subject, m.data, stored))
                         continue
                     status = m.headers.get("Status") if m.headers else None
+                    if status == _NO_RESPONDERS:  # the consumer is gone: pulling on would spin
+                        raise BusError(f"the reader's consumer on {stream} is gone (server restarted?)")
                     if status in _END_OF_PULL or status != _HEARTBEAT:
                         ended = True
                 got += len(out)
@@ -134,7 +153,9 @@ async def _drained(js: JetStreamContext, stream: str, consumer: str) -> bool:
     return info.num_pending == 0
 
 
-async def _create_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig, attempts: int = 6) -> ConsumerInfo:
+async def _create_consumer(
+    js: JetStreamContext, stream: str, config: ConsumerConfig, denied: Mapping[str, str], attempts: int = 6
+) -> ConsumerInfo:
     """Create the ephemeral consumer, riding out a JetStream that is electing a leader
     (right after a server restart, or a cluster member's loss, the API times out for a
     few seconds)."""
@@ -142,6 +163,13 @@ async def _create_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
         try:
             return await js.add_consumer(stream, config)
         except (TimeoutError, NatsTimeout, NoRespondersError, ServiceUnavailableError) as exc:
+            refused = f"$js.api.consumer.create.{stream}.{config.name}".lower()
+            if any(subject.startswith(refused) for subject in denied):
+                what = ", ".join(config.filter_subjects or [config.filter_subject or ">"])
+                raise PermissionDenied(
+                    f"the hub does not let this identity read {what} from {stream}",
+                    hint="without credentials you may read evt.>, fromedge.> and data.>, one filter at a time",
+                ) from None
             if attempt == attempts - 1:
                 raise BusError(f"JetStream did not create a reader on {stream} ({type(exc).__name__})", hint="is the server or cluster healthy?") from None
             await asyncio.sleep(min(2.0, 0.2 * 2**attempt))

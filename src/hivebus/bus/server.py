@@ -64,6 +64,7 @@ FsyncPolicy = Literal["always", "interval"]
 
 CONFIG_FILE = "nats-server.conf"
 LOG_FILE = "nats-server.log"
+PID_FILE = "nats-server.pid"
 _LOG_TAIL_LINES = 25
 _PORT_ATTEMPTS = 3  # re-picks of an automatically chosen port that another process grabbed
 _BIND_IN_USE = re.compile(r"listen tcp \S*?:(\d+): bind: address already in use")
@@ -164,7 +165,9 @@ class ServerConfig:
     """What to run. A port of 0 means "pick a free one" (fixed after the first start).
 
     ``cluster_port``/``leafnode_port`` of ``None`` mean no such listener; ``authorization``
-    is the body of the ``authorization { ... }`` block, pasted verbatim.
+    is the body of the ``authorization { ... }`` block, pasted verbatim; ``include`` is a
+    config file included at the top level (``hivebus.auth`` writes its users and their
+    permissions there, and a ``reload`` picks up changes without a restart).
     """
 
     store_dir: Path
@@ -182,6 +185,7 @@ class ServerConfig:
     leafnode_remotes: tuple[str, ...] = ()
     jetstream_domain: str | None = None
     authorization: str | None = None
+    include: Path | None = None
     debug: bool = False
 
     def __post_init__(self) -> None:
@@ -244,6 +248,7 @@ def render_config(config: ServerConfig, ports: _Ports) -> str:
         f"server_name: {q(config.server_name)}",
         f"listen: {q(_hostport(config.host, ports.client))}",
         f"http: {q(_hostport(config.host, ports.http))}",
+        f"pid_file: {q(str((config.store_dir / PID_FILE).resolve()))}",
         "jetstream {",
         f"  store_dir: {q(str(config.store_dir.resolve()))}",
     ]
@@ -274,6 +279,10 @@ def render_config(config: ServerConfig, ports: _Ports) -> str:
         lines.append("}")
     if config.authorization is not None:
         lines += ["authorization {", config.authorization, "}"]
+    if config.include is not None:
+        # nats-server resolves an include relative to the including file's directory.
+        target = os.path.relpath(config.include.resolve(), config.store_dir.resolve())
+        lines.append(f"include {q(target)}")
     if config.debug:
         lines.append("debug: true")
     return "\n".join(lines) + "\n"
@@ -456,6 +465,10 @@ class NatsServer:
         log.info("nats.killed", server=self.server_name, pid=proc.pid)
         self._forget(proc)
 
+    def reload(self) -> None:
+        """Make the running server re-read its config (and includes): users, permissions."""
+        reload_server(self._config.store_dir)
+
     def restart(self, timeout: float = 10.0) -> None:
         """Stop if running, then start again on the same ports and store dir."""
         self.stop(timeout)
@@ -615,6 +628,20 @@ class NatsServer:
         _forget(proc)
         if self._proc is proc:
             self._proc = None
+
+
+def reload_server(store_dir: Path) -> bool:
+    """SIGHUP the nats-server whose pid file is in ``store_dir``: it re-reads its config.
+
+    False when no server runs there (the next start reads the config anyway).
+    """
+    try:
+        pid = int((Path(store_dir) / PID_FILE).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        return False
+    log.info("nats.reloaded", store_dir=str(store_dir), pid=pid)
+    return True
 
 
 def _http_get(url: str, timeout: float) -> tuple[int, bytes]:

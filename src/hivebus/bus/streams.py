@@ -139,6 +139,9 @@ class ConsumerSpec:
     def config(self) -> ConsumerConfig:
         subjects = list(self.filter_subjects)
         return ConsumerConfig(
+            # The name too: nats-py then creates it on the API subject that carries the
+            # filter, which is what a node's permissions allow (hivebus.auth.permissions).
+            name=self.durable,
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait.total_seconds(),

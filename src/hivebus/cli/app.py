@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "hivebus.cli.job",
     "hivebus.cli.node",
     "hivebus.cli.up",
+    "hivebus.cli.access",
 )
 
 Hub = Annotated[

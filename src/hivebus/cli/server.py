@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from hivebus.auth.hub import HubAuth
+from hivebus.auth.permissions import SERVICE
 from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer, ServerConfig
 from hivebus.cli.app import app, out, run, settings
+from hivebus.config import Settings
+from hivebus.edge.uploads import ensure_bucket
 
 
 @app.command()
 def server(
     data_dir: Annotated[Path, typer.Option(envvar="HIVEBUS_DATA_DIR", help="Where the JetStream store lives.")] = Path(".hivebus"),
     nats_port: Annotated[int, typer.Option(envvar="HIVEBUS_NATS_PORT", help="Client port (0 = any free port).")] = 4222,
+    auth: Annotated[bool, typer.Option("--auth/--no-auth", help="Authenticate nodes and services (identities in <data-dir>/auth).")] = True,
 ) -> None:
     """Start only the embedded nats-server (JetStream, streams created) until Ctrl-C."""
     cfg = settings()
-    srv = NatsServer(ServerConfig(store_dir=data_dir / "nats", port=nats_port, fsync=cfg.fsync)).start()
+    hub_auth = HubAuth.of_data_dir(data_dir).ensure() if auth else None
+    include = hub_auth.conf_path if hub_auth is not None else None
+    srv = NatsServer(ServerConfig(store_dir=data_dir / "nats", port=nats_port, fsync=cfg.fsync, include=include)).start()
     try:
-        run(_create_streams(srv.url))
+        service = replace(cfg, nats_credentials=hub_auth.creds_path(SERVICE)) if hub_auth is not None else cfg
+        run(_create_streams(srv.url, service))
         out.print(f"[green]nats-server running[/] at [bold]{srv.url}[/] (store {data_dir / 'nats'}, fsync={cfg.fsync})")
+        if hub_auth is not None:
+            out.print(f"auth: service/admin credentials in {hub_auth.dir}; add nodes with `hivebus node add ID`")
         out.print(f"try:  hivebus tail --hub {srv.url}   (and `hivebus handlers`, `hivebus projector` against it)")
         out.print("stop: Ctrl-C")
         run(_wait_for_signal())
@@ -32,9 +43,10 @@ def server(
         srv.stop()
 
 
-async def _create_streams(url: str) -> None:
-    async with await Bus.connect(url) as bus:
+async def _create_streams(url: str, config: Settings) -> None:
+    async with await Bus.connect(url, settings=config) as bus:
         await bus.ensure_streams()
+        await ensure_bucket(bus.js, replicas=config.replicas)
 
 
 async def _wait_for_signal() -> None:

@@ -37,10 +37,12 @@ def up(
     nats_url: Annotated[str | None, typer.Option(help="Use this NATS server or cluster instead of starting one (comma-separated URLs).")] = None,
     virtual_nodes: Annotated[int, typer.Option(help="How many virtual edge nodes to run.")] = 0,
     demo: Annotated[bool, typer.Option(help="Push an example plugin, approve it, and run it on the virtual nodes every minute.")] = False,
+    auth: Annotated[bool, typer.Option("--auth/--no-auth", help="Authenticate nodes and services on the embedded server (hivebus.auth); --no-auth opens it to anyone who can reach the port.")] = True,
 ) -> None:
     """Start the platform: nats-server, streams, handlers, projector + query service, virtual nodes."""
     cfg = settings(None, data_dir=data_dir, nats_port=nats_port)
-    platform = Platform(cfg, PlatformOptions(data_dir=data_dir, nats_port=nats_port, nats_url=nats_url, virtual_nodes=virtual_nodes))
+    options = PlatformOptions(data_dir=data_dir, nats_port=nats_port, nats_url=nats_url, virtual_nodes=virtual_nodes, auth=auth)
+    platform = Platform(cfg, options)
     run(_up(platform, demo))
 
 
@@ -58,7 +60,7 @@ async def _up(platform: Platform, demo: bool) -> None:
         runner.result()  # raises the start-up error
         return
     assert platform.info is not None and platform.bus is not None
-    _announce(platform.info)
+    _announce(platform.info, authenticated=platform.auth is not None)
     if demo:
         from hivebus.demo import start_demo
 
@@ -71,7 +73,12 @@ async def _up(platform: Platform, demo: bool) -> None:
     await runner
 
 
-def _announce(info: PlatformInfo) -> None:
+def _announce(info: PlatformInfo, *, authenticated: bool) -> None:
+    access = (
+        f"auth      nodes and services authenticated ({info.data_dir}/auth); user actions need a token"
+        if authenticated
+        else "auth      [yellow]off[/] (--no-auth): anyone who reaches the port may publish"
+    )
     lines = [
         "[bold green]hivebus is running[/]",
         f"NATS      {info.nats_url}{' (embedded)' if info.embedded_server else ''}",
@@ -79,6 +86,7 @@ def _announce(info: PlatformInfo) -> None:
         f"DuckDB    {info.db_path}",
         f"nodes     {', '.join(info.nodes) or 'none (--virtual-nodes N)'}",
         f"logs      {info.logs_dir}",
+        access,
         "",
         "try, in another terminal (. .venv/bin/activate first):",
         f"  export HIVEBUS_NATS_URL={info.nats_url}",
@@ -87,6 +95,7 @@ def _announce(info: PlatformInfo) -> None:
         "  hivebus query \"select count(*) from readings\"",
         "  hivebus data query --start -5m --filter name=env.temperature --tail 1",
         "  hivebus tail --from-edge '*'",
+        "  hivebus user add alice --save     (a token for alice's pushes and jobs)",
         "  (the README walks through pushing an app and submitting a job)",
         "stop: Ctrl-C",
     ]

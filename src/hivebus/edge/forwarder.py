@@ -38,6 +38,7 @@ import structlog
 from nats.errors import MaxPayloadError
 from nats.js.errors import APIError
 
+from hivebus.auth.permissions import reconcile_consumer
 from hivebus.bus.client import Bus
 from hivebus.bus.publisher import MSG_ID, Outgoing
 from hivebus.bus.streams import DATA, EVENTS
@@ -208,7 +209,8 @@ class Forwarder:
                 continue  # never published to it
             last = positions[stream]
             async for batch in bus.read(
-                stream, start_seq=last + 1, filter_subjects=[subject], stop_at_end=True
+                stream, start_seq=last + 1, filter_subjects=[subject], stop_at_end=True,
+                name=reconcile_consumer(self._node),  # the one name a node may read with
             ):
                 for message in batch:
                     seq, msg_id = _identity(message.data)

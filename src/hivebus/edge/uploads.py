@@ -353,17 +353,8 @@ class UploadService:
         store = self._stores.get(id(bus))
         if store is not None:
             return store
-        from nats.js.api import ObjectStoreConfig, StorageType
-        from nats.js.errors import BucketNotFoundError
-
         js = bus.js if hasattr(bus, "js") else bus.jetstream()
-        try:
-            store = await js.object_store(self.bucket)
-        except BucketNotFoundError:
-            config = ObjectStoreConfig(
-                description="files uploaded by plugins on edge nodes", storage=StorageType.FILE, replicas=self.replicas,
-            )
-            store = await js.create_object_store(self.bucket, config=config)
+        store = await ensure_bucket(js, self.bucket, replicas=self.replicas)
         self._stores = {id(bus): store}
         return store
 
@@ -427,3 +418,18 @@ def _load(directory: Path) -> StagedUpload:
         meta=record["meta"],
         accepted=datetime.fromisoformat(record["accepted"]),
     )
+
+
+async def ensure_bucket(js: Any, bucket: str = BUCKET, *, replicas: int = 1) -> Any:
+    """The hub's upload bucket, created if missing (the hub does it at start: a node's
+    permissions do not allow creating streams)."""
+    from nats.js.api import ObjectStoreConfig, StorageType
+    from nats.js.errors import BucketNotFoundError
+
+    try:
+        return await js.object_store(bucket)
+    except BucketNotFoundError:
+        config = ObjectStoreConfig(
+            description="files uploaded by plugins on edge nodes", storage=StorageType.FILE, replicas=replicas,
+        )
+        return await js.create_object_store(bucket, config=config)

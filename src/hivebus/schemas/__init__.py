@@ -3,13 +3,14 @@
 Importing this package registers the whole catalogue (one module per area).
 """
 
-from hivebus.schemas import data, ecr, node, ses, storage
+from hivebus.schemas import auth, data, ecr, node, ses, storage
 from hivebus.schemas.envelope import Event, Payload
 from hivebus.schemas.registry import event, registry, upcaster
 
 __all__ = [
     "Event",
     "Payload",
+    "auth",
     "data",
     "ecr",
     "event",

@@ -1,8 +1,9 @@
 """Runtime wiring of the platform handlers (the I/O side of ``hivebus.handlers``).
 
 ``run_handlers(settings, bus, stop)`` runs the ECR, the scheduler (with its dry-run endpoint
-``hivebus.ses.dryrun``) and node health, each on its own durable consumer, until ``stop``
-is set. Each handler must run as one instance at a time.
+``hivebus.ses.dryrun``) and node health, each on its own durable consumer, and the command
+gateway (``hivebus.cmd``, user actions with tokens), until ``stop`` is set. Each handler
+must run as one instance at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from hivebus.handlers.ecr import EcrHandler
 from hivebus.handlers.health import HealthHandler
 from hivebus.handlers.ses import SesHandler
 from hivebus.services.dryrun import DRYRUN_SUBJECT, serve_dryrun
+from hivebus.services.gateway import Gateway
 from hivebus.services.handler_service import HandlerService
 
 log = structlog.get_logger()
@@ -74,6 +76,7 @@ async def run_handlers(
         inner.set()
 
     follower = asyncio.create_task(follow())
+    gateway = await Gateway(bus).serve()  # user actions with tokens enter here
     tasks = [asyncio.create_task(s.run(inner), name=f"handler-{s.handler.name}") for s in services]
     log.info("handlers.started", handlers=[s.handler.name for s in services])
     try:
@@ -88,6 +91,8 @@ async def run_handlers(
         for task in [*tasks, follower]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        with contextlib.suppress(Exception):
+            await gateway.unsubscribe()
         log.info("handlers.stopped")
 
 

@@ -9,19 +9,23 @@ that sequence when the handler refused it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nats.js.errors import NotFoundError
 
+from hivebus.auth.tokens import find_token
 from hivebus.bus.client import Bus
 from hivebus.bus.consumer import DeadLetter
 from hivebus.bus.streams import DEADLETTERS, EVENTS
 from hivebus.bus.subjects import dlq_subject
-from hivebus.errors import NoAnswer
+from hivebus.errors import NoAnswer, PermissionDenied, RequestRejected, Unauthorized
 from hivebus.schemas import codec
 from hivebus.schemas.envelope import Event
+
+CMD_SUBJECT = "hivebus.cmd"  # served by services.gateway
 
 
 @dataclass
@@ -61,11 +65,47 @@ async def processed(bus: Bus, durable: str, seq: int, *, timeout: float) -> None
 
 
 async def request_at(
-    url: str, event: Event, *, handler: str, answers: Sequence[str], timeout: float = 15.0
+    url: str,
+    event: Event,
+    *,
+    handler: str,
+    answers: Sequence[str],
+    timeout: float = 15.0,
+    token: str | None = None,
 ) -> Answer:
-    """``request`` on a connection of its own (what a CLI command does once)."""
+    """A user's request on a connection of its own (what a CLI command does once).
+
+    With a user token (``token``, ``HIVEBUS_TOKEN`` or the user's saved one) it goes
+    through the command gateway, which acts as the token's user; without one it is
+    published directly, which only a hub without authentication (or an admin) allows.
+    """
+    user = event.source.removeprefix("user/")
+    token = find_token(user, token)
     async with await Bus.connect(url) as bus:
-        return await request(bus, event, handler=handler, answers=answers, timeout=timeout)
+        if token is not None:
+            return await request_via_gateway(bus, event, token=token, answers=answers, timeout=timeout)
+        try:
+            return await request(bus, event, handler=handler, answers=answers, timeout=timeout)
+        except PermissionDenied:
+            raise Unauthorized(
+                f"this hub takes {event.type} only with a user token",
+                hint=f"an admin runs `hivebus user add {user} --save` (or gives you a token: set HIVEBUS_TOKEN)",
+            ) from None
+
+
+async def request_via_gateway(
+    bus: Bus, event: Event, *, token: str, answers: Sequence[str], timeout: float = 15.0
+) -> Answer:
+    """Send ``event`` through the command gateway (``hivebus.cmd``) with ``token``."""
+    body = {"token": token, "event": codec.to_dict(event), "answers": list(answers), "timeout": timeout}
+    reply = json.loads(await bus.request(CMD_SUBJECT, body, timeout=timeout + 5.0))
+    if "error" in reply:
+        kind = reply.get("kind")
+        error = Unauthorized if kind == "Unauthorized" else RequestRejected
+        raise error(str(reply["error"]))
+    answer = Answer(int(reply["seq"]), refused=reply.get("refused"))
+    answer.events = [codec.decode(json.dumps(doc)) for doc in reply.get("events", [])]
+    return answer
 
 
 async def request(

@@ -1,0 +1,153 @@
+"""The hub's identities on disk: ``<data-dir>/auth/``.
+
+- ``identities.json``: user name -> bcrypt hash of its password (never the password).
+- ``nats-auth.conf``: what the hub's nats-server includes (``permissions.render``).
+- ``service.creds`` and ``admin.creds`` (mode 0600): the platform's own credentials,
+  used by the processes ``hivebus up`` starts and by the operator's CLI on the hub machine.
+
+A node's password exists only in what ``add_node`` returns: ``hivebus node add`` prints it
+once (or writes it to the file the operator asked for). Every change rewrites the config
+and asks the running server to reload it; existing connections keep their permissions
+until they reconnect, new ones get the new rules at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import bcrypt
+import structlog
+
+from hivebus.auth import permissions
+from hivebus.auth.credentials import Credential
+from hivebus.bus.server import reload_server
+from hivebus.errors import SetupError
+
+log = structlog.get_logger()
+
+IDENTITIES: Final = "identities.json"
+CONF: Final = "nats-auth.conf"
+NODE_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_COST: Final = 11  # bcrypt cost nats-server's own `nats server passwd` uses
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_password(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(_COST)).decode()
+
+
+class HubAuth:
+    """Reads and changes the identities in one auth directory (``<data-dir>/auth``)."""
+
+    def __init__(self, auth_dir: Path) -> None:
+        self.dir = Path(auth_dir)
+
+    @classmethod
+    def of_data_dir(cls, data_dir: Path) -> HubAuth:
+        return cls(Path(data_dir) / "auth")
+
+    @property
+    def conf_path(self) -> Path:
+        return self.dir / CONF
+
+    def creds_path(self, user: str) -> Path:
+        return self.dir / f"{user}.creds"
+
+    # --- reading ----------------------------------------------------------------------
+
+    def users(self) -> dict[str, str]:
+        try:
+            doc = json.loads((self.dir / IDENTITIES).read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise SetupError(f"{self.dir / IDENTITIES} is corrupt: {exc}", hint="restore it from a backup") from None
+        return dict(doc.get("users", {}))
+
+    def nodes(self) -> list[str]:
+        prefix = permissions.NODE_PREFIX
+        return sorted(u.removeprefix(prefix) for u in self.users() if u.startswith(prefix))
+
+    # --- changing ---------------------------------------------------------------------
+
+    def ensure(self) -> HubAuth:
+        """Create the service, admin and public identities (and their creds files) if missing."""
+        with self._locked() as users:
+            for user in (permissions.SERVICE, permissions.ADMIN):
+                if user not in users or not self.creds_path(user).exists():
+                    password = new_password()
+                    users[user] = hash_password(password)
+                    Credential(user=user, password=password, inbox_prefix=permissions.inbox_prefix(user)).save(self.creds_path(user))
+            # Nobody logs in as public with a password: it is the identity of connections without one.
+            users.setdefault(permissions.PUBLIC, hash_password(new_password()))
+        return self
+
+    def add_node(self, node: str, *, rotate: bool = False) -> Credential:
+        """A new credential for ``node`` (``rotate`` replaces an existing one); the password
+        is in the returned value only."""
+        if not NODE_ID.match(node):
+            raise SetupError(f"node id {node!r} is not valid", hint="letters, digits, _ and - (e.g. W012), at most 64")
+        user = permissions.node_user(node)
+        with self._locked() as users:
+            if user in users and not rotate:
+                raise SetupError(
+                    f"node {node} already has a credential",
+                    hint=f"`hivebus node add {node} --rotate` issues a new one (the old one stops working)",
+                )
+            password = new_password()
+            users[user] = hash_password(password)
+        log.info("auth.node_added", node=node, rotated=rotate)
+        return Credential(user=user, password=password, inbox_prefix=permissions.inbox_prefix(user))
+
+    def remove_node(self, node: str) -> bool:
+        user = permissions.node_user(node)
+        with self._locked() as users:
+            existed = users.pop(user, None) is not None
+        return existed
+
+    def node_credential(self, node: str, path: Path) -> Path:
+        """A credential file for a node this machine runs itself (``hivebus up``'s virtual
+        nodes): kept at ``path`` and reused while the hub still knows it."""
+        if path.exists() and permissions.node_user(node) in self.users():
+            return path
+        return self.add_node(node, rotate=True).save(path)
+
+    def reload(self, store_dir: Path) -> bool:
+        """Ask the server running on ``store_dir`` to re-read the rules (False: none runs)."""
+        return reload_server(store_dir)
+
+    # --- internals --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, str]]:
+        """Read-modify-write the identities under a lock, then rewrite the server config."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        with (self.dir / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            users = self.users()
+            yield users
+            _write_atomic(self.dir / IDENTITIES, json.dumps({"users": users}, indent=2, sort_keys=True) + "\n")
+            nodes = [u.removeprefix(permissions.NODE_PREFIX) for u in users if u.startswith(permissions.NODE_PREFIX)]
+            _write_atomic(self.conf_path, permissions.render(users, nodes))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,129 @@
+"""Which subjects each NATS identity may publish and subscribe to (pure; no I/O).
+
+The node rules are the point of the whole scheme: a node publishes only under its own
+node id, reads the hub only through its own to-edge consumer and its own reconciliation
+readers, and can never publish ``evt.*`` (the platform's own decisions) or ``toedge.*``.
+JetStream API calls are plain subjects too, so "consume only your own consumer" is a
+publish permission on ``$JS.API.CONSUMER.MSG.NEXT.EVENTS.toedge-<ID>``; consumers are
+created on the API subject that carries their filter (``CONSUMER.CREATE.<stream>.<name>.
+<filter>``), which the server checks against the consumer's config, so a permission on
+that subject pins the filter. Inboxes are per identity (``_INBOX_<ID>``): nobody can
+subscribe to replies or pull deliveries meant for somebody else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from hivebus.bus.streams import DATA, DEADLETTERS, EVENTS
+
+SERVICE: Final = "service"
+ADMIN: Final = "admin"
+PUBLIC: Final = "public"
+NODE_PREFIX: Final = "node-"
+UPLOAD_BUCKET: Final = "uploads"
+# What the public identity may request (request/reply services).
+PUBLIC_SERVICES: Final = ("hivebus.query", "hivebus.cmd", "hivebus.ses.dryrun", "hivebus.projector.status")
+HANDLER_DURABLES: Final = ("handler-ecr", "handler-ses", "handler-health")
+
+Permissions = dict[str, dict[str, list[str]]]
+
+
+def node_user(node: str) -> str:
+    return f"{NODE_PREFIX}{node}"
+
+
+def inbox_prefix(user: str) -> str:
+    """Each identity's own inbox prefix (the public one shares nats-py's default)."""
+    if user == PUBLIC:
+        return "_INBOX"
+    return f"_INBOX_{user.removeprefix(NODE_PREFIX)}"
+
+
+def reconcile_consumer(node: str) -> str:
+    """The name of the reader a node's forwarder uses to check what the hub stored."""
+    return f"reconcile-{node}"
+
+
+def full() -> Permissions:
+    return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+
+
+def node_permissions(node: str, *, bucket: str = UPLOAD_BUCKET) -> Permissions:
+    api = "$JS.API"
+    toedge = f"toedge-{node}"
+    reconcile = reconcile_consumer(node)
+    objects = f"OBJ_{bucket}"
+    publish = [
+        f"data.{node}.>",
+        f"fromedge.{node}.>",
+        f"dlq.{EVENTS}.{toedge}",  # dead letters of its own to-edge consumer
+        f"{api}.INFO",
+        f"{api}.STREAM.INFO.{DATA}",
+        f"{api}.STREAM.INFO.{EVENTS}",
+        # its own to-edge consumer, created only with its own filter
+        f"{api}.CONSUMER.CREATE.{EVENTS}.{toedge}.toedge.{node}.>",
+        f"{api}.CONSUMER.INFO.{EVENTS}.{toedge}",
+        f"{api}.CONSUMER.MSG.NEXT.{EVENTS}.{toedge}",
+        f"$JS.ACK.{EVENTS}.{toedge}.>",
+        # the forwarder's reconciliation readers, over its own subjects only
+        f"{api}.CONSUMER.CREATE.{DATA}.{reconcile}.data.{node}.>",
+        f"{api}.CONSUMER.CREATE.{EVENTS}.{reconcile}.fromedge.{node}.>",
+        *(f"{api}.CONSUMER.{verb}.{stream}.{reconcile}" for verb in ("INFO", "MSG.NEXT", "DELETE") for stream in (DATA, EVENTS)),
+        # uploads into the object store (see edge.uploads)
+        f"$O.{bucket}.C.>",
+        f"$O.{bucket}.M.>",
+        f"{api}.STREAM.INFO.{objects}",
+        f"{api}.STREAM.MSG.GET.{objects}",
+        f"{api}.DIRECT.GET.{objects}.>",
+    ]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(node_user(node))}.>"]}}
+
+
+def public_permissions(nodes: Iterable[str]) -> Permissions:
+    """Queries, user commands (through the gateway), and reading the platform's own events,
+    from-edge events, readings and dead letters -- never to-edge, never a durable consumer."""
+    api = "$JS.API"
+    publish = [
+        *PUBLIC_SERVICES,
+        f"{api}.INFO",
+        f"{api}.STREAM.INFO.*",
+        f"{api}.CONSUMER.CREATE.{DATA}.>",
+        f"{api}.CONSUMER.CREATE.{DEADLETTERS}.>",
+        f"{api}.CONSUMER.CREATE.{EVENTS}.*.evt.>",
+        f"{api}.CONSUMER.CREATE.{EVENTS}.*.fromedge.>",
+        f"{api}.CONSUMER.INFO.*.*",
+        f"{api}.CONSUMER.MSG.NEXT.*.*",
+        f"{api}.CONSUMER.DELETE.*.*",  # its readers clean up after themselves
+    ]
+    nodes = sorted(set(nodes))
+    theirs = [*HANDLER_DURABLES, *(f"toedge-{n}" for n in nodes), *(reconcile_consumer(n) for n in nodes)]
+    deny = [f"{api}.CONSUMER.{verb}.*.{name}" for verb in ("MSG.NEXT", "DELETE") for name in theirs]
+    return {"publish": {"allow": publish, "deny": deny}, "subscribe": {"allow": [f"{inbox_prefix(PUBLIC)}.>"]}}
+
+
+def render(users: Mapping[str, str], nodes: Iterable[str]) -> str:
+    """The nats-server config text: ``users`` maps user name -> bcrypt hash; a user named
+    ``node-<ID>`` gets that node's permissions, ``service``/``admin`` everything, and
+    connections without credentials are ``public``."""
+    nodes = sorted(set(nodes))
+    entries: list[dict[str, Any]] = []
+    for user, hashed in sorted(users.items()):
+        if user.startswith(NODE_PREFIX):
+            perms = node_permissions(user.removeprefix(NODE_PREFIX))
+        elif user == PUBLIC:
+            perms = public_permissions(nodes)
+        else:
+            perms = full()
+        entry: dict[str, Any] = {"user": user, "permissions": perms}
+        if user != PUBLIC:  # connections without credentials are public: it has no password
+            entry["password"] = hashed
+        entries.append(entry)
+    body = ",\n    ".join(json.dumps(e, separators=(", ", ": ")) for e in entries)
+    return (
+        "# generated by hivebus.auth -- `hivebus node add` rewrites it and reloads the server\n"
+        f"authorization {{\n  users: [\n    {body}\n  ]\n}}\n"
+        f"no_auth_user: {json.dumps(PUBLIC)}\n"
+    )

@@ -1,0 +1,139 @@
+"""``hivebus node add|remove`` (node credentials) and ``hivebus user add|revoke|list`` (user tokens).
+
+Both are operator commands: ``node add`` edits the hub's identities in ``<data-dir>/auth``
+(run it on the hub machine) and reloads the running server; ``user add`` publishes an
+``auth.user.added`` event, which needs the admin identity (on the hub machine the CLI
+uses ``<data-dir>/auth/admin.creds`` by itself).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from nats.errors import Error as NatsError
+
+from hivebus.auth.hub import HubAuth
+from hivebus.auth.tokens import Users, digest, new_token, save_token
+from hivebus.bus.client import Bus
+from hivebus.bus.streams import EVENTS, ensure_consumer, toedge_consumer
+from hivebus.cli.app import Hub, app, out, run, settings
+from hivebus.cli.ecr import whoami
+from hivebus.cli.node import node_app
+from hivebus.config import Settings
+from hivebus.errors import HivebusError, PermissionDenied, SetupError
+from hivebus.schemas import codec
+from hivebus.schemas.auth import UserAdded, UserRevoked
+from hivebus.schemas.envelope import Event
+from hivebus.services.gateway import AUTH_FILTER
+
+user_app = typer.Typer(help="User tokens: who may push, approve, grant and submit.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+DataDir = Annotated[Path, typer.Option(envvar="HIVEBUS_DATA_DIR", help="The hub's data dir (its auth/ holds the identities).")]
+
+
+@node_app.command("add")
+def node_add(
+    node_id: Annotated[str, typer.Argument(help="The node's id, e.g. W012.")],
+    data_dir: DataDir = Path(".hivebus"),
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the credential to this file (mode 0600) instead of printing it.")] = None,
+    rotate: Annotated[bool, typer.Option(help="Replace the node's credential (the old one stops working).")] = False,
+    hub: Hub = None,
+) -> None:
+    """Create a node's hub credential (printed once; the hub keeps only its bcrypt hash)."""
+    auth = HubAuth.of_data_dir(data_dir)
+    if not (auth.dir / "identities.json").exists():
+        raise SetupError(f"{auth.dir} has no hub identities", hint="run this on the hub machine, in the data dir of `hivebus up` (--data-dir)")
+    credential = auth.add_node(node_id, rotate=rotate)
+    reloaded = auth.reload(data_dir / "nats")
+    consumer = run(_create_toedge_consumer(settings(hub, data_dir=data_dir), node_id))
+    if out_file is not None:
+        credential.save(out_file)
+        out.print(f"node {node_id}: credential written to {out_file} (keep it secret; it is not stored anywhere else)")
+    else:
+        out.print(f"node {node_id}: credential (shown once; the hub keeps only its hash):", highlight=False)
+        print(credential.dumps(), end="")
+    out.print(
+        ("hub reloaded" if reloaded else "no hub running on this data dir: the next start reads it")
+        + ("; to-edge consumer ready" if consumer else ""),
+        highlight=False,
+    )
+    out.print(f"on the node: HIVEBUS_NATS_CREDENTIALS=FILE hivebus node run --node-id {node_id} --hub URL", highlight=False)
+
+
+@node_app.command("remove")
+def node_remove(node_id: Annotated[str, typer.Argument()], data_dir: DataDir = Path(".hivebus")) -> None:
+    """Withdraw a node's credential (it can no longer connect)."""
+    auth = HubAuth.of_data_dir(data_dir)
+    if not auth.remove_node(node_id):
+        raise SetupError(f"node {node_id} has no credential", hint="`hivebus node list` shows the nodes")
+    auth.reload(data_dir / "nats")
+    out.print(f"node {node_id}: credential withdrawn")
+
+
+async def _create_toedge_consumer(config: Settings, node: str) -> bool:
+    """Create the node's durable to-edge consumer now (as the hub's admin), so what is sent
+    before it first connects waits for it. False if that fails (the node creates it)."""
+    try:
+        async with await Bus.connect(config.nats_url, name="hivebus-node-add", settings=config, connect_timeout=2.0) as bus:
+            await ensure_consumer(bus.js, toedge_consumer(node))
+        return True
+    except (HivebusError, NatsError, TimeoutError):
+        return False
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="The user name (as in --user / the source of their actions).")],
+    save: Annotated[bool, typer.Option(help="Also save the token for this machine's CLI ($XDG_CONFIG_HOME/hivebus/tokens/NAME).")] = False,
+    hub: Hub = None,
+) -> None:
+    """Issue a user's token (shown once; the log keeps only its SHA-256). Again = rotate."""
+    who = whoami(name)
+    token = new_token()
+    event = Event.new(UserAdded(user=who, token_sha256=digest(token), by="admin"), source="user/admin", subject=who)
+    run(_publish(hub, event))
+    if save:
+        path = save_token(who, token)
+        out.print(f"user {who}: token saved to {path}", highlight=False)
+    else:
+        out.print(f"user {who}: token (shown once):", highlight=False)
+        print(token)
+
+
+@user_app.command("revoke")
+def user_revoke(name: Annotated[str, typer.Argument()], hub: Hub = None) -> None:
+    """Revoke a user's token: the gateway refuses it from now on."""
+    who = whoami(name)
+    run(_publish(hub, Event.new(UserRevoked(user=who, by="admin"), source="user/admin", subject=who)))
+    out.print(f"user {who}: token revoked")
+
+
+@user_app.command("list")
+def user_list(hub: Hub = None) -> None:
+    """The users holding a token now."""
+    users = run(_users(hub))
+    for user in sorted(users.digest_of):
+        print(user)
+
+
+async def _publish(hub: str | None, event: Event) -> None:
+    async with await Bus.connect(settings(hub).nats_url, name="hivebus-user") as bus:
+        try:
+            await bus.publish(event, retries=0)
+        except PermissionDenied:
+            raise SetupError(
+                "only the hub's admin may add or revoke users",
+                hint="run it on the hub machine (its <data-dir>/auth/admin.creds is used), or set HIVEBUS_NATS_CREDENTIALS",
+            ) from None
+
+
+async def _users(hub: str | None) -> Users:
+    users = Users()
+    async with await Bus.connect(settings(hub).nats_url, name="hivebus-user") as bus:
+        async for batch in bus.read(EVENTS, filter_subjects=[AUTH_FILTER], stop_at_end=True):
+            for message in batch:
+                users.apply(codec.decode(message.data))
+    return users

@@ -1,0 +1,276 @@
+"""Authentication and subject permissions on a real nats-server (hivebus.auth).
+
+A node's credential lets it publish only its own readings and from-edge events and read
+only its own to-edge consumer; the platform's decisions (``evt.*``) and everyone else's
+subjects are refused by the server itself. User actions need a token that the command
+gateway checks against the ``auth.user.*`` events, after which the ECR and the scheduler
+decide on that user's rights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hivebus.auth.credentials import Credential
+from hivebus.auth.hub import HubAuth
+from hivebus.auth.permissions import SERVICE
+from hivebus.auth.tokens import digest, new_token
+from hivebus.bus.client import Bus
+from hivebus.bus.publisher import Outgoing
+from hivebus.bus.server import NatsServer
+from hivebus.bus.streams import DATA, EVENTS, ensure_consumer, toedge_consumer
+from hivebus.config import Settings
+from hivebus.edge.uploads import ensure_bucket
+from hivebus.errors import ConnectError, PermissionDenied, RequestRejected, Unauthorized
+from hivebus.handlers.testing import app_spec
+from hivebus.schemas import codec
+from hivebus.schemas.auth import UserAdded, UserRevoked
+from hivebus.schemas.ecr import BundleApproved, BundlePushed
+from hivebus.schemas.envelope import Event
+from hivebus.schemas.ses import GoalRemoved
+from hivebus.services import run_handlers
+from hivebus.services.requests import request_at
+from tests.conftest import NatsServerFactory
+
+pytestmark = pytest.mark.integration
+
+PUSH_ANSWERS = ["evt.ecr.bundle.registered.>", "evt.ecr.bundle.rejected.>"]
+
+
+@dataclass
+class Hub:
+    server: NatsServer
+    auth: HubAuth
+    data_dir: Path
+    service: Settings
+    nodes: dict[str, Credential]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def connect(self, credential: Credential | None = None, **kw: object) -> Bus:
+        if credential is None:  # the public identity: no credentials at all
+            return await Bus.connect(self.url, settings=Settings(data_dir=self.data_dir / "nowhere"), **kw)
+        return await Bus.connect(self.url, settings=Settings(data_dir=self.data_dir / "nowhere"), **credential.connect_options(), **kw)
+
+
+@pytest.fixture
+async def hub(nats_server_factory: NatsServerFactory, tmp_path: Path) -> AsyncIterator[Hub]:
+    auth = HubAuth.of_data_dir(tmp_path).ensure()
+    nodes = {n: auth.add_node(n) for n in ("W001", "W002")}
+    server = nats_server_factory("hub", store_dir=tmp_path / "nats", include=auth.conf_path)
+    service = Settings(nats_credentials=auth.creds_path(SERVICE), data_dir=tmp_path)
+    async with await Bus.connect(server.url, settings=service) as bus:
+        await bus.ensure_streams()
+        await ensure_bucket(bus.js)
+        for node in nodes:
+            await ensure_consumer(bus.js, toedge_consumer(node))
+    yield Hub(server, auth, tmp_path, service, nodes)
+
+
+async def stored(bus: Bus, stream: str, subject: str) -> list[bytes]:
+    found: list[bytes] = []
+    async for batch in bus.read(stream, filter_subjects=[subject], stop_at_end=True):
+        found += [m.data for m in batch]
+    return found
+
+
+# --- nodes -------------------------------------------------------------------------------
+
+
+async def test_a_node_publishes_its_own_readings_and_from_edge_events(hub: Hub) -> None:
+    async with await hub.connect(hub.nodes["W001"]) as w1:
+        await w1.publish_raw_many([Outgoing("data.W001.env.temperature", b"{}", "r1"), Outgoing("fromedge.W001.node.heartbeat", b"{}", "h1")], retries=0)
+    async with await Bus.connect(hub.url, settings=hub.service) as bus:
+        assert len(await stored(bus, DATA, "data.W001.>")) == 1
+        assert len(await stored(bus, EVENTS, "fromedge.W001.>")) == 1
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "data.W002.env.temperature",  # another node's readings
+        "fromedge.W002.node.heartbeat",  # another node's events
+        "evt.ses.job.scheduled.j1",  # the platform's own decisions
+        "evt.ecr.bundle.approved.x",
+        "toedge.W002.ses.goal.assigned",  # goals are the hub's to send
+    ],
+)
+async def test_a_node_cannot_publish_outside_its_own_subjects(hub: Hub, subject: str) -> None:
+    async with await hub.connect(hub.nodes["W001"]) as w1:
+        with pytest.raises(PermissionDenied, match="does not let this identity publish"):
+            await w1.publish_raw_many([Outgoing(subject, b"{}", "x1")], timeout=2.0, retries=0)
+    async with await Bus.connect(hub.url, settings=hub.service) as bus:
+        stream = DATA if subject.startswith("data.") else EVENTS
+        assert await stored(bus, stream, subject) == []
+
+
+async def test_a_node_reads_its_own_goals_and_no_one_elses(hub: Hub) -> None:
+    async with await Bus.connect(hub.url, settings=hub.service) as bus:
+        for node in ("W001", "W002"):
+            await bus.publish(Event.new(GoalRemoved(node=node, job_id="j1"), source="handler/ses", subject="j1"))
+    async with await hub.connect(hub.nodes["W001"]) as w1:
+        mine = []
+        async for delivery in w1.consume(toedge_consumer("W001"), batch=8, idle=0.5):
+            mine.append(delivery.event)
+            await delivery.ack()
+            break
+        assert mine[0].data.node == "W001"
+        # Not through its own consumer: the W002 durable, a consumer filtered on W002, a raw pull.
+        with pytest.raises(Exception):  # noqa: B017 - the server answers nothing: a timeout
+            await asyncio.wait_for(ensure_consumer(w1.js, toedge_consumer("W002")), 3.0)
+        with pytest.raises(PermissionDenied):
+            async for _ in w1.read(EVENTS, filter_subjects=["toedge.W002.>"], stop_at_end=True):
+                pass
+        with pytest.raises(Exception):  # noqa: B017
+            await w1.nc.request(f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS}.toedge-W002", b'{"batch":1,"no_wait":true}', timeout=2.0)
+        # Nor by listening on the subject as it is published.
+        sniffed = await w1.nc.subscribe("toedge.>")
+        await w1.nc.flush()
+        async with await Bus.connect(hub.url, settings=hub.service) as bus:
+            await bus.publish(Event.new(GoalRemoved(node="W002", job_id="j2"), source="handler/ses", subject="j2"))
+        with pytest.raises(asyncio.TimeoutError):
+            await sniffed.next_msg(timeout=1.0)
+        assert any(s.startswith("toedge.") for s in w1.denied), w1.denied
+
+
+async def test_a_wrong_or_withdrawn_credential_cannot_connect(hub: Hub) -> None:
+    forged = Credential(user="node-W001", password="guess", inbox_prefix="_INBOX_W001")
+    with pytest.raises(ConnectError, match="refused the credentials"):
+        await hub.connect(forged, connect_timeout=3.0)
+    hub.auth.remove_node("W002")
+    hub.server.reload()
+    await asyncio.sleep(0.5)  # the reload is asynchronous in the server
+    with pytest.raises(ConnectError, match="refused the credentials"):
+        await hub.connect(hub.nodes["W002"], connect_timeout=3.0)
+
+
+def hivebus_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hivebus", *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+
+
+async def test_node_add_issues_a_credential_the_running_hub_accepts_at_once(hub: Hub, tmp_path: Path) -> None:
+    creds = tmp_path / "W003.creds"
+    done = await asyncio.to_thread(
+        hivebus_cli, "node", "add", "W003", "--data-dir", str(hub.data_dir), "--out", str(creds), "--hub", hub.url, env={}
+    )
+    assert done.returncode == 0, done.stderr
+    assert "hub reloaded" in done.stdout and "to-edge consumer ready" in done.stdout
+    assert oct(creds.stat().st_mode & 0o777) == "0o600"
+    credential = Credential.load(creds)
+    assert credential.password not in (hub.auth.dir / "identities.json").read_text()  # only its hash
+    await asyncio.sleep(0.5)
+    async with await hub.connect(credential) as w3:
+        await w3.publish_raw_many([Outgoing("data.W003.env.temperature", b"{}", "w3")], retries=0)
+        with pytest.raises(PermissionDenied):
+            await w3.publish_raw_many([Outgoing("data.W001.env.temperature", b"{}", "w3b")], timeout=2.0, retries=0)
+    again = await asyncio.to_thread(hivebus_cli, "node", "add", "W003", "--data-dir", str(hub.data_dir), env={})
+    assert again.returncode == 1 and "already has a credential" in again.stderr
+
+
+async def test_an_agent_with_its_credential_works_without_a_single_permission_violation(hub: Hub, tmp_path: Path) -> None:
+    creds = hub.nodes["W001"].save(tmp_path / "W001.creds")
+    env = {**os.environ, "HIVEBUS_NATS_CREDENTIALS": str(creds), "HIVEBUS_LOG_LEVEL": "warning"}
+    argv = [sys.executable, "-m", "hivebus", "node", "run", "--virtual", "--node-id", "W001", "--hub", hub.url,
+            "--data-dir", str(tmp_path / "W001"), "--virtual-interval", "0.2", "--heartbeat", "1"]  # fmt: skip
+    agent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with await Bus.connect(hub.url, settings=hub.service) as bus:
+            for _ in range(150):
+                if len(await stored(bus, DATA, "data.W001.>")) >= 5 and await stored(bus, EVENTS, "fromedge.W001.>"):
+                    break
+                await asyncio.sleep(0.2)
+            assert len(await stored(bus, DATA, "data.W001.>")) >= 5
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)
+    assert "Permissions Violation" not in hub.server.log_tail(10_000)
+
+
+# --- the public identity and user tokens -------------------------------------------------
+
+
+async def test_without_credentials_one_reads_the_platforms_events_but_not_to_edge(hub: Hub) -> None:
+    async with await Bus.connect(hub.url, settings=hub.service) as bus:
+        await bus.publish(Event.new(GoalRemoved(node="W001", job_id="j1"), source="handler/ses", subject="j1"))
+    async with await hub.connect() as public:
+        async for _ in public.read(EVENTS, filter_subjects=["evt.>"], stop_at_end=True):
+            pass
+        with pytest.raises(PermissionDenied):
+            async for _ in public.read(EVENTS, filter_subjects=["toedge.>"], stop_at_end=True):
+                pass
+        with pytest.raises(PermissionDenied):
+            await public.publish_raw_many([Outgoing("evt.ecr.bundle.pushed.x", b"{}", "p1")], timeout=2.0, retries=0)
+
+
+@pytest.fixture
+async def platform(hub: Hub) -> AsyncIterator[Bus]:
+    """The handlers and the command gateway, as the service identity."""
+    stop = asyncio.Event()
+    async with await Bus.connect(hub.url, settings=hub.service) as bus:
+        task = asyncio.create_task(run_handlers(hub.service, bus, stop))
+        await asyncio.sleep(1.0)
+        try:
+            yield bus
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+
+async def add_user(bus: Bus, user: str) -> str:
+    token = new_token()
+    await bus.publish(Event.new(UserAdded(user=user, token_sha256=digest(token), by="admin"), source="user/admin", subject=user))
+    return token
+
+
+def push(user: str, namespace: str = "alice") -> Event:
+    spec = app_spec(f"{namespace}/plugin-x:1.0.0")
+    return Event.new(BundlePushed(app=spec, pusher=user), source=f"user/{user}", subject=spec.bundle_id)
+
+
+async def test_user_actions_need_the_users_own_valid_token(hub: Hub, platform: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HIVEBUS_TOKEN", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(hub.data_dir / "config"))  # no saved tokens
+    monkeypatch.setenv("HIVEBUS_DATA_DIR", str(hub.data_dir / "nowhere"))  # the public identity
+    alice = await add_user(platform, "alice")
+    bob = await add_user(platform, "bob")
+
+    with pytest.raises(Unauthorized, match="only with a user token"):
+        await request_at(hub.url, push("alice"), handler="ecr", answers=PUSH_ANSWERS, timeout=10)
+    with pytest.raises(Unauthorized, match="unknown, rotated or revoked"):
+        await request_at(hub.url, push("alice"), handler="ecr", answers=PUSH_ANSWERS, token=new_token())
+    with pytest.raises(Unauthorized, match="the token is bob's"):
+        await request_at(hub.url, push("alice"), handler="ecr", answers=PUSH_ANSWERS, token=bob)
+
+    answer = await request_at(hub.url, push("alice"), handler="ecr", answers=PUSH_ANSWERS, token=alice)
+    assert [e.type for e in answer.events] == ["ecr.bundle.registered"]
+    stored_push = codec.decode((await stored(platform, EVENTS, "evt.ecr.bundle.pushed.>"))[0])
+    assert stored_push.source == "user/alice" and alice not in str(codec.to_dict(stored_push))
+
+    # A valid token is not a right: alice is no reviewer, so her approval is refused by the ECR.
+    approval = Event.new(BundleApproved(bundle_id="alice/plugin-x:1.0.0", by="alice"), source="user/alice", subject="alice/plugin-x:1.0.0")
+    answer = await request_at(hub.url, approval, handler="ecr", answers=["evt.ecr.bundle.approved.>"], token=alice)
+    assert answer.refused is not None and "not a reviewer" in answer.refused
+    # Nor may bob push into alice's namespace with his own token.
+    answer = await request_at(hub.url, push("bob", namespace="alice"), handler="ecr", answers=PUSH_ANSWERS, token=bob)
+    assert [e.type for e in answer.events] == ["ecr.bundle.rejected"]
+
+    await platform.publish(Event.new(UserRevoked(user="alice", by="admin"), source="user/admin", subject="alice"))
+    with pytest.raises(Unauthorized, match="revoked"):
+        await request_at(hub.url, push("alice"), handler="ecr", answers=PUSH_ANSWERS, token=alice)
+
+
+async def test_the_gateway_takes_only_user_actions(hub: Hub, platform: Bus) -> None:
+    alice = await add_user(platform, "alice")
+    decision = Event.new(UserAdded(user="alice", token_sha256="0" * 64, by="alice"), source="user/alice", subject="alice")
+    with pytest.raises((Unauthorized, RequestRejected), match="not a user action"):
+        await request_at(hub.url, decision, handler="ecr", answers=[], token=alice)
