@@ -61,7 +61,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     (workdir / "examples").symlink_to(REPO / "examples")
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
-    env = {**os.environ, "HIVEBUS_NATS_URL": url, "HIVEBUS_LOG_LEVEL": "warning", "COLUMNS": "200"}
+    env = {
+        **os.environ, "HIVEBUS_NATS_URL": url, "HIVEBUS_LOG_LEVEL": "warning", "COLUMNS": "200",
+        "XDG_CONFIG_HOME": str(workdir / "config"),  # where `hivebus user add --save` keeps tokens
+    }
     log = workdir / "up.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(

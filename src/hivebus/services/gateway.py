@@ -90,9 +90,11 @@ class Gateway:
         actor = getattr(event.data, actor_field)
         if event.source != f"user/{user}" or actor != user:
             raise Unauthorized(f"the token is {user}'s, but this {event.type} is by {actor} (source {event.source})")
+        # Only the events this very action caused are returned (same causation id), so
+        # the goals a job submission produced may be among them.
         answers = request_doc.get("answers") or []
-        if not isinstance(answers, list) or not all(isinstance(a, str) and a.startswith("evt.") for a in answers):
-            raise SchemaError("command: answers must be a list of evt.> subjects")
+        if not isinstance(answers, list) or not all(isinstance(a, str) and a.startswith(("evt.", "toedge.")) for a in answers):
+            raise SchemaError("command: answers must be a list of evt.> or toedge.> subjects")
         timeout = min(float(request_doc.get("timeout") or 15.0), MAX_TIMEOUT)
         answer = await request(self.bus, event, handler=handler, answers=answers, timeout=timeout)
         log.info("gateway.accepted", type=event.type, user=user, seq=answer.seq, refused=answer.refused is not None)
