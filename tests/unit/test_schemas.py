@@ -17,6 +17,7 @@ from pydantic import ValidationError
 import hivebus.schemas  # noqa: F401 - registers the catalogue
 from hivebus.errors import DecodeError, SchemaError
 from hivebus.schemas import codec
+from hivebus.schemas.auth import UserAdded, UserRevoked
 from hivebus.schemas.data import MIN_TIMESTAMP_NS, Reading
 from hivebus.schemas.ecr import (
     AppInput,
@@ -474,6 +475,10 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
     "storage.acl.changed": st.builds(
         AclChanged, bucket_id=keys, acl=st.lists(grants, max_size=3), by=users
     ),
+    "auth.user.added": st.builds(
+        UserAdded, user=users, token_sha256=st.text("0123456789abcdef", min_size=64, max_size=64), by=users
+    ),
+    "auth.user.revoked": st.builds(UserRevoked, user=users, by=users),
 }
 
 any_payload = st.sampled_from(sorted(STRATEGIES)).flatmap(lambda t: STRATEGIES[t])

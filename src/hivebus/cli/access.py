@@ -60,7 +60,7 @@ def node_add(
         + ("; to-edge consumer ready" if consumer else ""),
         highlight=False,
     )
-    out.print(f"on the node: HIVEBUS_NATS_CREDENTIALS=FILE hivebus node run --node-id {node_id} --hub URL", highlight=False)
+    out.print(f"on the node: hivebus node run --node-id {node_id} --hub URL --credentials FILE", highlight=False)
 
 
 @node_app.command("remove")
