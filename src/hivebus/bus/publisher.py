@@ -11,6 +11,7 @@ copy and the ack still reports the original sequence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 WRONG_LAST_SEQUENCE = 10071
+_RECHECK_S = 0.1  # how often a wait for acks looks whether the connection was lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class _Batch:
     unrouted: set[int] = field(default_factory=set)  # got "no responders" (503)
     resolved: int = 0  # slots with a sequence or an error
     replies: int = 0  # every reply, for telling progress from silence
+    connection: int = 0  # the client's reconnect count when the current attempt went out
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -134,6 +137,7 @@ class Pipeline:
 
     async def _send(self, batch: _Batch, batch_id: str, todo: list[int], timeout: float) -> None:
         """Send ``todo`` keeping at most ``window`` unanswered; stop early if replies stall."""
+        batch.connection = self._connection()
         publish = self._nc.publish
         reply_prefix = f"{self._prefix}{batch_id}."
         window = self._window
@@ -157,17 +161,30 @@ class Pipeline:
             return
         await self._until(batch, lambda: batch.resolved + len(batch.unrouted) >= len(batch.messages), timeout)
 
-    @staticmethod
-    async def _until(batch: _Batch, done: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``done()``; False if ``timeout`` seconds pass with no reply at all."""
+    def _connection(self) -> int:
+        """Which connection the client is on: nats-py counts completed reconnects."""
+        return int(self._nc.stats.get("reconnects", 0))
+
+    async def _until(self, batch: _Batch, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()``; False if ``timeout`` seconds pass with no reply at all, or as
+        soon as the client has reconnected since the attempt went out: the acks of messages
+        that were on the lost connection never come (the server was killed, or the client
+        moved to another cluster member), so the caller sends them again now rather than
+        after ``timeout`` (measured: a forwarder batch in flight when the hub was SIGKILLed
+        waited the whole 5 s ack timeout after the hub was back)."""
+        loop = asyncio.get_running_loop()
+        quiet_since, replies = loop.time(), batch.replies
         while not done():
+            if self._connection() != batch.connection:
+                return False
             batch.wake.clear()
-            before = batch.replies
-            try:
-                await asyncio.wait_for(batch.wake.wait(), timeout)
-            except TimeoutError:
-                if batch.replies == before:
-                    return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batch.wake.wait(), min(_RECHECK_S, timeout))
+            now = loop.time()
+            if batch.replies != replies:
+                quiet_since, replies = now, batch.replies
+            elif now - quiet_since >= timeout:
+                return False
         return True
 
 

@@ -20,7 +20,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from hivebus.bus.consumer import RawMessage, reply_position
 from hivebus.errors import BusError, PermissionDenied
@@ -114,8 +114,12 @@ async def read_stream(
                         out.append(RawMessage(seq, m.subject, m.data, stored))
                         continue
                     status = m.headers.get("Status") if m.headers else None
-                    if status == _NO_RESPONDERS:  # the consumer is gone: pulling on would spin
-                        raise BusError(f"the reader's consumer on {stream} is gone (server restarted?)")
+                    if status == _NO_RESPONDERS:
+                        # Gone (pulling on would spin), or, in a cluster, created but not yet
+                        # running on its server: ask, and pull again in the second case.
+                        if not await _exists(js, stream, info.name):
+                            raise BusError(f"the reader's consumer on {stream} is gone (server restarted?)")
+                        await asyncio.sleep(0.05)
                     if status in _END_OF_PULL or status != _HEARTBEAT:
                         ended = True
                 got += len(out)
@@ -137,6 +141,17 @@ def _deliver_policy(start_seq: int, start_time: datetime | None, new_only: bool)
     if start_time is not None:
         return DeliverPolicy.BY_START_TIME
     return DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL
+
+
+async def _exists(js: JetStreamContext, stream: str, consumer: str) -> bool:
+    """Whether the server still has the consumer (True when it cannot tell: ask again)."""
+    try:
+        await js.consumer_info(stream, consumer)
+    except NotFoundError:
+        return False
+    except Exception:
+        return True
+    return True
 
 
 async def _drained(js: JetStreamContext, stream: str, consumer: str) -> bool:

@@ -7,7 +7,9 @@
 | ``DEADLETTERS``| ``dlq.>``                        | 30 d: what consumers could not use |
 
 ``ensure_streams`` creates a stream that is missing and updates one whose config drifted,
-so every process can call it at start; option names are the server's.
+so every process can call it at start; option names are the server's. It never lowers a
+stream's replicas: a process that was not told the cluster's ``HIVEBUS_REPLICAS`` would
+otherwise scale a replicated stream down to one copy.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -33,6 +36,8 @@ from hivebus.config import Settings
 EVENTS = "EVENTS"
 DATA = "DATA"
 DEADLETTERS = "DEADLETTERS"
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +109,18 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> str:
         await js.add_stream(wanted)
         return "created"
     current = info.config
+    if (current.num_replicas or 1) > (wanted.num_replicas or 1):
+        # A process started without HIVEBUS_REPLICAS (a handler on another machine, a CLI
+        # command) must not scale a replicated stream down: it would silently trade away
+        # the copies that let the cluster lose a server without losing acknowledged writes.
+        log.warning(
+            "streams.replicas_kept",
+            stream=spec.name,
+            replicas=current.num_replicas,
+            asked=wanted.num_replicas,
+            hint="set HIVEBUS_REPLICAS to match; scale a stream down with the nats CLI",
+        )
+        wanted.num_replicas = current.num_replicas
     if all(_same(getattr(current, k), getattr(wanted, k)) for k in _COMPARED):
         return "unchanged"
     await js.update_stream(wanted)

@@ -257,7 +257,7 @@ def _pushed(data: BundlePushed, catalog: Catalog, event: Event) -> None:
 def _registered(data: BundleRegistered, catalog: Catalog, event: Event) -> None:
     push = catalog.pushes.pop(event.causationid or "", None)
     if push is None:
-        log.warning("catalog.registered_without_push", bundle=data.bundle_id, event=event.id)
+        log.warning("catalog.registered_without_push", bundle=data.bundle_id, event_id=event.id)
         return
     app = push.app
     catalog.namespace_owner.setdefault(app.namespace, data.owner)

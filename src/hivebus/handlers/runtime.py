@@ -86,7 +86,10 @@ class Driver(Generic[S]):
             decision: Decision = self.handler.decide(self.state, event)
         except Exception as exc:  # a bug must not wedge the consumer: record it and move on
             log.exception(
-                "handler.decide_failed", handler=self.handler.name, event=event.id, type=event.type
+                "handler.decide_failed",
+                handler=self.handler.name,
+                event_id=event.id,
+                type=event.type,
             )
             self._fold(event)
             return Step(
@@ -133,7 +136,7 @@ class Driver(Generic[S]):
             log.warning(
                 "handler.decision_differs",
                 handler=self.handler.name,
-                event=event.id,
+                event_id=event.id,
                 kept=len(recorded),
             )
             return [], recorded
@@ -143,7 +146,7 @@ class Driver(Generic[S]):
             log.info(
                 "handler.completing_outputs",
                 handler=self.handler.name,
-                event=event.id,
+                event_id=event.id,
                 n=len(missing),
             )
         return missing, decided + [e for e in recorded if e.id not in decided_ids]
@@ -153,6 +156,9 @@ class Driver(Generic[S]):
             self.handler.evolve(self.state, event)
         except Exception:
             log.exception(
-                "handler.evolve_failed", handler=self.handler.name, event=event.id, type=event.type
+                "handler.evolve_failed",
+                handler=self.handler.name,
+                event_id=event.id,
+                type=event.type,
             )
         self.folded += 1
