@@ -26,10 +26,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## bench: every benchmark, side by side with raw baselines; rewrites bench/RESULTS.md
+## bench: every benchmark, side by side with its baselines (~10 min on 2 cores); rewrites
+## bench/RESULTS.md and bench/projection_batch.png
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 
+## bench-quick: the same at smaller sizes (~1-2 min); also rewrites both files
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --quick
 

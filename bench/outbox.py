@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import psutil
-from common import Timer, fresh_server, rate
+from common import Timer, fresh_data_stream, fresh_server, rate, result
 
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import DATA
@@ -126,6 +126,8 @@ async def bench_append(n: int, work: Path) -> Path:
     print(f"  outbox append_many of 500        : {rate(n, batched)}")
     print(f"  raw sqlite executemany of 5000   : {rate(n, raw)}  (pre-encoded rows: the floor)")
     print(f"  ratio per-event/raw              : {raw / each:.2f}")
+    result("outbox append, submit per event (events/s)", n / each, "events/s", n / raw,
+           "sqlite3 executemany of 5000, pre-encoded")
     return work / "each.db"
 
 
@@ -166,13 +168,6 @@ async def raw_publish_async(bus: Bus, wire: list[tuple[str, bytes, str]]) -> flo
     return t.seconds
 
 
-async def fresh_data_stream(bus: Bus) -> None:
-    """DATA deleted and created again: a purge would keep the duplicate window's ids, and the
-    other side sends the very same ids."""
-    await bus.js.delete_stream(DATA)
-    await bus.ensure_streams()
-
-
 async def bench_drain(source: Path, fsync: str, work: Path) -> None:
     conn = sqlite3.connect(source)
     wire = [
@@ -199,6 +194,8 @@ async def bench_drain(source: Path, fsync: str, work: Path) -> None:
     print(f"  raw nats-py publish_async (same bytes) : {rate(n, raw)}")
     print(f"  outbox forwarder (ack, then delete)    : {rate(n, drained)}")
     print(f"  ratio forwarder/raw                    : {raw / drained:.2f}")
+    result(f"outbox drain after reconnect, fsync={fsync} (events/s)", n / drained, "events/s", n / raw,
+           "nats-py publish_async, same bytes")
 
 
 # --- 3. rss -------------------------------------------------------------------------------
@@ -252,6 +249,7 @@ async def rss_child(buffered: int) -> None:
     print(
         f"  growth from {samples[0][0]:,} to {samples[-1][0]:,} buffered: {(last - first) / 2**20:+.1f} MiB (peak {peak / 2**20:.1f} MiB)"
     )
+    result(f"agent RSS with {buffered:,} readings buffered offline (MiB)", peak / 2**20, "MiB")
 
 
 def bench_rss(buffered: int) -> None:
@@ -272,14 +270,14 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=100_000)
     ap.add_argument("--buffered", type=int, default=1_000_000)
     ap.add_argument("--fsync", default="always", choices=["always", "interval"])
-    ap.add_argument("--quick", action="store_true", help="n=20,000, buffered=200,000")
+    ap.add_argument("--quick", action="store_true", help="n=5,000, buffered=50,000")
     ap.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
         asyncio.run(rss_child(args.rss_child))
         return
     if args.quick:
-        args.n, args.buffered = 20_000, 200_000
+        args.n, args.buffered = 5_000, 50_000
     with tempfile.TemporaryDirectory(prefix="hivebus-bench-outbox-") as d:
         work = Path(d)
         source = asyncio.run(bench_append(args.n, work))

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import time
 
-from common import Timer, fresh_server, rate
+from common import Timer, fresh_server, rate, result
 
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import DATA
@@ -70,6 +70,7 @@ async def run(n: int, fsync: str) -> dict[str, float]:
     print(f"  raw nats-py publish_async : {rate(n, raw)}")
     print(f"  hivebus publish_many      : {rate(n, ours)}")
     print(f"  ratio hivebus/raw         : {raw / ours:.2f}")
+    result(f"publish, fsync={fsync} (events/s)", n / ours, "events/s", n / raw, "nats-py publish_async, pre-encoded")
     return {"raw_per_s": n / raw, "hivebus_per_s": n / ours, "ratio": raw / ours}
 
 
