@@ -15,7 +15,6 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import yaml
@@ -132,30 +131,81 @@ _StrictLoader.add_constructor(
 )
 
 
+MAX_FILE_BYTES: Final = 1024 * 1024
+MAX_VALUES: Final = 100_000
+"""Values in a document once YAML aliases are expanded: a few hundred bytes of nested aliases
+(a "billion laughs") would otherwise make validation walk 10^9 values."""
+MAX_DEPTH: Final = 64
+
+
 def _read(source: Source, default_name: str) -> tuple[str, Any]:
     """(name to report, parsed document). A str with a newline is YAML text; else a path."""
     if isinstance(source, Mapping):
+        _check_shape(default_name, source)
         return default_name, copy.deepcopy(dict(source))
     if isinstance(source, str) and "\n" in source:
         name, text = default_name, source
     else:
         name = os.fspath(source)
-        try:
-            text = Path(name).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise FormatError(name, [(None, "no such file")]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FormatError(name, [(None, f"cannot read: {exc}")]) from None
+        text = _read_file(name)
+    if len(text) > MAX_FILE_BYTES:
+        raise FormatError(name, [(None, f"the file is {len(text)} characters, more than {MAX_FILE_BYTES}")])
     try:
         doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise FormatError(name, [(None, f"{where}{problem}")]) from None
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+        raise FormatError(name, [(None, _one_line(f"{where}{problem}"))]) from None
+    except RecursionError:
+        raise FormatError(name, [(None, f"values nest more than {MAX_DEPTH} levels deep")]) from None
+    except Exception as exc:  # PyYAML's constructors fail on odd values (`!!int ""`, `!!bool x`,
+        # a 5000-digit int, 2024-02-30) with assorted exceptions, not YAMLError
+        raise FormatError(name, [(None, _one_line(f"unreadable value: {type(exc).__name__}: {exc}"))]) from None
     if not isinstance(doc, dict):
         raise FormatError(name, [(None, f"expected a mapping of fields, got {type(doc).__name__}")])
+    _check_shape(name, doc)
     return name, doc
+
+
+def _one_line(text: str) -> str:
+    """A message on one line (every line of a FormatError is ``file: field: message``)."""
+    return " ".join(text.split())
+
+
+def _read_file(name: str) -> str:
+    try:
+        with open(name, "rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise FormatError(name, [(None, "no such file")]) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise FormatError(name, [(None, f"cannot read: {exc}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise FormatError(name, [(None, f"the file is larger than {MAX_FILE_BYTES} bytes")])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(name, [(None, f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+
+
+def _check_shape(name: str, doc: Any) -> None:
+    """Refuse documents that would cost more to validate than they weigh: too many values once
+    aliases are expanded (each visit counts), or nested deeper than ``MAX_DEPTH``."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise FormatError(name, [(None, f"the document expands to more than {MAX_VALUES} values "
+                                            "(YAML aliases?): write the values out")])
+        if depth > MAX_DEPTH:
+            raise FormatError(name, [(None, f"values nest more than {MAX_DEPTH} levels deep")])
+        if isinstance(node, Mapping):
+            stack.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, list | tuple | set | frozenset):
+            stack.extend((value, depth + 1) for value in node)
 
 
 # --- conversions and validation -------------------------------------------------------------
@@ -170,7 +220,8 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
         elif "[" in part:  # a union/validator tag pydantic adds, not a field
             continue
         else:
-            out += f".{part}" if out else part
+            shown = part if part.isprintable() and part.strip() == part and part else repr(part)
+            out += f".{shown}" if out else shown
     return out
 
 

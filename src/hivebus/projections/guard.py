@@ -10,10 +10,13 @@ must be on an allow-list (``range``, ``unnest``, ``duckdb_*`` catalog functions.
 ``read_csv``, ``read_parquet``, ``read_json``, ``glob``, ``query`` and friends are refused, as
 is ``FROM 'file.csv'`` (a table name that is a path).
 
-This is the first line. The second is the database itself: the query cursors belong to a
-DuckDB instance opened with external access disabled and its configuration locked, and each
-query runs in a read-only transaction, so a statement that slipped past this check still
-could not write, read a file or change a setting.
+This is the first line. The second is ``statement_to_run``: the engine executes the one
+parsed statement object (never the text, which DuckDB would run whole, a ``COMMIT; DROP ...``
+after a SELECT included), and only if DuckDB's own parser calls it a SELECT or an EXPLAIN.
+The third is the database itself: the query cursors belong to a DuckDB instance opened with
+external access disabled and its configuration locked, and each query runs in a read-only
+transaction, so a statement that slipped past both checks still could not write the views,
+read a file or change a setting.
 """
 
 from __future__ import annotations
@@ -35,10 +38,14 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
     {"range", "generate_series", "unnest", "json_each", "json_tree", "repeat", "repeat_row"}
 )
 ALLOWED_TABLE_FUNCTION_PREFIXES = ("duckdb_", "pragma_")
-REFUSED_TABLE_FUNCTIONS = frozenset({"duckdb_secrets", "duckdb_logs", "duckdb_temporary_files"})
+# Settings can hold credentials (s3_secret_access_key, http_proxy_password...) and paths:
+# a query reads the views, not the configuration.
+REFUSED_TABLE_FUNCTIONS = frozenset(
+    {"duckdb_secrets", "duckdb_logs", "duckdb_temporary_files", "duckdb_settings"}
+)
 REFUSED_FUNCTIONS = frozenset(
     {"getenv", "nextval", "currval", "setseed", "query", "query_table", "glob", "sniff_csv",
-     "read_text", "read_blob", "load_aws_credentials", "which_secret"}
+     "read_text", "read_blob", "load_aws_credentials", "which_secret", "current_setting"}
 )  # fmt: skip
 _FILE_FUNCTION = re.compile(r"^(read_|parquet_|iceberg_|delta_|sqlite_|postgres_|mysql_)|_scan$")
 # Query nodes a read-only statement may contain; a SELECT can hide a DELETE ... RETURNING in a
@@ -62,8 +69,12 @@ def check_sql(sql: str) -> Checked:
     """The one read-only statement in ``sql``; ``QueryRefused`` says what is not allowed."""
     if not isinstance(sql, str) or not sql.strip():
         raise QueryError("the query is empty", hint="write a SELECT over the views, e.g. SELECT * FROM nodes")
-    if len(sql.encode()) > MAX_SQL_BYTES:
-        raise QueryRefused(f"the query is {len(sql.encode())} bytes, more than {MAX_SQL_BYTES}")
+    try:
+        size = len(sql.encode())
+    except UnicodeEncodeError as exc:  # a lone surrogate (JSON "\ud800") has no UTF-8 form
+        raise QueryError(f"the query is not valid text ({exc.reason} at character {exc.start})") from None
+    if size > MAX_SQL_BYTES:
+        raise QueryRefused(f"the query is {size} bytes, more than {MAX_SQL_BYTES}")
     statements = _statements(sql)
     if len(statements) != 1:
         raise QueryRefused(f"{len(statements)} statements: send exactly one", hint=READ_ONLY_HINT)
@@ -82,6 +93,24 @@ def check_sql(sql: str) -> Checked:
         raise QueryRefused(f"{kind} statements are refused", hint=READ_ONLY_HINT)
     _check_tree(text)
     return Checked(text, "select")
+
+
+RUNNABLE_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
+
+
+def statement_to_run(checked: Checked) -> Any:
+    """The parsed statement the engine executes for ``checked``: one, of a read-only type.
+
+    A second line behind ``check_sql``, independent of its tree walk: whatever the text holds,
+    only this one statement object runs.
+    """
+    statements = _statements(checked.sql)
+    if len(statements) != 1:
+        raise QueryRefused(f"{len(statements)} statements: send exactly one", hint=READ_ONLY_HINT)
+    kind = _type_name(statements[0])
+    if kind not in RUNNABLE_STATEMENTS:
+        raise QueryRefused(f"{kind} statements are refused", hint=READ_ONLY_HINT)
+    return statements[0]
 
 
 def _statements(sql: str) -> list[Any]:

@@ -1,8 +1,10 @@
 """Running users' SQL on the views: checked, read-only, with a row limit and a time limit.
 
-``QueryEngine.run`` checks the statement (``guard``), then runs it on a fresh cursor in a
-worker thread, inside a ``READ ONLY`` transaction, fetching at most ``limit + 1`` rows (one
-more tells that the result was cut). A query past its timeout is interrupted
+``QueryEngine.run`` checks the statement (``guard``), then runs the one parsed statement
+(``guard.statement_to_run``) on a fresh cursor in a worker thread, inside a ``READ ONLY``
+transaction, fetching at most ``limit + 1`` rows (one more tells that the result was cut).
+What the database itself refuses (a file, a write, a locked setting: the guard's last line)
+is answered as ``QueryRefused`` with DuckDB's words for it. A query past its timeout is interrupted
 (``cursor.interrupt()``), its thread freed, and ``QueryTimeout`` raised; the engine goes on
 serving. The positions reported with a result are read inside the query's own transaction,
 so they are exactly the checkpoints of the snapshot the rows come from.
@@ -21,9 +23,9 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-from hivebus.errors import QueryError, QueryTimeout
+from hivebus.errors import QueryError, QueryRefused, QueryTimeout
 from hivebus.projections.duck import to_arrow_table
-from hivebus.projections.guard import check_sql
+from hivebus.projections.guard import check_sql, statement_to_run
 from hivebus.projections.views.base import STREAMS
 
 DEFAULT_LIMIT = 10_000
@@ -153,10 +155,11 @@ class QueryEngine:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> Result:
         checked = check_sql(sql)
+        statement = statement_to_run(checked)
         running = _Running()
         self._running.add(running)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self._execute, running, checked.sql, checked.kind, params, limit)
+        future = loop.run_in_executor(self._pool, self._execute, running, statement, checked.kind, params, limit)
         future.add_done_callback(lambda _: self._running.discard(running))
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -174,7 +177,7 @@ class QueryEngine:
         """``run`` for callers without an event loop (the CLI on a file, ``hivebus.data``)."""
         return asyncio.run(self.run(sql, params, limit=limit, timeout=timeout))
 
-    def _execute(self, running: _Running, sql: str, kind: str, params: Any, limit: int) -> Result:
+    def _execute(self, running: _Running, statement: Any, kind: str, params: Any, limit: int) -> Result:
         cursor = self._cursors()
         try:
             running.attach(cursor)
@@ -183,7 +186,7 @@ class QueryEngine:
                 positions = dict.fromkeys(STREAMS, 0)
                 if cursor.execute(_HAS_CHECKPOINTS).fetchall() != [(0,)]:  # not in a plain copy of a table
                     positions.update(cursor.execute("SELECT stream, seq FROM projector.checkpoints").fetchall())
-                relation = cursor.sql(sql, params=params) if params else cursor.sql(sql)
+                relation = cursor.sql(statement, params=params) if params else cursor.sql(statement)
                 if relation is None:
                     raise QueryError("the statement returned no result")
                 if kind == "select":
@@ -195,6 +198,8 @@ class QueryEngine:
         except duckdb.InterruptException:
             raise QueryTimeout("the query was interrupted") from None
         except duckdb.Error as exc:
+            if _refused_by_database(exc):
+                raise QueryRefused(f"refused by the database: {_message(exc)}") from None
             raise QueryError(_message(exc)) from None
         finally:
             with contextlib.suppress(duckdb.Error):
@@ -210,6 +215,13 @@ class QueryEngine:
         for running in list(self._running):
             running.interrupt()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _refused_by_database(exc: duckdb.Error) -> bool:
+    """The database's own refusals: a file (external access is off), a write (the transaction
+    is read-only), a setting (the configuration is locked)."""
+    text = str(exc)
+    return isinstance(exc, duckdb.PermissionException) or "read-only mode" in text or "configuration has been locked" in text
 
 
 def _message(exc: BaseException) -> str:

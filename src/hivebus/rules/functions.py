@@ -19,12 +19,14 @@ from hivebus.schemas.data import NAME_PATTERN
 ArgKind = Literal["reading", "window", "unit", "plugin", "cron"]
 
 TIME_UNITS: Final = ("second", "minute", "hour", "day", "weekday", "month", "year", "dayofyear")
+# fullmatch, not match: Python's ``$`` also matches before a final newline, and a name that
+# ends in one is no reading or label anywhere else (pydantic's patterns refuse it).
 _READING: Final = re.compile(NAME_PATTERN)
-_PLUGIN: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+_PLUGIN: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
 
 
 def _reading_problem(text: str) -> str | None:
-    if len(text) <= 128 and _READING.match(text):
+    if len(text) <= 128 and _READING.fullmatch(text):
         return None
     return (
         f"{text!r} is not a reading name (dot-separated lower-case parts, e.g. 'env.temperature')"
@@ -38,7 +40,7 @@ def _unit_problem(text: str) -> str | None:
 
 
 def _plugin_problem(text: str) -> str | None:
-    if len(text) <= 128 and _PLUGIN.match(text):
+    if len(text) <= 128 and _PLUGIN.fullmatch(text):
         return None
     return f"{text!r} is not a plugin name"
 

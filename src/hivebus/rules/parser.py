@@ -53,7 +53,8 @@ MAX_DEPTH: Final = 48
 _WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_PUBLISH_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
+_PUBLISH_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")  # fullmatch: "$" lets "a\n" through
 _OPERATORS: Final = (
     "<=",
     ">=",
@@ -232,7 +233,7 @@ class _Parser:
                 check_plugin(self, target, target_at)
                 action = Schedule(target)
             elif name == "publish":
-                if not _PUBLISH_NAME.match(target) or len(target) > 128:
+                if not _PUBLISH_NAME.fullmatch(target) or len(target) > 128:
                     raise self.fail(
                         target_at,
                         f"{target!r} is not a trigger name (dot-separated lower-case parts, e.g. 'heat.alert')",
@@ -418,7 +419,7 @@ class _Parser:
 
 
 def check_plugin(parser: _Parser, name: str, at: int, what: str = "plugin name") -> None:
-    if not name or len(name) > 128 or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$", name):
+    if not name or len(name) > 128 or not _LABEL.fullmatch(name):
         raise parser.fail(at, f"{name!r} is not a {what}")
 
 

@@ -44,7 +44,12 @@ def to_dict(event: Event) -> dict[str, Any]:
 
 def decode(raw: bytes | bytearray | memoryview | str, *, reg: Registry = registry) -> Event:
     """Parse and validate one event, lifting old payload versions. Raises ``DecodeError``."""
-    size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form: no wire body has it
+            raise DecodeError(f"body is not valid text ({exc.reason} at {exc.start})", field="<body>") from None
+    size = len(raw)
     if size > MAX_EVENT_BYTES:
         raise DecodeError(f"event is {size} bytes, more than {MAX_EVENT_BYTES}", field="<body>")
     try:
