@@ -275,7 +275,9 @@ async def test_a_cpu_budget_stops_a_plugin_that_spins(executor: Executor) -> Non
     )
     assert (result.state, result.reason) == ("failed", "timeout")
     assert "CPU-time budget of 1 s" in result.message
-    assert result.perf.cpu_seconds >= 0.9
+    # It spun until stopped: on an idle machine at the 1 s budget; under heavy load the 2 s
+    # wall limit may come first (measured 0.89 s of CPU with load ~7 on 2 cores).
+    assert result.perf.cpu_seconds >= 0.5
 
 
 async def test_runs_are_independent_and_concurrent(executor: Executor) -> None:
