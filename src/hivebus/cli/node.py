@@ -56,6 +56,13 @@ def run_node(
     virtual_interval: Annotated[
         float, typer.Option(help="Seconds between virtual sensor readings.")
     ] = 10.0,
+    virtual_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Load: virtual readings per second, spread over each --virtual-interval "
+            "(default: one sample of three readings per interval)."
+        ),
+    ] = None,
     outbox_max_bytes: Annotated[
         str, typer.Option(help="Outbox cap (readings are dropped oldest-first beyond it).")
     ] = "1Gi",
@@ -65,13 +72,20 @@ def run_node(
     local_port: Annotated[
         int, typer.Option(help="Port of the node-local bus (0: the previous one, or any free).")
     ] = 0,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="HIVEBUS_NATS_CREDENTIALS",
+            help="This node's hub credential (`hivebus node add ID --out FILE` on the hub).",
+        ),
+    ] = None,
 ) -> None:
     """Run the agent of one edge node until Ctrl-C or SIGTERM.
 
     The hub may be down: the node works offline, buffers what it produces and sends it when
     the hub is back.
     """
-    s = settings(hub)
+    s = settings(hub, nats_credentials=credentials)
     try:
         limits = OutboxLimits(
             max_bytes=parse_bytes(outbox_max_bytes),
@@ -89,6 +103,7 @@ def run_node(
         heartbeat_seconds=heartbeat,
         metrics_seconds=metrics,
         virtual_interval_seconds=virtual_interval,
+        virtual_rate=virtual_rate,
         outbox=limits,
         local_port=local_port,
         settings=s,

@@ -89,6 +89,7 @@ class AgentConfig:
     metrics_seconds: float = 60.0
     sensor_check_seconds: float = 5.0
     virtual_interval_seconds: float = 10.0
+    virtual_rate: float | None = None  # virtual readings/s (load); None: one sample a tick
     rule_tick_seconds: float = 1.0
     drain_on_stop_seconds: float = 3.0
     local_port: int = 0
@@ -480,7 +481,5 @@ class NodeAgent:
 
     async def publish_virtual(self) -> None:
         if not hasattr(self, "_bme680"):
-            self._bme680 = VirtualBme680()
-        await self.intake.accept(
-            self._bme680.sample(time.time_ns(), meta={"task": "virtual-bme680"})
-        )
+            self._bme680 = VirtualBme680(readings_per_second=self.config.virtual_rate)
+        await self.intake.accept(self._bme680.due(time.time_ns(), meta={"task": "virtual-bme680"}))

@@ -10,17 +10,34 @@ Sequence numbers
     with every commit, and a fresh outbox starts at the current time in microseconds, so even a
     node whose data directory was wiped continues above every number it used before (unless
     it produced more than a million events a second on average). Uncommitted numbers are never
-    published, so a crash before a commit may leave a gap but never a repeat.
+    published, so a crash before a commit may leave a gap but never a repeat. Every reading
+    handed to the outbox takes a number, kept or dropped, so apart from such a crash gap the
+    numbers a node skipped are exactly the drops it counted (below).
 
 Limits, and what is dropped
     The outbox holds at most ``max_bytes`` of events (body + subject + id). When an append
     does not fit, the oldest *readings* are dropped until it does (readings already handed to
     the forwarder are not dropped: they are about to be acknowledged). Lifecycle events (plugin
     status, heartbeats, registration, sensor and trigger events) are never dropped: when only
-    they remain, their producers wait until the forwarder frees space (back-pressure), and
-    readings that arrive meanwhile are dropped. Readings older than ``max_age`` are dropped
-    too. Every drop is counted by reason (``readings.outbox_full``, ``readings.expired``) in a
-    table committed with the drop; the counters are cumulative and go into every heartbeat.
+    they remain (or the readings left are the forwarder's), their producers wait until the
+    forwarder frees space (back-pressure), and readings that arrive meanwhile are dropped.
+    Readings older than ``max_age`` are dropped too. Every drop is counted by reason
+    (``readings.outbox_full``, ``readings.expired``, ``readings.disk_full`` below) in a table
+    committed with the drop, or with the next commit for a reading refused on arrival; the
+    counters are cumulative and go into every heartbeat. A message the hub refuses for what
+    it is (see the forwarder) is counted as ``refused_by_hub`` and kept in table ``parked``.
+
+A full disk
+    When SQLite cannot write for lack of space (``SQLITE_FULL``: the file system is full, or
+    a ``max_page_count`` is reached) nothing already stored is touched: the failed group
+    commit is rolled back whole. Its readings are refused (their appends return None, like a
+    drop) and counted as ``readings.disk_full``; its lifecycle events and state writes stay
+    queued, in order, and their producers wait (as for a full outbox). For a second after a
+    failure new readings are refused without trying; then the next group tries again, and so
+    does the queue whenever the forwarder frees space. The first commit that succeeds ends the
+    episode (logged ``outbox.disk_full`` ... ``outbox.disk_space_back``) and saves the counter
+    (counters of refusals are kept in memory until a commit can store them; a crash while the
+    disk is full loses those counts, never an event that was stored).
 """
 
 from __future__ import annotations
@@ -48,10 +65,12 @@ log = structlog.get_logger()
 READING_TYPE: Final = "data.reading"
 DROPPED_FULL: Final = "readings.outbox_full"
 DROPPED_EXPIRED: Final = "readings.expired"
+DISK_FULL: Final = "readings.disk_full"
 REFUSED: Final = "refused_by_hub"
 MIN_MAX_BYTES: Final = 4096
 _MAX_ROWS_PER_COMMIT: Final = 50_000
 _EXPIRE_EVERY_S: Final = 5.0
+_DISK_RETRY_S: Final = 1.0
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS readings (
         nodeseq INTEGER PRIMARY KEY, t INTEGER NOT NULL, size INTEGER NOT NULL,
@@ -162,6 +181,8 @@ class Outbox:
         self._space = asyncio.Event()
         self._appended = asyncio.Event()
         self._blocked = False
+        self._disk_full = False
+        self._disk_retry_at = 0.0
         self._closed = False
         self._committer: asyncio.Task[None] | None = None
         self._counts = {"readings": 0, "lifecycle": 0}
@@ -222,7 +243,9 @@ class Outbox:
                     await self._committer
         for item in self._pending:
             if not item.future.done():
-                item.future.set_exception(OutboxError("the outbox closed while it was full"))
+                item.future.set_exception(
+                    OutboxError("the outbox closed before it had room for these events")
+                )
         self._pending.clear()
 
     # --- appending -------------------------------------------------------------------------
@@ -252,12 +275,14 @@ class Outbox:
         result: list[int | None] = []
         size = 0
         now = self.clock_ns()
+        no_disk = self._disk_full and time.monotonic() < self._disk_retry_at
         for event in events:
             if event.type != READING_TYPE:
                 row = self._row(event, now)
                 lifecycle.append(row)
-            elif self._blocked:
-                self._count(DROPPED_FULL, 1, saved=False)
+            elif no_disk or self._blocked:
+                self._count(DISK_FULL if no_disk else DROPPED_FULL, 1, saved=False)
+                self._next += 1  # its number stays unused, like any dropped reading's
                 result.append(None)
                 continue
             else:
@@ -297,6 +322,8 @@ class Outbox:
         while True:
             if not self._pending:
                 if self._closed:
+                    if self._unsaved_drops:  # counted since the last commit: keep them
+                        await self._commit_group([])
                     return
                 await self._wait(self._wake, _EXPIRE_EVERY_S)
                 self._wake.clear()
@@ -309,11 +336,11 @@ class Outbox:
             waiting = await self._commit_group(items)
             if waiting:  # back-pressure: lifecycle events that do not fit yet
                 self._pending.extendleft(reversed(waiting))
-                self._blocked = True
+                self._blocked = not self._disk_full  # (a full disk refuses readings itself)
                 if self._closed:
                     return
                 self._space.clear()
-                await self._wait(self._space, _EXPIRE_EVERY_S)
+                await self._wait(self._space, _DISK_RETRY_S if self._disk_full else _EXPIRE_EVERY_S)
             else:
                 self._blocked = False
 
@@ -330,17 +357,23 @@ class Outbox:
         """Commit ``items`` (dropping readings as needed); returns those that must wait."""
         unsaved, self._unsaved_drops = self._unsaved_drops, {}
         self._committing_drops = unsaved
+        dropped_before = [len(item.dropped) for item in items]
         try:
             done = await self.db.call(self._commit, items, unsaved)
         except Exception as exc:
-            log.error("outbox.commit_failed", error=str(exc), items=len(items))
             self._committing_drops = {}
             for reason, n in unsaved.items():
                 self._count(reason, n, saved=False)
+            if _no_space(exc):
+                return self._refuse_for_space(items, dropped_before, exc)
+            log.error("outbox.commit_failed", error=str(exc), items=len(items))
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(OutboxError(f"cannot store events: {exc}"))
             return []
+        if self._disk_full and done.committed:
+            self._disk_full = False
+            log.info("outbox.disk_space_back", refused_so_far=self.dropped().get(DISK_FULL, 0))
         for table, (n, size) in done.added.items():
             self._counts[table] += n
             self._bytes[table] += size
@@ -368,6 +401,36 @@ class Outbox:
             self._appended.set()
         committed = {id(item) for item in done.committed}
         return [item for item in items if id(item) not in committed]
+
+    def _refuse_for_space(
+        self, items: list[_Item], dropped_before: list[int], exc: Exception
+    ) -> list[_Item]:
+        """The disk is full: refuse the readings of ``items`` (counted), keep their lifecycle
+        events (and state writes) waiting for the next try; returns the items that wait."""
+        waiting: list[_Item] = []
+        refused = 0
+        for item, before in zip(items, dropped_before, strict=True):
+            item.dropped.update(row[_SEQ] for row in item.readings)
+            refused += len(item.dropped) - before  # with those dropped in the failed attempt
+            item.readings = []
+            item.size = sum(row[_SIZE] for row in item.lifecycle)
+            if item.lifecycle or item.state is not None:
+                waiting.append(item)
+            elif not item.future.done():
+                item.future.set_result([None if s in item.dropped else s for s in item.result])
+        if refused:
+            self._count(DISK_FULL, refused, saved=False)
+        if not self._disk_full:
+            log.error(
+                "outbox.disk_full",
+                error=str(exc),
+                path=str(self.db.path),
+                hint="free space on the node's disk: readings are refused (counted as "
+                f"{DISK_FULL}) and lifecycle events wait until it is there",
+            )
+        self._disk_full = True
+        self._disk_retry_at = time.monotonic() + _DISK_RETRY_S
+        return waiting
 
     def _commit(self, items: list[_Item], unsaved: dict[str, int]) -> _Commit:
         """One transaction: make room, insert what fits in FIFO order, save counters."""
@@ -408,10 +471,11 @@ class Outbox:
             conn.execute(
                 "INSERT OR REPLACE INTO outbox_meta VALUES ('next_nodeseq', ?)", (self._next,)
             )
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back by itself (SQLITE_FULL)
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return done
 
     def _drop_incoming_readings(self, items: list[_Item], deficit: int, done: _Commit) -> int:
@@ -459,6 +523,8 @@ class Outbox:
             self._insert(conn, mine, added)
             item.state(conn)
         except Exception as exc:
+            if _no_space(exc):
+                raise  # not this item's fault: the whole group waits for space
             conn.execute("ROLLBACK TO item")
             conn.execute("RELEASE item")
             item.error = exc
@@ -701,3 +767,11 @@ class Outbox:
     async def _wait(event: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
+
+
+def _no_space(exc: BaseException) -> bool:
+    """SQLite could not write for lack of space (the disk, or a ``max_page_count`` limit)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    )

@@ -14,6 +14,12 @@ noise, so the values look like a real outdoor sensor's and rules such as
 
 Reading names and units follow the Waggle BME680 plugin: ``env.temperature``,
 ``env.relative_humidity``, ``env.pressure`` with ``meta.sensor = "bme680"``.
+
+Load: with ``readings_per_second`` set, ``due(now)`` returns every reading due since the
+previous call at that rate (samples of three readings, timestamps spread evenly between the
+calls), so a node produces a known, steady rate however often its loop runs (``hivebus node
+run --virtual --virtual-rate 5000 --virtual-interval 0.05``). A loop that falls behind catches
+up at most ``MAX_CATCH_UP_S`` seconds of readings; what it skips is counted in ``skipped``.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Final
 
+from hivebus.errors import SetupError
 from hivebus.schemas.data import Reading
 
 SENSOR: Final = "bme680"
 NAMES: Final = ("env.temperature", "env.relative_humidity", "env.pressure")
+MAX_CATCH_UP_S: Final = 5.0
 
 
 @dataclass
@@ -50,20 +58,47 @@ class _Wander:
 
 @dataclass
 class VirtualBme680:
-    """Call ``sample(t_ns)`` for the three readings at time ``t_ns``."""
+    """Call ``sample(t_ns)`` for the three readings at time ``t_ns``, or ``due(now_ns)`` for
+    what is due now (one sample, or every reading due at ``readings_per_second``)."""
 
     mean_c: float = 14.0
     amplitude_c: float = 6.0
     dewpoint_c: float = 7.0
     utc_offset_hours: float = -6.0  # local solar time of the simulated site (Chicago-ish)
     seed: int | None = None
+    readings_per_second: float | None = None
+    skipped: int = field(default=0, init=False)
+    _next_ns: int | None = field(default=None, init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
     _weather: _Wander = field(default_factory=lambda: _Wander(sd=2.0, tau=3 * 3600), repr=False)
     _dew: _Wander = field(default_factory=lambda: _Wander(sd=1.5, tau=6 * 3600), repr=False)
     _synoptic: _Wander = field(default_factory=lambda: _Wander(sd=600.0, tau=12 * 3600), repr=False)
 
     def __post_init__(self) -> None:
+        if self.readings_per_second is not None and not self.readings_per_second > 0:
+            raise SetupError(
+                f"virtual readings_per_second must be > 0, got {self.readings_per_second}"
+            )
         self._rng = random.Random(self.seed)
+
+    def due(self, now_ns: int, meta: dict[str, str] | None = None) -> list[Reading]:
+        """The readings due at ``now_ns``: one sample without a rate; with one, every sample
+        due since the previous call (the first call starts the clock and returns one sample)."""
+        if self.readings_per_second is None:
+            return self.sample(now_ns, meta)
+        step = round(len(NAMES) * 1e9 / self.readings_per_second)  # ns between samples
+        if self._next_ns is None:
+            self._next_ns = now_ns
+        behind = now_ns - self._next_ns
+        if behind > MAX_CATCH_UP_S * 1e9:
+            skip = (behind - int(MAX_CATCH_UP_S * 1e9)) // step + 1
+            self.skipped += skip * len(NAMES)
+            self._next_ns += skip * step
+        out: list[Reading] = []
+        while self._next_ns <= now_ns:
+            out += self.sample(self._next_ns, meta)
+            self._next_ns += step
+        return out
 
     def temperature(self, t_s: float) -> float:
         hour = (t_s / 3600 + self.utc_offset_hours) % 24
