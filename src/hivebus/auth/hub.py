@@ -7,8 +7,8 @@
 
 A node's password exists only in what ``add_node`` returns: ``hivebus node add`` prints it
 once (or writes it to the file the operator asked for). Every change rewrites the config
-and asks the running server to reload it; existing connections keep their permissions
-until they reconnect, new ones get the new rules at once.
+and asks the running server to reload it: new connections get the new rules at once
+(tested); what nats-server does with a removed user's open connection is its business.
 """
 
 from __future__ import annotations
