@@ -176,14 +176,29 @@ async def _drained(js: JetStreamContext, stream: str, consumer: str) -> bool:
     """Whether the consumer has nothing left to deliver.
 
     A short no-wait pull usually means the end, but a status reply during a cluster
-    leader change ends a pull early too: ask the server instead of trusting the pull.
+    leader change ends a pull early too: ask the server instead of trusting the pull. In a
+    cluster the consumer may live on a replica that is still catching up (a server just
+    restarted): its "nothing pending" counts only what that replica has, so it is believed
+    only once that replica is current (seen: a read of 1,000 events that ended empty).
     """
     try:
         info = await js.consumer_info(stream, consumer)
+        if info.num_pending != 0:
+            return False
+        host = info.cluster.leader if info.cluster is not None else None
+        if host is None:
+            return True
+        cluster = (await js.stream_info(stream)).cluster
     except Exception:  # the server is away: reading on would not end either; ask again
         await asyncio.sleep(0.2)
         return False
-    return info.num_pending == 0
+    if cluster is None or cluster.leader == host:
+        return True
+    peer = next((r for r in cluster.replicas or [] if r.name == host), None)
+    if peer is not None and peer.current and not peer.lag:
+        return True
+    await asyncio.sleep(0.05)
+    return False
 
 
 async def _create_consumer(
