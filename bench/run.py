@@ -109,8 +109,8 @@ def write(ran: list[Ran], quick: bool, wall: float, skipped: list[str], load: tu
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC: mode {mode}, {wall / 60:.1f} min wall time in all.",
         "",
         "Every ratio compares hivebus with a baseline measured in the same process run on the same "
-        "server (or file), alternating sides where a benchmark repeats. The machine is shared with "
-        "other work (test suites running alongside), so absolute rates move from run to run; the "
+        "server (or file), alternating sides where a benchmark repeats. Absolute rates move with the "
+        "machine's load (the load average at the start and end is in the machine table), the "
         "ratios much less. Each benchmark's section below says exactly what each side does.",
         "",
         "## Summary",
