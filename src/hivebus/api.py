@@ -10,6 +10,8 @@
         async for event in hub.tail(from_edge="*", type="trigger.fired"):
             print(event.data)
 
+On a hub with authentication, user actions need the user's token:
+``hub.publish(payload, source="user/alice", token=...)``.
 ``publish`` returns the event's stream sequence; passing it as ``min_seq`` to ``query``
 waits until the views include it (read-your-writes). ``tail`` follows to-edge goals,
 from-edge events and triggers live, or from a point in history (``since="-1h"``).
@@ -27,7 +29,7 @@ from hivebus.bus.client import Bus
 from hivebus.bus.streams import EVENTS
 from hivebus.bus.subjects import EVENTS_SUBJECTS, fromedge_filter, toedge_filter
 from hivebus.config import Settings, parse_duration
-from hivebus.errors import HivebusError, SchemaError
+from hivebus.errors import HivebusError, RequestRejected, SchemaError
 from hivebus.schemas import Event, Payload, codec
 
 if TYPE_CHECKING:
@@ -67,11 +69,30 @@ class Hub:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
-    async def publish(self, event: Event | Payload, *, source: str = "user/api", subject: str | None = None) -> int:
-        """Publish an event (or a payload, wrapped in a new event); returns its stream sequence."""
+    async def publish(
+        self, event: Event | Payload, *, source: str = "user/api", subject: str | None = None, token: str | None = None
+    ) -> int:
+        """Publish an event (or a payload, wrapped in a new event); returns its stream sequence.
+
+        With ``token`` (a user token, ``hivebus user add``; ``source`` must be that user's) a
+        user action goes through the command gateway, as a hub with authentication requires:
+        it returns once the ECR or the scheduler decided, and raises ``RequestRejected`` with
+        the reasons if they refused or rejected it.
+        """
         if isinstance(event, Payload):
             event = Event.new(event, source=source, subject=subject or aggregate_of(event))
-        return await self.bus.publish(event)
+        if token is None:
+            return await self.bus.publish(event)
+        from hivebus.services.requests import request_via_gateway
+
+        answer = await request_via_gateway(self.bus, event, token=token, answers=[])
+        if answer.refused is not None:
+            raise RequestRejected(answer.refused, [answer.refused])
+        for outcome in answer.events:  # ecr.bundle.rejected, ses.job.rejected
+            if outcome.type.endswith(".rejected"):
+                reasons = list(getattr(outcome.data, "reasons", []))
+                raise RequestRejected(f"{event.type} rejected: {'; '.join(reasons)}", reasons)
+        return answer.seq
 
     async def query(
         self,
@@ -128,7 +149,7 @@ class Hub:
 
 
 def aggregate_of(payload: Payload) -> str:
-    for name in ("bundle_id", "job_id", "node", "node_id", "bucket_id", "id", "name"):
+    for name in ("bundle_id", "job_id", "resource", "node", "node_id", "bucket_id", "id", "name", "user"):
         value = getattr(payload, name, None)
         if isinstance(value, str) and value:
             return value

@@ -274,3 +274,22 @@ async def test_the_gateway_takes_only_user_actions(hub: Hub, platform: Bus) -> N
     decision = Event.new(UserAdded(user="alice", token_sha256="0" * 64, by="alice"), source="user/alice", subject="alice")
     with pytest.raises((Unauthorized, RequestRejected), match="not a user action"):
         await request_at(hub.url, decision, handler="ecr", answers=[], token=alice)
+
+
+async def test_grants_and_jobs_through_the_api_are_decided_on_the_tokens_user(hub: Hub, platform: Bus) -> None:
+    import hivebus
+    from hivebus.handlers.testing import job_spec
+    from hivebus.schemas.ecr import PermissionGranted
+    from hivebus.schemas.ses import JobSubmitted
+
+    alice, bob = await add_user(platform, "alice"), await add_user(platform, "bob")
+    async with hivebus.connect(hub.url) as api:  # the public identity
+        assert await api.publish(push("alice").data, source="user/alice", token=alice) > 0
+        grant = PermissionGranted(resource="alice/plugin-x:1.0.0", grantee_type="user", grantee="bob", permission="WRITE", by="bob")
+        with pytest.raises(RequestRejected, match="bob lacks WRITE_ACP"):
+            await api.publish(grant, source="user/bob", token=bob)  # bob does not own it
+        with pytest.raises(PermissionDenied):  # no token: not even published
+            await api.publish(grant, source="user/bob")
+        submitted = JobSubmitted(job_id="bobs-job", user="bob", spec=job_spec([("x", "alice/plugin-x:1.0.0")], nodes=["W001"]))
+        with pytest.raises(RequestRejected, match=r"alice/plugin-x:1\.0\.0"):  # neither approved nor bob's to run
+            await api.publish(submitted, source="user/bob", token=bob)
