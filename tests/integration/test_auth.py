@@ -293,3 +293,17 @@ async def test_grants_and_jobs_through_the_api_are_decided_on_the_tokens_user(hu
         submitted = JobSubmitted(job_id="bobs-job", user="bob", spec=job_spec([("x", "alice/plugin-x:1.0.0")], nodes=["W001"]))
         with pytest.raises(RequestRejected, match=r"alice/plugin-x:1\.0\.0"):  # neither approved nor bob's to run
             await api.publish(submitted, source="user/bob", token=bob)
+
+
+async def test_a_push_without_waiting_goes_through_the_gateway_too(hub: Hub, platform: Bus, tmp_path: Path) -> None:
+    alice = await add_user(platform, "alice")
+    sage = Path(__file__).resolve().parents[2] / "examples" / "sage.yaml"
+    env = {"HIVEBUS_TOKEN": alice, "HIVEBUS_DATA_DIR": str(tmp_path / "nowhere"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    done = await asyncio.to_thread(hivebus_cli, "ecr", "push", str(sage), "--user", "alice", "--no-wait", "--hub", hub.url, env=env)
+    assert done.returncode == 0, done.stderr
+    pushed = [codec.decode(b) for b in await stored(platform, EVENTS, "evt.ecr.bundle.pushed.>")]
+    assert [e.source for e in pushed] == ["user/alice"]
+    refused = await asyncio.to_thread(
+        hivebus_cli, "ecr", "push", str(sage), "--user", "alice", "--no-wait", "--hub", hub.url, env={**env, "HIVEBUS_TOKEN": ""}
+    )
+    assert refused.returncode == 1 and "does not let this identity publish" in refused.stderr

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
+from hivebus.auth.tokens import find_token
 from hivebus.bus.client import Bus
 from hivebus.cli.app import Hub, app, out, run, settings
 from hivebus.errors import FormatError, QueryError, RequestRejected
@@ -32,7 +33,7 @@ from hivebus.schemas.ecr import (
     PermissionRevoked,
 )
 from hivebus.schemas.envelope import Event, Payload
-from hivebus.services.requests import Answer, request_at
+from hivebus.services.requests import Answer, request_at, request_via_gateway
 
 ecr_app = typer.Typer(
     help="The edge code repository: bundles, reviews, permissions.", no_args_is_help=True
@@ -115,7 +116,10 @@ def push(
     if not wait:
 
         async def publish_only() -> int:
+            token = find_token(pusher)
             async with await Bus.connect(settings(hub).nats_url) as bus:
+                if token is not None:
+                    return (await request_via_gateway(bus, event, token=token, answers=[], wait=False)).seq
                 return await bus.publish(event)
 
         seq = run(publish_only())

@@ -2,14 +2,14 @@
 
 On a hub with authentication, the public identity cannot publish on ``evt.>``; a user's
 action (push, approve, freeze, delete, grant, revoke, submit, suspend, resume, remove) is
-a request here instead: ``{"token", "event", "answers", "timeout"}``. The gateway
+a request here instead: ``{"token", "event", "answers", "timeout", "wait"}``. The gateway
 
 1. checks the token against the ``auth.user.*`` events (caught up on every request, so a
    revocation takes effect at once),
 2. checks that the action is by the token's user (the event's ``source`` and the payload's
    acting-user field), and that it is a user action at all,
-3. publishes the event as is, waits for the ECR or the scheduler to decide on it, and
-   replies ``{"seq", "user", "events", "refused"}``.
+3. publishes the event as is, waits for the ECR or the scheduler to decide on it (unless
+   ``"wait": false``), and replies ``{"seq", "user", "events", "refused"}``.
 
 The handlers then decide on that user's rights (owner, reviewer, grants) as for any event;
 the token never reaches the log. Refusals reply ``{"error", "kind"}`` and publish nothing.
@@ -95,6 +95,10 @@ class Gateway:
         answers = request_doc.get("answers") or []
         if not isinstance(answers, list) or not all(isinstance(a, str) and a.startswith(("evt.", "toedge.")) for a in answers):
             raise SchemaError("command: answers must be a list of evt.> or toedge.> subjects")
+        if request_doc.get("wait") is False:  # publish only (`hivebus ecr push --no-wait`)
+            seq = await self.bus.publish(event)
+            log.info("gateway.accepted", type=event.type, user=user, seq=seq, waited=False)
+            return json.dumps({"seq": seq, "user": user, "events": [], "refused": None}).encode()
         timeout = min(float(request_doc.get("timeout") or 15.0), MAX_TIMEOUT)
         answer = await request(self.bus, event, handler=handler, answers=answers, timeout=timeout)
         log.info("gateway.accepted", type=event.type, user=user, seq=answer.seq, refused=answer.refused is not None)

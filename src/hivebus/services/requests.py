@@ -94,10 +94,11 @@ async def request_at(
 
 
 async def request_via_gateway(
-    bus: Bus, event: Event, *, token: str, answers: Sequence[str], timeout: float = 15.0
+    bus: Bus, event: Event, *, token: str, answers: Sequence[str], timeout: float = 15.0, wait: bool = True
 ) -> Answer:
-    """Send ``event`` through the command gateway (``hivebus.cmd``) with ``token``."""
-    body = {"token": token, "event": codec.to_dict(event), "answers": list(answers), "timeout": timeout}
+    """Send ``event`` through the command gateway (``hivebus.cmd``) with ``token``; with
+    ``wait=False`` it returns once the event is stored, before any decision."""
+    body = {"token": token, "event": codec.to_dict(event), "answers": list(answers), "timeout": timeout, "wait": wait}
     reply = json.loads(await bus.request(CMD_SUBJECT, body, timeout=timeout + 5.0))
     if "error" in reply:
         kind = reply.get("kind")
