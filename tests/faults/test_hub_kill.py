@@ -26,9 +26,7 @@ from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer
 from hivebus.bus.streams import DATA, EVENTS
 from hivebus.bus.subjects import data_filter, fromedge_filter
-from hivebus.edge.db import NodeDatabase
 from hivebus.edge.forwarder import _identity
-from hivebus.edge.outbox import Outbox
 from hivebus.replay.build import stream_ends
 from tests.faults.conftest import (
     Processes,
@@ -40,21 +38,12 @@ from tests.faults.conftest import (
     consumers_drained,
     until,
 )
+from tests.faults_edge.conftest import fresh_outbox  # opens the outbox before its agent does
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(150)]
 
 NODES = ("W101", "W102")
 RATE = 400  # virtual readings per second, per agent
-
-
-async def first_nodeseq(data_dir: Path, node: str) -> int:
-    """Open the node's outbox before its agent does: the first number it will use."""
-    db = await NodeDatabase.open(data_dir / "node.db")
-    outbox = await Outbox.open(db, node)
-    first = outbox.next_nodeseq
-    await outbox.close()
-    await db.close()
-    return first
 
 
 def outbox_state(data_dir: Path) -> tuple[int, set[int], int]:
@@ -99,7 +88,7 @@ async def test_hub_sigkill_mid_load_loses_no_acknowledged_event(
         await bus.ensure_streams()
         handlers = processes.handlers(url).start()
         projector = processes.projector(url, db).start()
-        first = {node: await first_nodeseq(dirs[node], node) for node in NODES}
+        first = {node: await fresh_outbox(dirs[node], node) for node in NODES}
         agents = [processes.agent(n, url, dirs[n], interval=0.05, rate=RATE).start() for n in NODES]
         for agent in agents:
             await agent.logged("running: local bus")
