@@ -128,11 +128,13 @@ async def test_a_node_reads_its_own_goals_and_no_one_elses(hub: Hub) -> None:
         # Not through its own consumer: the W002 durable, a consumer filtered on W002, a raw pull.
         with pytest.raises(Exception):  # noqa: B017 - the server answers nothing: a timeout
             await asyncio.wait_for(ensure_consumer(w1.js, toedge_consumer("W002")), 3.0)
+        assert any(s.startswith("$js.api.consumer.create.events.toedge-w002") for s in w1.denied), w1.denied
         with pytest.raises(PermissionDenied):
             async for _ in w1.read(EVENTS, filter_subjects=["toedge.W002.>"], stop_at_end=True):
                 pass
         with pytest.raises(Exception):  # noqa: B017
             await w1.nc.request(f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS}.toedge-W002", b'{"batch":1,"no_wait":true}', timeout=2.0)
+        assert f"$js.api.consumer.msg.next.{EVENTS.lower()}.toedge-w002" in w1.denied, w1.denied
         # Nor by listening on the subject as it is published.
         sniffed = await w1.nc.subscribe("toedge.>")
         await w1.nc.flush()

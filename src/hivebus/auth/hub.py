@@ -75,10 +75,6 @@ class HubAuth:
             raise SetupError(f"{self.dir / IDENTITIES} is corrupt: {exc}", hint="restore it from a backup") from None
         return dict(doc.get("users", {}))
 
-    def nodes(self) -> list[str]:
-        prefix = permissions.NODE_PREFIX
-        return sorted(u.removeprefix(prefix) for u in self.users() if u.startswith(prefix))
-
     # --- changing ---------------------------------------------------------------------
 
     def ensure(self) -> HubAuth:

@@ -17,16 +17,15 @@ from nats.errors import Error as NatsError
 from hivebus.auth.hub import HubAuth
 from hivebus.auth.tokens import Users, digest, new_token, save_token
 from hivebus.bus.client import Bus
-from hivebus.bus.streams import EVENTS, ensure_consumer, toedge_consumer
+from hivebus.bus.streams import ensure_consumer, toedge_consumer
 from hivebus.cli.app import Hub, app, out, run, settings
 from hivebus.cli.ecr import whoami
 from hivebus.cli.node import node_app
 from hivebus.config import Settings
 from hivebus.errors import HivebusError, PermissionDenied, SetupError
-from hivebus.schemas import codec
 from hivebus.schemas.auth import UserAdded, UserRevoked
 from hivebus.schemas.envelope import Event
-from hivebus.services.gateway import AUTH_FILTER
+from hivebus.services.gateway import Gateway
 
 user_app = typer.Typer(help="User tokens: who may push, approve, grant and submit.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
@@ -131,9 +130,7 @@ async def _publish(hub: str | None, event: Event) -> None:
 
 
 async def _users(hub: str | None) -> Users:
-    users = Users()
     async with await Bus.connect(settings(hub).nats_url, name="hivebus-user") as bus:
-        async for batch in bus.read(EVENTS, filter_subjects=[AUTH_FILTER], stop_at_end=True):
-            for message in batch:
-                users.apply(codec.decode(message.data))
-    return users
+        gateway = Gateway(bus)
+        await gateway.catch_up()
+        return gateway.users
