@@ -97,15 +97,21 @@ def test_container_runs_the_jobs_entrypoint_and_args_with_the_node_environment()
 
 def test_the_upload_dir_is_mounted_at_the_same_path() -> None:
     config = container_config(spec(env={"HIVEBUS_UPLOAD_DIR": "/var/lib/hivebus/uploads/incoming"}))
-    assert config["volumes"] == {
-        "/var/lib/hivebus/uploads/incoming": {
-            "bind": "/var/lib/hivebus/uploads/incoming",
-            "mode": "rw",
-        }
+    assert config["volumes"]["/var/lib/hivebus/uploads/incoming"] == {
+        "bind": "/var/lib/hivebus/uploads/incoming",
+        "mode": "rw",
     }
-    assert host_config(config)["Binds"] == [
-        "/var/lib/hivebus/uploads/incoming:/var/lib/hivebus/uploads/incoming:rw"
-    ]
+    assert "/var/lib/hivebus/uploads/incoming:/var/lib/hivebus/uploads/incoming:rw" in host_config(config)["Binds"]
+
+
+def test_the_waggle_shim_and_the_sdk_are_mounted_read_only_first_on_the_path() -> None:
+    from hivebus.edge.shim import CONTAINER_SHIM, waggle_shim_dir
+
+    config = container_config(spec(env={"PYTHONPATH": "/app/lib"}))
+    shim = str(waggle_shim_dir() / "waggle")
+    assert config["volumes"][shim] == {"bind": f"{CONTAINER_SHIM}/waggle", "mode": "ro"}
+    assert all(Path(host).exists() and mount["mode"] == "ro" for host, mount in config["volumes"].items())
+    assert config["environment"]["PYTHONPATH"] == "/run/hivebus/shim:/run/hivebus/sdk:/app/lib"
 
 
 # --- docker: outcomes -------------------------------------------------------------------------

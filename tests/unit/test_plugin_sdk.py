@@ -3,7 +3,7 @@ enrichment, topics, the offline run log, and a cheap import."""
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
 import math
 import subprocess
@@ -36,8 +36,10 @@ IDENTITY = {"node": "W012", "vsn": "W012", "host": "w012-nx", "job": "job-1", "t
 # --- the same rules as the hub ----------------------------------------------------------------
 
 
-def test_sdk_rules_are_the_reading_rules() -> None:
-    assert sdk.MIN_TIMESTAMP_NS == reading_schema.MIN_TIMESTAMP_NS
+def test_sdk_rules_are_within_the_reading_rules() -> None:
+    # pywaggle's minimum (06:00 UTC on 2000-01-01) is later than the hub's, so every
+    # timestamp the SDK takes the hub takes.
+    assert sdk.MIN_TIMESTAMP_NS == 946_706_400_000_000_000 >= reading_schema.MIN_TIMESTAMP_NS
     assert sdk.BYTES_ENCODING == reading_schema.BYTES_ENCODING
     assert sdk.MAX_NAME_LENGTH == 128
     assert set(sdk.SCOPES) == {"node", "beehive", "all"}
@@ -66,21 +68,25 @@ outcomes: set[bool] = set()
 
 @settings(max_examples=400, deadline=None)
 @given(name=names, value=values, timestamp=timestamps, meta=metas, scope=scopes)
-def test_the_sdk_accepts_exactly_what_the_hub_accepts(name, value, timestamp, meta, scope) -> None:
+def test_whatever_the_sdk_accepts_the_hub_takes_and_gives_back(name, value, timestamp, meta, scope) -> None:
+    """The SDK accepts what pywaggle accepts (tests/differential); what the hub's own rules
+    would refuse (a bool, NaN, a non-str meta key, an unknown scope) is sent in a form the hub
+    takes, and a hub-valid reading is sent unchanged."""
     try:
         body = reading_body(name, value, meta, timestamp, scope, {}, allow_reserved=True)
     except (TypeError, ValueError):
-        sdk_ok = False
-    else:
-        sdk_ok = True
-        Reading.model_validate(body)  # whatever the SDK sends, the hub takes
+        outcomes.add(False)
+        return
+    outcomes.add(True)
+    Reading.model_validate(body)
+    assert message_of(json.dumps(body).encode()) == Message(
+        name, value, timestamp, {str(k): v for k, v in meta.items()}) or (
+        isinstance(value, float) and math.isnan(value))
     try:
         Reading(name=name, value=value, timestamp=timestamp, meta=meta, scope=scope)
-        hub_ok = True
     except ValidationError:
-        hub_ok = False
-    assert sdk_ok == hub_ok
-    outcomes.add(sdk_ok)
+        return
+    assert body == {"name": name, "value": value, "timestamp": timestamp, "meta": meta, "scope": scope}
 
 
 def test_the_property_above_saw_both_outcomes() -> None:
@@ -97,10 +103,10 @@ def test_the_property_above_saw_both_outcomes() -> None:
         ("Env.Temp", 1, NOW, {}, ValueError, "part: 'Env'"),
         ("a" * 129, 1, NOW, {}, ValueError, "at most 128"),
         ("upload", 1, NOW, {}, ValueError, "reserved"),
-        ("env.t", True, NOW, {}, TypeError, "not a bool"),
+        ("env.t", b"raw", NOW, {}, TypeError, "bytes are refused"),
         ("env.t", [1], NOW, {}, TypeError, "not list"),
-        ("env.t", math.nan, NOW, {}, ValueError, "finite"),
         ("env.t", 1, 1_700_000_000, {}, ValueError, "before 2000"),
+        ("env.t", 1, 946_706_399_999_999_999, {}, ValueError, "before 2000"),
         ("env.t", 1, 1.7e18, {}, TypeError, "nanoseconds"),
         ("env.t", 1, NOW, {"a": 1}, TypeError, "strings to strings"),
     ],
@@ -116,10 +122,28 @@ def test_node_identity_enriches_meta_and_wins_over_the_plugins_claims() -> None:
     assert body["scope"] == "node" and body["timestamp"] == NOW
 
 
-def test_bytes_travel_as_base64_and_come_back_as_bytes() -> None:
-    body = reading_body("image.jpeg", b"\x00\xffraw", {"camera": "top"}, NOW, "all", {})
-    assert body["value"] == base64.b64encode(b"\x00\xffraw").decode() and body["meta"]["enc"] == "b64"
-    assert Reading.model_validate(body).raw_bytes() == b"\x00\xffraw"
+@pytest.mark.parametrize("value", [True, False, math.inf, -math.inf])
+def test_bools_and_infinities_travel_encoded_and_come_back_as_published(value) -> None:
+    body = reading_body("env.flag", value, {"sensor": "s"}, NOW, "all", {})
+    assert isinstance(body["value"], str) and body["meta"]["enc"] in ("bool", "float")
+    Reading.model_validate(body)
+    assert message_of(json.dumps(body).encode()) == Message("env.flag", value, NOW, {"sensor": "s"})
+
+
+def test_nan_travels_encoded_and_comes_back_nan() -> None:
+    body = reading_body("env.t", math.nan, {}, NOW, "all", {})
+    assert (body["value"], body["meta"]) == ("nan", {"enc": "float"})
+    msg = message_of(json.dumps(body).encode())
+    assert msg is not None and math.isnan(msg.value) and msg.meta == {}
+
+
+def test_a_scope_pywaggle_does_not_check_is_published_as_all() -> None:
+    assert reading_body("env.t", 1, {}, NOW, "cloud", {})["scope"] == "all"
+    assert reading_body("env.t", 1, {}, NOW, None, {})["scope"] == "all"
+
+
+def test_bytes_from_another_publisher_come_back_as_bytes() -> None:
+    body = Reading.from_bytes("image.jpeg", b"\x00\xffraw", timestamp=NOW, meta={"camera": "top"}).model_dump()
     msg = message_of(json.dumps(body).encode())
     assert msg == Message("image.jpeg", b"\x00\xffraw", NOW, {"camera": "top"})
 
@@ -191,11 +215,11 @@ def test_nats_subject_matching(pattern, subject, covers) -> None:
     assert subject_covers(pattern, subject) is covers
 
 
-def test_bad_topics_are_refused() -> None:
-    with pytest.raises(ValueError, match="part: 'Env'"):
-        topic_subjects("Env.t")
+def test_topics_no_name_can_match_deliver_nothing_like_pywaggle() -> None:
+    assert topic_subjects("Env.t") == [] and not topic_matcher("Env.t")("env.t")
+    assert topic_subjects("") == [] and topic_subjects("Env.t", "env.t") == ["readings.env.t"]
     with pytest.raises(TypeError):
-        topic_matcher("")
+        topic_matcher(42)  # type: ignore[arg-type]
 
 
 # --- offline: the run log ---------------------------------------------------------------------
@@ -212,7 +236,7 @@ def lines(path: Path) -> list[dict]:
 def test_offline_plugin_logs_readings_as_ndjson(tmp_path: Path) -> None:
     with Plugin(offline(tmp_path, HIVEBUS_NODE="W012", HIVEBUS_TASK="bme680")) as plugin:
         plugin.publish("env.temperature", 21.5, meta={"sensor": "bme680"}, timestamp=NOW)
-        plugin.publish("env.raw", b"\x01\x02", scope="node")
+        plugin.publish("env.raw", "text", scope="node")
         with plugin.timeit("plugin.duration.step"):
             pass
     logged = lines(tmp_path / "run.ndjson")
@@ -220,7 +244,7 @@ def test_offline_plugin_logs_readings_as_ndjson(tmp_path: Path) -> None:
         "name": "env.temperature", "value": 21.5, "timestamp": NOW,
         "meta": {"sensor": "bme680", "node": "W012", "task": "bme680"}, "scope": "all",
     }
-    assert logged[1]["meta"]["enc"] == "b64" and logged[1]["scope"] == "node"
+    assert logged[1]["value"] == "text" and logged[1]["scope"] == "node"
     assert logged[2]["name"] == "plugin.duration.step" and isinstance(logged[2]["value"], int) and logged[2]["value"] >= 0
     for entry in logged:
         Reading.model_validate(entry)
@@ -232,10 +256,10 @@ def test_offline_upload_follows_pywaggles_layout(tmp_path: Path) -> None:
     kept = tmp_path / "kept.txt"
     kept.write_text("keep me")
     with Plugin(offline(tmp_path)) as plugin:
-        where = Path(plugin.upload_file(snapshot, meta={"camera": "top"}, timestamp=NOW))
+        assert plugin.upload_file(snapshot, meta={"camera": "top"}, timestamp=NOW) is None
         plugin.upload_file(kept, keep=True)
     assert not snapshot.exists() and kept.exists()
-    assert where.parent == tmp_path / "run-uploads" and where.name.startswith(f"{NOW}-")
+    where = tmp_path / "run-uploads" / f"{NOW}-{hashlib.sha1(b'jpeg bytes').hexdigest()}"
     assert (where / "data").read_bytes() == b"jpeg bytes"
     meta = json.loads((where / "meta").read_text())
     assert meta["labels"] == {"camera": "top", "filename": "snap.jpg"} and meta["timestamp"] == NOW
@@ -265,7 +289,7 @@ def test_offline_get_times_out_like_pywaggle(tmp_path: Path) -> None:
 
 def test_using_the_plugin_outside_its_with_block_is_an_error(tmp_path: Path) -> None:
     plugin = Plugin(offline(tmp_path))
-    with pytest.raises(RuntimeError, match="with Plugin"):
+    with pytest.raises(RuntimeError, match="inside a with block"):
         plugin.publish("env.t", 1)
 
 

@@ -37,6 +37,7 @@ from hivebus.edge.executors.base import (
     RunSpec,
     plugin_environment,
 )
+from hivebus.edge.shim import CONTAINER_PYTHONPATH, container_mounts
 
 log = structlog.get_logger()
 
@@ -80,6 +81,10 @@ def container_config(spec: RunSpec, *, network_mode: str = "host") -> dict[str, 
     upload_dir = env.get("HIVEBUS_UPLOAD_DIR")
     if upload_dir:
         config["volumes"] = {upload_dir: {"bind": upload_dir, "mode": "rw"}}
+    # `import waggle.plugin` is hivebus's SDK inside the image too (hivebus.edge.shim)
+    config.setdefault("volumes", {}).update(
+        {host: {"bind": inside, "mode": "ro"} for host, inside in container_mounts().items()})
+    env["PYTHONPATH"] = ":".join(p for p in (CONTAINER_PYTHONPATH, env.get("PYTHONPATH")) if p)
     return config
 
 

@@ -67,6 +67,7 @@ from hivebus.edge.executors.base import (
     input_args,
     plugin_environment,
 )
+from hivebus.edge.shim import plugin_pythonpath
 from hivebus.errors import FormatError
 from hivebus.schemas.ecr import AppInput
 
@@ -269,6 +270,7 @@ class ProcessExecutor:
         if not spec.limits.gpu:  # as under docker without a device request: no GPU unless asked
             env["CUDA_VISIBLE_DEVICES"] = ""
         env.update(plugin_environment(spec))
+        env["PYTHONPATH"] = plugin_pythonpath(env.get("PYTHONPATH"))  # `import waggle.plugin` is hivebus's
         return env
 
     async def _launch(self, run: _Run, resolved: Resolved) -> None:
