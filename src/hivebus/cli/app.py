@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "hivebus.cli.query",
     "hivebus.cli.data",
     "hivebus.cli.replay",
+    "hivebus.cli.whatif",
     "hivebus.cli.ecr",
     "hivebus.cli.job",
     "hivebus.cli.node",
