@@ -19,25 +19,31 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("query")
 def data_query(
-    start: Annotated[str, typer.Option(help='Start: relative ("-1h", "-30m", "-2d") or ISO 8601')],
-    end: Annotated[str | None, typer.Option(help="End (exclusive), relative or ISO 8601; default: none")] = None,
+    start: Annotated[str, typer.Option(help='Start (inclusive): relative ("-1h", "-30min", "-1h30m") or ISO 8601')],
+    end: Annotated[str | None, typer.Option(help="End (exclusive), relative or ISO 8601; default: now")] = None,
     head: Annotated[int | None, typer.Option(help="Keep the earliest N readings of each series")] = None,
     tail: Annotated[int | None, typer.Option(help="Keep the latest N readings of each series")] = None,
     filter: Annotated[list[str] | None, typer.Option(
-        "--filter", help="KEY=PATTERN on name or a meta key; * wildcards, | alternatives; repeatable")] = None,
+        "--filter", help="KEY=VALUE on name or a meta key (vsn, node, plugin...); a VALUE with * or | is a "
+        "regular expression matched whole (name=env.*, vsn='W0.*|W1.*'), else exact; repeatable")] = None,
+    experimental_func: Annotated[str | None, typer.Option(
+        help="Aggregate each series: mean, min, max, sum or count")] = None,
+    experimental_window: Annotated[str | None, typer.Option(
+        help='Window of the aggregation, e.g. "1m", "10s" (default: the whole range)')] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json (an array of objects)")] = "table",
     limit: Annotated[int, typer.Option(help="Most readings returned")] = 1_000_000,
     rows: Annotated[int, typer.Option(help="Rows shown by --format table")] = 40,
     db: Annotated[Path | None, typer.Option(help="Read this DuckDB file instead of asking the hub")] = None,
     hub: Hub = None,
 ) -> None:
-    """Readings between --start and --end, e.g. `hivebus data query --start -1h --filter name=env.*`."""
+    """Readings between --start and --end, e.g. `hivebus data query --start -1h --filter 'name=env.*'`."""
     import hivebus.data
 
     if fmt not in ("table", "csv", "json"):
         raise QueryError(f"--format {fmt!r}: choose table, csv or json")
     frame = hivebus.data.query(start, end, head=head, tail=tail, filter=_filters(filter or []), hub=hub,
-                               db=db, limit=limit)
+                               db=db, limit=limit, experimental_func=experimental_func,
+                               experimental_window=experimental_window)
     if fmt in ("csv", "json"):
         frame = frame.assign(timestamp=_iso(frame["timestamp"]))
     if fmt == "csv":
@@ -70,7 +76,7 @@ def _filters(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, pattern = item.partition("=")
         if not sep or not key.strip():
-            raise QueryError(f"--filter {item!r}: write KEY=PATTERN, e.g. name=env.* or vsn=W0*")
+            raise QueryError(f"--filter {item!r}: write KEY=VALUE, e.g. name=env.temperature or 'vsn=W0.*'")
         filters[key.strip()] = pattern
     return filters
 

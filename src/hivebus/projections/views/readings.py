@@ -1,8 +1,8 @@
 """``readings``: every measurement of the DATA stream, one row each (the hot path).
 
 ``timestamp`` is the reading's own time (nanoseconds, UTC), ``value`` the number as a DOUBLE
-(NULL for strings, which go to ``value_text``; an int a double cannot hold exactly keeps its
-digits in ``value_text`` too), ``meta`` every meta key (keys sorted, so equal metadata is an
+(NULL for strings, which go to ``value_text``; an int keeps its digits in ``value_text`` too,
+so a query gives back an int, every digit of it), ``meta`` every meta key (keys sorted, so equal metadata is an
 equal MAP and one series), ``node`` the node that sent it, ``seq`` its DATA sequence.
 """
 
@@ -27,7 +27,7 @@ from hivebus.projections.views.base import (
 
 class ReadingsView(View):
     name = "readings"
-    version = 1
+    version = 2  # 2: every int keeps its digits in value_text
     stream = DATA
     public = ("readings",)
     table: ClassVar[Table] = Table(
@@ -67,6 +67,8 @@ class ReadingsView(View):
                 except Exception as exc:
                     failures[item.seq] = failure(self.name, exc)
                     continue
+                if type(raw) is int:  # the data query gives back an int, not a float (int64 frames)
+                    text = str(raw)
             timestamps.append(reading.timestamp)
             names.append(reading.name)
             values.append(value)
