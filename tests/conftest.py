@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from hivebus.bus.cluster import NatsCluster
 from hivebus.bus.server import (
-    NatsCluster,
     NatsServer,
     ServerConfig,
     nats_server_binary,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hivebus.bus.client import Bus
-from hivebus.bus.server import NatsCluster
+from hivebus.bus.cluster import NatsCluster
 from hivebus.bus.streams import DATA, DEADLETTERS, EVENTS
 from hivebus.config import Settings
 from hivebus.errors import RequestTimeout

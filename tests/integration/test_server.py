@@ -21,7 +21,8 @@ from nats.js.api import PubAck, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
 from hivebus.bus import server as server_module
-from hivebus.bus.server import NatsCluster, NatsServer, nats_server_binary
+from hivebus.bus.cluster import NatsCluster
+from hivebus.bus.server import NatsServer, nats_server_binary
 from hivebus.errors import PortInUse, ServerStartError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -141,7 +142,7 @@ def test_port_taken_between_check_and_bind_is_read_from_the_log(
     nats_server_factory: Callable[..., NatsServer], held_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The race the pre-check cannot close: the server itself fails to bind."""
-    monkeypatch.setattr(server_module, "_port_is_taken", lambda host, port: False)
+    monkeypatch.setattr(server_module, "port_is_taken", lambda host, port: False)
     server = nats_server_factory(http_port=held_port, start=False)
     with pytest.raises(
         PortInUse, match=rf"(?s)monitoring port {held_port} .*said: .*address already in use"
