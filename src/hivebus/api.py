@@ -10,8 +10,9 @@
         async for event in hub.tail(from_edge="*", type="trigger.fired"):
             print(event.data)
 
-On a hub with authentication, user actions need the user's token:
-``hub.publish(payload, source="user/alice", token=...)``.
+A user's action (here an approval) is a command the ECR decides; on a hub with
+authentication it needs the user's token: ``hub.publish(payload, source="user/alice",
+token=...)``; a refusal raises ``RequestRejected`` with every reason.
 ``publish`` returns the event's stream sequence; passing it as ``min_seq`` to ``query``
 waits until the views include it (read-your-writes). ``tail`` follows to-edge goals,
 from-edge events and triggers live, or from a point in history (``since="-1h"``).
@@ -74,24 +75,25 @@ class Hub:
     ) -> int:
         """Publish an event (or a payload, wrapped in a new event); returns its stream sequence.
 
-        With ``token`` (a user token, ``hivebus user add``; ``source`` must be that user's) a
-        user action goes through the command gateway, as a hub with authentication requires:
-        it returns once the ECR or the scheduler decided, and raises ``RequestRejected`` with
-        the reasons if they refused or rejected it.
+        A user's action (a push, approval, grant, job submission...; ``source`` ``user/<name>``)
+        is a command, not an event: it goes to the ECR's or the scheduler's decider (with
+        ``token``, a user token from ``hivebus user add``, through the command gateway, as a hub
+        with authentication requires), which appends the facts. It returns the sequence of the
+        last fact once decided, and raises ``RequestRejected`` with every reason when refused
+        (the refusal is kept as an ``ecr.command.rejected`` / ``ses.command.rejected`` fact).
         """
         if isinstance(event, Payload):
             event = Event.new(event, source=source, subject=subject or aggregate_of(event))
-        if token is None:
-            return await self.bus.publish(event)
-        from hivebus.services.requests import request_via_gateway
+        from hivebus.schemas.commands import command_of
 
-        answer = await request_via_gateway(self.bus, event, token=token, answers=[])
-        if answer.refused is not None:
-            raise RequestRejected(answer.refused, [answer.refused])
-        for outcome in answer.events:  # ecr.bundle.rejected, ses.job.rejected
-            if outcome.type.endswith(".rejected"):
-                reasons = list(getattr(outcome.data, "reasons", []))
-                raise RequestRejected(f"{event.type} rejected: {'; '.join(reasons)}", reasons)
+        if command_of(event) is None:
+            return await self.bus.publish(event)
+        from hivebus.services.requests import send_command
+
+        answer = await send_command(self.bus, event, token=token)
+        if answer.rejection is not None:
+            reasons = answer.reasons
+            raise RequestRejected(f"{answer.rejection.data.command} refused: {'; '.join(reasons)}", reasons)
         return answer.seq
 
     async def query(

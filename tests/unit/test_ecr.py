@@ -79,7 +79,7 @@ def test_a_frozen_app_is_registered_and_frozen() -> None:
 
 def reasons_of(events: list[Event]) -> list[str]:
     rejected = only(events)
-    assert rejected.type == "ecr.bundle.rejected", rejected.type
+    assert rejected.type == "ecr.command.rejected", rejected.type
     return rejected.data.reasons
 
 
@@ -157,7 +157,7 @@ def test_pusher_lacks_write_on_the_namespace_until_granted() -> None:
     other = "waggle/plugin-rain:1.0.0"
     reasons = reasons_of(log.push(app_spec(other), "bob"))
     assert reasons == ["bob lacks WRITE on namespace 'waggle' (owned by alice; ask for a grant)"]
-    assert grant(log, "alice", "waggle", "bob", "WRITE") == []
+    assert [e.type for e in grant(log, "alice", "waggle", "bob", "WRITE")] == ["ecr.permission.granted"]
     assert only(log.push(app_spec(other), "bob")).data.owner == "bob"
     # WRITE on the namespace covers its bundles (not frozen ones); the owner stays alice
     assert only(log.push(app_spec(BME), "bob")).data.owner == "alice"

@@ -37,7 +37,7 @@ def world(*nodes: tuple[str, list[str]], approve: bool = True, **config: object)
 
 def rejected(events: list[Event]) -> list[str]:
     types = [e.type for e in events]
-    assert types == ["ses.job.rejected"], types
+    assert types == ["ses.command.rejected"], types
     return events[0].data.reasons
 
 
@@ -346,20 +346,22 @@ def test_suspend_resume_remove() -> None:
     log = world()
     log.submit(job_spec(nodes=["W012", "W013"]))
     out = log.by("alice", JobSuspended(job_id="j1", by="alice"), "j1")
-    assert [(e.type, e.data.node, e.data.reason) for e in out] == [
+    assert [(e.type, e.data.node, e.data.reason) for e in out[:-1]] == [
         ("ses.goal.removed", "W012", "suspended"),
         ("ses.goal.removed", "W013", "suspended"),
     ]
+    assert (out[-1].type, out[-1].source) == ("ses.job.suspended", "handler/ses")  # the fact
     assert subject_for(out[0]) == "toedge.W012.ses.goal.removed"
     assert log.state("ses").jobs["j1"].state == "Suspended"
     out = log.by("alice", JobResumed(job_id="j1", by="alice"), "j1")
-    assert [(e.type, e.data.node) for e in out] == [
+    assert [(e.type, e.data.node) for e in out[:-1]] == [
         ("ses.goal.assigned", "W012"),
         ("ses.goal.assigned", "W013"),
     ]
+    assert out[-1].type == "ses.job.resumed"
     assert log.state("ses").jobs["j1"].state == "Running"
     out = log.by("alice", JobRemoved(job_id="j1", by="alice"), "j1")
-    assert [e.data.reason for e in out] == ["removed", "removed"]
+    assert [e.data.reason for e in out] == ["removed", "removed", ""]
     job = log.state("ses").jobs["j1"]
     assert job.state == "Removed" and job.goals == {}
     log.by("alice", JobResumed(job_id="j1", by="alice"), "j1")
@@ -369,10 +371,14 @@ def test_suspend_resume_remove() -> None:
 def test_only_the_owner_or_a_reviewer_manages_a_job() -> None:
     log = world()
     log.submit(job_spec(nodes=["W012"]))
-    assert log.by("bob", JobSuspended(job_id="j1", by="bob"), "j1") == []
+    (rejection,) = log.by("bob", JobSuspended(job_id="j1", by="bob"), "j1")
+    assert (rejection.type, rejection.data.by, rejection.data.command) == ("ses.command.rejected", "bob", "ses.suspend")
     assert "bob may not manage job j1 (it is alice's)" in log.refused[-1][1]
     assert log.state("ses").jobs["j1"].state == "Running"
-    assert len(log.by("admin", JobSuspended(job_id="j1", by="admin"), "j1")) == 1
+    assert [e.type for e in log.by("admin", JobSuspended(job_id="j1", by="admin"), "j1")] == [
+        "ses.goal.removed",
+        "ses.job.suspended",
+    ]
     log.by("alice", JobRemoved(job_id="nope", by="alice"), "nope")
     assert "job nope does not exist" in log.refused[-1][1]
 
@@ -383,7 +389,7 @@ def test_capacity_is_freed_by_suspension_and_resume_is_refused_when_it_no_longer
     log.submit(job_spec(nodes=["W012"]))
     log.by("alice", JobSuspended(job_id="j1", by="alice"), "j1")
     assert log.submit(job_spec(nodes=["W012"]), job_id="j2")[0].type == "ses.job.scheduled"
-    assert log.by("alice", JobResumed(job_id="j1", by="alice"), "j1") == []
+    assert [e.type for e in log.by("alice", JobResumed(job_id="j1", by="alice"), "j1")] == ["ses.command.rejected"]
     assert "cannot resume job j1: node W012: does not fit" in log.refused[-1][1]
     assert log.state("ses").jobs["j1"].state == "Suspended"
 
@@ -416,7 +422,7 @@ def test_a_hub_event_past_the_deadline_completes_the_job_too() -> None:
     log.submit(job_spec(nodes=["W012"], criteria=["WallClock(1m)"]))
     log.later(120)
     out = log.by("bob", JobRemoved(job_id="other", by="bob"), "other")
-    assert [e.type for e in out] == ["ses.job.completed", "ses.goal.removed"]
+    assert [e.type for e in out] == ["ses.job.completed", "ses.goal.removed", "ses.command.rejected"]
 
 
 def test_an_offline_node_keeps_its_goals() -> None:

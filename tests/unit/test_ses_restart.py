@@ -230,5 +230,5 @@ def test_crashes_between_timer_runs_never_publish_an_id_twice(
 def test_the_story_exercises_the_scheduler() -> None:
     stream = run([("append", 100), *[("process", 0)] * 100], crash=None)
     types = [e.type for e in stream.messages if e.source == "handler/ses"]
-    assert types.count("ses.job.scheduled") >= 4 and "ses.job.rejected" in types
+    assert types.count("ses.job.scheduled") >= 4 and "ses.command.rejected" in types
     assert "ses.goal.removed" in types

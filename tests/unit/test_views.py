@@ -29,6 +29,7 @@ from hivebus.projections.views.nodes import NodesView
 from hivebus.projections.views.plugin_runs import PluginRunsView
 from hivebus.projections.views.profiles import ProfilesView
 from hivebus.projections.views.readings import ReadingsView
+from hivebus.projections.views.rejections import RejectionsView
 from hivebus.projections.views.triggers import TriggersView
 from hivebus.schemas import Event
 from hivebus.schemas.data import Reading
@@ -41,6 +42,7 @@ from hivebus.schemas.ecr import (
     BundlePushed,
     BundleRegistered,
     BundleRejected,
+    EcrCommandRejected,
     HardwareProfile,
     PermissionGranted,
     PermissionRevoked,
@@ -150,10 +152,10 @@ def beat(node: str = "W012", mem_avail: int = 4 << 30) -> NodeHeartbeat:
 
 def test_every_view_has_a_unique_name_a_version_and_ddl_for_its_tables() -> None:
     views = all_views()
-    assert len({v.name for v in views}) == len(views) == 12
+    assert len({v.name for v in views}) == len(views) == 13
     public = {name for v in views for name in v.public}
     assert public >= {"events", "bundles", "bundle_permissions", "profiles", "jobs", "assignments", "nodes",
-                      "node_sensors", "plugin_runs", "readings", "triggers", "dead_letters"}
+                      "node_sensors", "plugin_runs", "readings", "triggers", "dead_letters", "rejections"}
     for view in views:
         assert view.version >= 1 and view.tables
         for table in view.tables:
@@ -162,7 +164,7 @@ def test_every_view_has_a_unique_name_a_version_and_ddl_for_its_tables() -> None
 
 def test_select_views_accepts_public_names_and_refuses_unknown_ones() -> None:
     assert [v.name for v in select_views(["profile_runs"])] == ["profiles"]
-    assert len(select_views(None)) == 12
+    assert len(select_views(None)) == 13
     with pytest.raises(SetupError, match="unknown view 'nope'"):
         select_views(["nope"])
 
@@ -246,33 +248,62 @@ def test_triggers_record_what_fired_where_and_when() -> None:
 # --- folds ----------------------------------------------------------------------------------
 
 
-def test_bundle_lifecycle_and_a_frozen_bundle_does_not_change() -> None:
+def shown(story: Story) -> list[dict[str, Any]]:
+    """The rows the SQL view ``bundles`` shows (it leaves out ``pending`` ones)."""
+    return [r for r in story.rows("projector.bundles") if r["state"] != "pending"]
+
+
+def test_bundle_lifecycle_from_the_ecr_facts_only() -> None:
     story = Story(BundlesView())
-    story.apply(story.item(BundlePushed(app=app(), pusher="ada")))
-    assert story.rows("projector.bundles")[0]["state"] == "pushed"
-    story.apply(story.item(BundleRegistered(bundle_id=BUNDLE, owner="ada"), source="handler/ecr"),
-                story.item(BundleApproved(bundle_id=BUNDLE, by="rev")),
-                story.item(BundleFrozen(bundle_id=BUNDLE, by="ada")))
-    (row,) = story.rows("projector.bundles")
+    registered = BundleRegistered(bundle_id=BUNDLE, owner="ada", pusher="ada", app=app())
+    story.apply(story.item(registered, source="handler/ecr"),
+                story.item(BundleApproved(bundle_id=BUNDLE, by="rev"), source="handler/ecr"),
+                story.item(BundleFrozen(bundle_id=BUNDLE, by="ada"), source="handler/ecr"))
+    (row,) = shown(story)
     assert (row["state"], row["owner"], row["approved"], row["frozen"]) == ("frozen", "ada", True, True)
     assert row["architectures"] == ["linux/amd64", "linux/arm64"] and row["namespace"] == "waggle"
-    story.apply(story.item(BundlePushed(app=app().model_copy(update={"description": "changed"}), pusher="eve")),
-                story.item(BundleRejected(bundle_id=BUNDLE, pusher="eve", reasons=["version is frozen"]),
-                           source="handler/ecr"))
-    (row,) = story.rows("projector.bundles")
-    assert (row["state"], row["description"], row["pusher"]) == ("frozen", "reads a BME680", "ada")
-    assert row["reasons"] == ["version is frozen"]
-    story.apply(story.item(BundleDeleted(bundle_id=BUNDLE, by="ada")))
-    assert story.rows("projector.bundles")[0]["state"] == "deleted"
+    # users' requests (as old logs hold them) are not facts: the ECR decides them again
+    story.apply(story.item(BundleDeleted(bundle_id=BUNDLE, by="eve")))
+    assert shown(story)[0]["state"] == "frozen"
+    story.apply(story.item(BundleDeleted(bundle_id=BUNDLE, by="ada"), source="handler/ecr"))
+    assert shown(story)[0]["state"] == "deleted"
 
 
-def test_a_rejected_push_shows_every_reason() -> None:
+def test_an_old_logs_push_shows_once_registered_and_never_when_rejected() -> None:
     story = Story(BundlesView())
-    story.apply(story.item(BundlePushed(app=app("1.0"), pusher="ada")),
-                story.item(BundleRejected(bundle_id="waggle/plugin-bme680:1.0", pusher="ada",
-                                          reasons=["version '1.0' is not X.Y.Z", "no Dockerfile"])))
-    (row,) = story.rows("projector.bundles")
-    assert row["state"] == "rejected" and len(row["reasons"]) == 2
+    push = story.item(BundlePushed(app=app(), pusher="ada"))
+    story.apply(push)
+    assert shown(story) == [] and story.rows("projector.bundles")[0]["state"] == "pending"
+    story.apply(story.answer(push, BundleRegistered(bundle_id=BUNDLE, owner="ada")))
+    (row,) = shown(story)
+    assert (row["state"], row["description"], row["pusher"]) == ("registered", "reads a BME680", "ada")
+    # a re-push by someone without WRITE, rejected: the bundle stays as it was
+    again = story.item(BundlePushed(app=app().model_copy(update={"description": "changed"}), pusher="eve"))
+    story.apply(again, story.answer(again, BundleRejected(bundle_id=BUNDLE, pusher="eve", reasons=["eve lacks WRITE"])))
+    (row,) = shown(story)
+    assert (row["state"], row["description"], row["pusher"], row["reasons"]) == ("registered", "reads a BME680", "ada", None)
+    other = story.item(BundlePushed(app=app("1.0"), pusher="ada"))
+    story.apply(other, story.answer(other, BundleRejected(bundle_id="waggle/plugin-bme680:1.0", pusher="ada",
+                                                          reasons=["version '1.0' is not X.Y.Z", "no Dockerfile"])))
+    assert [r["bundle_id"] for r in story.rows("projector.bundles")] == [BUNDLE]
+
+
+def test_rejections_keep_every_refused_command_once() -> None:
+    story = Story(RejectionsView())
+    command = story.item(PermissionGranted(resource=BUNDLE, grantee_type="user", grantee="eve", permission="READ",
+                                           by="eve"))
+    refused = EcrCommandRejected(command="ecr.grant", by="eve", target=BUNDLE,
+                                 reasons=["eve lacks WRITE_ACP on it"], data={"grantee": "eve"})
+    story.apply(story.answer(command, refused), story.answer(command, refused))
+    push = story.item(BundlePushed(app=app("1.0"), pusher="ada"))
+    story.apply(story.answer(push, BundleRejected(bundle_id="waggle/plugin-bme680:1.0", pusher="ada",
+                                                  reasons=["not X.Y.Z"])))
+    rows = story.rows()
+    assert [(r["command"], r["requested_by"], r["target"], r["reasons"]) for r in rows] == [
+        ("ecr.grant", "eve", BUNDLE, ["eve lacks WRITE_ACP on it"]),
+        ("ecr.push", "ada", "waggle/plugin-bme680:1.0", ["not X.Y.Z"]),
+    ]
+    assert rows[0]["command_id"] == command.event.id and rows[0]["decider"] == "ecr"
 
 
 def test_permissions_grant_once_and_revoke() -> None:
@@ -280,13 +311,17 @@ def test_permissions_grant_once_and_revoke() -> None:
 
     def grant(kind: type, grantee: str = "AllUsers", grantee_type: str = "group") -> Item:
         return story.item(kind(resource="waggle", grantee_type=grantee_type, grantee=grantee,
-                               permission="READ", by="ada"))
+                               permission="READ", by="ada"), source="handler/ecr")
 
     story.apply(grant(PermissionGranted), grant(PermissionGranted, "bob", "user"), grant(PermissionGranted))
     rows = story.rows()
     assert sorted(r["grantee"] for r in rows) == ["AllUsers", "bob"] and rows[0]["resource_kind"] == "namespace"
     assert next(r for r in rows if r["grantee"] == "AllUsers")["seq"] == 1  # the first grant stays
     story.apply(grant(PermissionRevoked, "bob", "user"))
+    assert [r["grantee"] for r in story.rows()] == ["AllUsers"]
+    # a user's grant request (an old log) is not a fact: only the ECR's grants count
+    story.apply(story.item(PermissionGranted(resource="waggle", grantee_type="user", grantee="eve",
+                                             permission="READ", by="eve")))
     assert [r["grantee"] for r in story.rows()] == ["AllUsers"]
 
 
@@ -314,11 +349,20 @@ def test_job_states_follow_the_scheduler() -> None:
     story.apply(story.answer(j1, JobScheduled(job_id="j1", policy="fit", placements=[
         Placement(node="W012", plugin="bme680", bundle_id=BUNDLE)])))
     assert story.rows()[0]["state"] == "Running" and story.rows()[0]["placed_nodes"] == ["W012"]
-    story.apply(story.item(JobSuspended(job_id="j1", by="ada", reason="maintenance")))
+    story.apply(story.item(JobSuspended(job_id="j1", by="eve")))  # a request, not a fact
+    assert story.rows()[0]["state"] == "Running"
+    story.apply(story.item(JobSuspended(job_id="j1", by="ada", reason="maintenance"), source="handler/ses"))
     assert (story.rows()[0]["state"], story.rows()[0]["reasons"]) == ("Suspended", ["maintenance"])
     j2 = story.item(JobSubmitted(job_id="j2", user="bob", spec=job_spec()))
     story.apply(j2, story.answer(j2, JobRejected(job_id="j2", reasons=["no node fits"])))
-    assert {r["job_id"]: r["state"] for r in story.rows()} == {"j1": "Suspended", "j2": "Rejected"}
+    assert {r["job_id"]: r["state"] for r in story.rows()} == {"j1": "Suspended"}  # refused: no job
+    # the scheduler's facts for a command: the scheduling carries the submission
+    command = story.item(JobSubmitted(job_id="j3", user="cy", spec=job_spec()), source="user/cy")
+    story.apply(story.answer(command, JobScheduled(job_id="j3", policy="fit", user="cy", spec=job_spec(),
+                                                   placements=[Placement(node="W013", plugin="bme680",
+                                                                         bundle_id=BUNDLE)])))
+    row = next(r for r in story.rows() if r["job_id"] == "j3")
+    assert (row["state"], row["user"], row["placed_nodes"], row["submission_id"]) == ("Running", "cy", ["W013"], command.event.id)
 
 
 def test_a_second_submission_of_a_job_id_leaves_the_job_alone() -> None:

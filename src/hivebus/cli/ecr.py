@@ -1,8 +1,9 @@
 """``hivebus ecr``: push bundles, list and show them, approve, freeze, delete, grant, revoke.
 
-Write commands publish an event and wait until the ECR handler has processed it, then say
-what it decided (``registered``, ``rejected`` with every reason, or why a grant or approval
-was refused). Read commands go through the query service (``hivebus.query``).
+Write commands are commands: they go to the ECR's decider (through the gateway with your
+token), which appends the facts or one ``ecr.command.rejected`` with every reason, and say
+what it decided. Read commands go through the query service (``hivebus.query``); ``show``
+lists the refused commands about a bundle too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from hivebus.auth.tokens import find_token
 from hivebus.bus.client import Bus
 from hivebus.cli.app import Hub, app, out, run, settings
 from hivebus.errors import FormatError, QueryError, RequestRejected
@@ -33,7 +33,7 @@ from hivebus.schemas.ecr import (
     PermissionRevoked,
 )
 from hivebus.schemas.envelope import Event, Payload
-from hivebus.services.requests import Answer, request_at, request_via_gateway
+from hivebus.services.requests import Answer, request_at
 
 ecr_app = typer.Typer(
     help="The edge code repository: bundles, reviews, permissions.", no_args_is_help=True
@@ -83,6 +83,12 @@ def artifact(path: Path) -> ArtifactRef:
 
 
 def _refused(answer: Answer) -> None:
+    rejection = answer.rejection
+    if rejection is not None:
+        reasons = list(rejection.data.reasons)
+        raise RequestRejected(
+            f"{rejection.data.command} refused:\n" + "\n".join(f"  - {r}" for r in reasons), reasons
+        )
     if answer.refused is not None:
         raise RequestRejected(answer.refused, [answer.refused])
 
@@ -101,7 +107,9 @@ def push(
             "--artifact", "-a", help="A file of the bundle (model, code archive); repeatable."
         ),
     ] = None,
-    wait: Annotated[bool, typer.Option(help="Wait for the ECR's answer.")] = True,
+    wait: Annotated[
+        bool, typer.Option(help="Kept for old scripts: a push is always decided at once.")
+    ] = True,
     timeout: Timeout = 15.0,
     hub: Hub = None,
     as_json: AsJson = False,
@@ -113,29 +121,9 @@ def push(
         app=spec, pusher=pusher, artifacts=[artifact(p) for p in artifacts or []]
     )
     event = Event.new(payload, source=f"user/{pusher}", subject=spec.bundle_id)
-    if not wait:
-
-        async def publish_only() -> int:
-            token = find_token(pusher)
-            async with await Bus.connect(settings(hub).nats_url) as bus:
-                if token is not None:
-                    return (await request_via_gateway(bus, event, token=token, answers=[], wait=False)).seq
-                return await bus.publish(event)
-
-        seq = run(publish_only())
-        out.print(
-            f"pushed {spec.bundle_id} (seq {seq}); `hivebus ecr show {spec.bundle_id}` for the answer"
-        )
-        return
-    answers = [
-        "evt.ecr.bundle.registered.>",
-        "evt.ecr.bundle.rejected.>",
-        "evt.ecr.bundle.frozen.>",
-    ]
-    answer = run(_ask(hub, event, answers, timeout))
-    rejected = answer.of_type("ecr.bundle.rejected")
-    if rejected:
-        reasons = rejected[0].data.reasons
+    answer = run(_ask(hub, event, [], timeout))
+    if answer.rejection is not None:
+        reasons = answer.reasons
         raise RequestRejected(
             f"{spec.bundle_id} rejected:\n" + "\n".join(f"  - {r}" for r in reasons), reasons
         )
@@ -368,9 +356,9 @@ def show(
     hub: Hub = None,
     as_json: AsJson = False,
 ) -> None:
-    """One bundle: metadata, review, permissions and measured profiles."""
+    """One bundle: metadata, review, permissions, measured profiles and refused commands."""
 
-    async def fetch() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    async def fetch() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         from hivebus.projections.client import query
 
         async with await Bus.connect(settings(hub).nats_url) as bus:
@@ -394,19 +382,34 @@ def show(
                 ).records()
             except QueryError:
                 profiles = []
-        return rows, grants, profiles
+            refused = (
+                await query(
+                    bus,
+                    "SELECT time, command, requested_by, target, reasons FROM rejections "
+                    "WHERE decider = 'ecr' AND target IN (?, ?) ORDER BY seq",
+                    [bundle, ns],
+                )
+            ).records()
+        return rows, grants, profiles, refused
 
-    rows, grants, profiles = run(fetch())
-    if not rows:
+    rows, grants, profiles, refused = run(fetch())
+    if not rows and not refused:
         raise RequestRejected(
             f"no bundle {bundle}", ["check the id (namespace/name:version) or `hivebus ecr list`"]
         )
-    row = rows[0]
     if as_json:
         out.print_json(
-            json.dumps({"bundle": row, "permissions": grants, "profiles": profiles}, default=str)
+            json.dumps(
+                {"bundle": rows[0] if rows else None, "permissions": grants, "profiles": profiles, "rejections": refused},
+                default=str,
+            )
         )
         return
+    if not rows:
+        out.print(f"[bold]{bundle}[/]: not registered (the ECR refused it)")
+        _print_rejections(refused)
+        return
+    row = rows[0]
     out.print(
         f"[bold]{row['bundle_id']}[/]  {row['state']}"
         + (f"  (approved by {row['approved_by']})" if row["approved"] else "  (not approved)")
@@ -434,6 +437,14 @@ def show(
     for p in profiles:
         summary = {k: v for k, v in p.items() if k not in ("bundle_id",) and v is not None}
         out.print(f"  profile: {summary}")
+    _print_rejections(refused)
+
+
+def _print_rejections(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        out.print(f"  refused {r['command']} by {r.get('requested_by') or '?'} on {r['target']} at {r['time']}:")
+        for reason in r["reasons"]:
+            out.print(f"    - {reason}")
 
 
 def _yes(value: object) -> str:

@@ -1,9 +1,11 @@
 """``hivebus job``: submit (or dry-run) a job, see its status, suspend, resume, remove it;
 ``hivebus handlers``: run the platform handlers (ECR, scheduler, node health) on their own.
 
-``submit`` waits until the scheduler has decided and prints where each plugin runs, or every
-reason it was refused (science-rule errors with their position). ``--dry-run`` asks the
-running scheduler what it would decide, publishing nothing.
+``submit`` sends the ``ses.submit`` command and prints where each plugin runs, or every
+reason it was refused (science-rule errors with their position); suspend/resume/rm send their
+commands. Nothing is published before the scheduler decides: a refusal is one
+``ses.command.rejected`` fact, which ``status`` lists. ``--dry-run`` asks the running scheduler
+what it would decide, publishing nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import typer
 from rich.table import Table
 
 from hivebus.bus.client import Bus
-from hivebus.bus.subjects import encode_token
 from hivebus.cli.app import Hub, app, out, run, settings
 from hivebus.cli.ecr import AsJson, Timeout, User, whoami
 from hivebus.errors import RequestRejected, RuleSyntaxError
@@ -135,16 +136,9 @@ def submit(
         job_id=identifier, user=who, spec=spec, policy=policy, max_nodes=max_nodes
     )
     event = Event.new(payload, source=f"user/{who}", subject=identifier)
-    key = encode_token(identifier)
-    answers = [
-        f"evt.ses.job.scheduled.{key}",
-        f"evt.ses.job.rejected.{key}",
-        "toedge.*.ses.goal.assigned",
-    ]
-    answer = run(_ask(hub, event, answers, timeout))
-    rejected = answer.of_type("ses.job.rejected")
-    if rejected:
-        reasons = rejected[0].data.reasons
+    answer = run(_ask(hub, event, [], timeout))
+    if answer.rejection is not None:
+        reasons = answer.reasons
         raise RequestRejected(
             f"job {identifier} rejected:\n" + "\n".join(f"  - {r}" for r in reasons), reasons
         )
@@ -178,10 +172,13 @@ def _lifecycle(
     hub: str | None, payload: Payload, who: str, job_id: str, timeout: float, done: str
 ) -> Answer:
     event = Event.new(payload, source=f"user/{who}", subject=job_id)
-    answer = run(_ask(hub, event, ["toedge.*.ses.goal.>"], timeout))
-    if answer.refused is not None:
-        raise RequestRejected(answer.refused, [answer.refused])
-    nodes = sorted({e.data.node for e in answer.events})
+    answer = run(_ask(hub, event, [], timeout))
+    if answer.rejection is not None:
+        reasons = answer.reasons
+        raise RequestRejected(
+            f"{answer.rejection.data.command} {job_id} refused:\n" + "\n".join(f"  - {r}" for r in reasons), reasons
+        )
+    nodes = sorted({e.data.node for e in answer.events if e.type.startswith("ses.goal.")})
     out.print(done + (f" (nodes: {', '.join(nodes)})" if nodes else ""))
     return answer
 
@@ -242,9 +239,10 @@ def remove(
 def status(
     job_id: Annotated[str, typer.Argument(metavar="ID")], hub: Hub = None, as_json: AsJson = False
 ) -> None:
-    """A job's state, and for each node and plugin: the goal, the plugin's last state, the node's."""
+    """A job's state, and for each node and plugin: the goal, the plugin's last state, the node's;
+    then the commands about it the scheduler refused, with their reasons."""
 
-    async def fetch() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def fetch() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         from hivebus.projections.client import query
 
         async with await Bus.connect(settings(hub).nats_url) as bus:
@@ -259,17 +257,31 @@ def status(
                     [job_id],
                 )
             ).records()
-        return jobs, rows
+            refused = (
+                await query(
+                    bus,
+                    "SELECT time, command, requested_by, reasons FROM rejections "
+                    "WHERE decider = 'ses' AND target = ? ORDER BY seq",
+                    [job_id],
+                )
+            ).records()
+        return jobs, rows, refused
 
-    jobs, rows = run(fetch())
-    if not jobs:
+    jobs, rows, refused = run(fetch())
+    if not jobs and not refused:
         raise RequestRejected(
             f"no job {job_id}", ["check the id, or wait a moment: views follow the log"]
         )
-    job = jobs[0]
     if as_json:
-        out.print_json(json.dumps({"job": job, "assignments": rows}, default=str))
+        out.print_json(
+            json.dumps({"job": jobs[0] if jobs else None, "assignments": rows, "rejections": refused}, default=str)
+        )
         return
+    if not jobs:
+        out.print(f"[bold]{job_id}[/]: no such job (the scheduler refused it)")
+        _print_rejections(refused)
+        return
+    job = jobs[0]
     out.print(f"[bold]{job['job_id']}[/] ({job.get('name')}) by {job.get('user')}: {job['state']}")
     for reason in job.get("reasons") or []:
         out.print(f"  - {reason}")
@@ -285,6 +297,14 @@ def status(
         )
     if rows:
         out.print(table)
+    _print_rejections(refused)
+
+
+def _print_rejections(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        out.print(f"  refused {row['command']} by {row.get('requested_by') or '?'} at {row['time']}:")
+        for reason in row["reasons"]:
+            out.print(f"    - {reason}")
 
 
 @app.command()

@@ -11,8 +11,12 @@ object store and ECR use them):
 - ``AllUsers`` (everyone) may only be granted READ: that makes a bundle (or a namespace's
   bundles) public. Without it a bundle is private: invisible to others, unschedulable by them;
 - reviewers read every bundle (they must, to review it) and alone may approve;
-- a grant or revoke needs WRITE_ACP on the resource; one that does not have it has no effect
-  here, and the ECR handler records why as a dead letter.
+- a grant or revoke needs WRITE_ACP on the resource.
+
+The fold takes facts only: an approval, freeze, deletion, grant or revoke changes the catalog
+when the ECR decided it (``source`` ``handler/...``); a user's request of the same type (what
+logs held before commands existed) changes nothing here: the ECR decides it as a command and
+the fact it appends is what counts (see ``handlers.runtime``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Final
 import structlog
 
 from hivebus.handlers.config import ALL_USERS, HandlerConfig
+from hivebus.schemas.commands import is_decided
 from hivebus.schemas.ecr import (
     AppSpec,
     ArtifactRef,
@@ -250,24 +255,29 @@ def apply(data: Payload, catalog: Catalog, event: Event) -> None:
 
 @apply.register
 def _pushed(data: BundlePushed, catalog: Catalog, event: Event) -> None:
-    catalog.pushes[event.id] = data
+    """A push request of an old log: its registration (``causationid``) names only the id."""
+    if not is_decided(event):
+        catalog.pushes[event.id] = data
 
 
 @apply.register
 def _registered(data: BundleRegistered, catalog: Catalog, event: Event) -> None:
     push = catalog.pushes.pop(event.causationid or "", None)
-    if push is None:
+    if data.app is not None:
+        app, artifacts, provenance = data.app, data.artifacts, data.provenance
+    elif push is not None:
+        app, artifacts, provenance = push.app, push.artifacts, push.provenance
+    else:
         log.warning("catalog.registered_without_push", bundle=data.bundle_id, event_id=event.id)
         return
-    app = push.app
     catalog.namespace_owner.setdefault(app.namespace, data.owner)
     catalog.bundles[data.bundle_id] = Bundle(
         id=data.bundle_id,
         app=app,
         owner=data.owner,
         registered=event.time,
-        artifacts=list(push.artifacts),
-        provenance=push.provenance,
+        artifacts=list(artifacts),
+        provenance=provenance,
         frozen=app.frozen,
     )
     if app.frozen:
@@ -281,44 +291,42 @@ def _rejected(data: BundleRejected, catalog: Catalog, event: Event) -> None:
 
 @apply.register
 def _approved(data: BundleApproved, catalog: Catalog, event: Event) -> None:
-    if catalog.approval_problem(data) is None:
-        catalog.bundles[data.bundle_id].approved_by = data.by
+    bundle = catalog.live(data.bundle_id)
+    if is_decided(event) and bundle is not None:
+        bundle.approved_by = data.by
 
 
 @apply.register
 def _frozen(data: BundleFrozen, catalog: Catalog, event: Event) -> None:
     bundle = catalog.live(data.bundle_id)
-    if bundle is None:
-        return
-    if (
-        event.source.startswith("handler/")
-        or catalog.change_problem(data.bundle_id, data.by, "WRITE", "freeze") is None
-    ):
+    if is_decided(event) and bundle is not None:
         bundle.frozen = True
         catalog.frozen_ids.add(data.bundle_id)
 
 
 @apply.register
 def _deleted(data: BundleDeleted, catalog: Catalog, event: Event) -> None:
-    if catalog.change_problem(data.bundle_id, data.by, "FULL_CONTROL", "delete") is None:
-        catalog.bundles[data.bundle_id].deleted = True
+    bundle = catalog.live(data.bundle_id)
+    if is_decided(event) and bundle is not None:
+        bundle.deleted = True
 
 
 @apply.register
 def _granted(data: PermissionGranted, catalog: Catalog, event: Event) -> None:
-    if catalog.permission_problem(data) is None:
+    if is_decided(event):
         table = catalog.grants.setdefault(data.resource, {})
         table.setdefault((data.grantee_type, data.grantee), set()).add(data.permission)
 
 
 @apply.register
 def _revoked(data: PermissionRevoked, catalog: Catalog, event: Event) -> None:
-    if catalog.permission_problem(data) is None:
-        table = catalog.grants[data.resource]
-        held = table[(data.grantee_type, data.grantee)]
-        held.discard(data.permission)
-        if not held:
-            del table[(data.grantee_type, data.grantee)]
+    if not is_decided(event):
+        return
+    table = catalog.grants.get(data.resource, {})
+    held = table.get((data.grantee_type, data.grantee), set())
+    held.discard(data.permission)
+    if not held:
+        table.pop((data.grantee_type, data.grantee), None)
 
 
 @apply.register

@@ -1,13 +1,19 @@
-"""The ECR handler: register or reject pushes, police approvals and grants, record profiles.
+"""The ECR: decide users' commands on the catalog, record profiles from real runs.
 
-``ecr.bundle.pushed`` -> ``ecr.bundle.registered`` (id ``namespace/name:version``; plus
-``ecr.bundle.frozen`` when the app says ``frozen: true``) or ``ecr.bundle.rejected`` with every
-reason found. A version that is registered and not frozen may be pushed again by someone with
-WRITE on it: the new push replaces it and needs a new approval. ``plugin.status`` that ends a
-run with perf figures -> ``ecr.profile.recorded`` (bundle x the node's hardware class).
-Approvals, freezes, deletions and grants are facts users publish; the handler refuses (as a
-dead letter naming the reason) those their author had no right to make, and the fold in
-``catalog`` ignores them by the same rule.
+Commands (``decide_command``, pure ``(catalog, command) -> facts``):
+
+- ``ecr.push`` -> ``ecr.bundle.registered`` (id ``namespace/name:version``, carrying the app;
+  plus ``ecr.bundle.frozen`` when the app says ``frozen: true``). A version that is registered
+  and not frozen may be pushed again by someone with WRITE on it: the new push replaces it and
+  needs a new approval;
+- ``ecr.approve`` / ``freeze`` / ``delete`` / ``grant`` / ``revoke`` -> the fact of the same
+  shape (``ecr.bundle.approved``, ..., ``ecr.permission.revoked``);
+- any of them refused -> one ``ecr.command.rejected`` with who, what and every reason.
+
+``plugin.status`` that ends a run with perf figures -> ``ecr.profile.recorded`` (bundle x the
+node's hardware class). A user's request event of a command's type (how logs were written
+before commands existed, and what a raw ``hivebus publish`` still writes) is decided as that
+command.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from hivebus.errors import DecodeError
 from hivebus.handlers.base import NOTHING, Decision, Outputs, broken_input, validation_reasons
 from hivebus.handlers.catalog import Catalog, evolve, manifest_hardware
 from hivebus.handlers.config import HandlerConfig
+from hivebus.schemas.commands import command_of
 from hivebus.schemas.ecr import (
     BundleApproved,
     BundleDeleted,
@@ -29,6 +36,7 @@ from hivebus.schemas.ecr import (
     BundlePushed,
     BundleRegistered,
     BundleRejected,
+    EcrCommandRejected,
     PermissionGranted,
     PermissionRevoked,
     ProfileRecorded,
@@ -90,19 +98,74 @@ def push_problems(catalog: Catalog, push: BundlePushed) -> list[str]:
     return reasons
 
 
-def decide_push(catalog: Catalog, event: Event) -> Decision:
-    push: BundlePushed = event.data
-    out = Outputs(event, SOURCE)
+def decide_push(catalog: Catalog, command: Event) -> Decision:
+    push: BundlePushed = command.data
+    out = Outputs(command, SOURCE)
     bid = push.bundle_id
     reasons = push_problems(catalog, push)
     if reasons:
-        out.emit(BundleRejected(bundle_id=bid, pusher=push.pusher, reasons=reasons), bid)
-        return out.decision()
+        return rejected(command, bid, reasons)
     existing = catalog.live(bid)
     owner = existing.owner if existing is not None else push.pusher
-    out.emit(BundleRegistered(bundle_id=bid, owner=owner), bid)
+    out.emit(
+        BundleRegistered(
+            bundle_id=bid,
+            owner=owner,
+            pusher=push.pusher,
+            app=push.app,
+            artifacts=list(push.artifacts),
+            provenance=push.provenance,
+        ),
+        bid,
+    )
     if push.app.frozen:
         out.emit(BundleFrozen(bundle_id=bid, by=push.pusher), bid)
+    return out.decision()
+
+
+def rejected(command: Event, target: str, reasons: list[str]) -> Decision:
+    """The one fact a refused command leaves: who, what, every reason."""
+    spec = command_of(command)
+    assert spec is not None
+    out = Outputs(command, SOURCE)
+    out.emit(
+        EcrCommandRejected(
+            command=spec.name,
+            by=getattr(command.data, spec.actor),
+            target=target,
+            reasons=reasons,
+            data=command.data.model_dump(mode="json"),
+        ),
+        target,
+    )
+    return out.decision()
+
+
+def command_problem(catalog: Catalog, data: object) -> str | None:
+    """Why an approve/freeze/delete/grant/revoke command is refused, or None."""
+    match data:
+        case BundleApproved():
+            return catalog.approval_problem(data)
+        case BundleFrozen():
+            return catalog.change_problem(data.bundle_id, data.by, "WRITE", "freeze")
+        case BundleDeleted():
+            return catalog.change_problem(data.bundle_id, data.by, "FULL_CONTROL", "delete")
+        case PermissionGranted() | PermissionRevoked():
+            return catalog.permission_problem(data)
+    raise TypeError(f"not an ECR command: {type(data).__name__}")
+
+
+def decide_command(catalog: Catalog, command: Event) -> Decision:
+    """The facts an ECR command leads to on ``catalog`` (which it does not change)."""
+    data = command.data
+    if isinstance(data, BundlePushed):
+        return decide_push(catalog, command)
+    target = data.resource if isinstance(data, PermissionGranted | PermissionRevoked) else data.bundle_id
+    problem = command_problem(catalog, data)
+    if problem is not None:
+        return rejected(command, target, [problem])
+    out = Outputs(command, SOURCE)
+    out.emit(data, target)
     return out.decision()
 
 
@@ -140,25 +203,14 @@ def decide_profile(catalog: Catalog, event: Event) -> Decision:
 
 
 def decide(catalog: Catalog, event: Event) -> Decision:
-    data = event.data
     if event.source == SOURCE:
         return NOTHING
-    match data:
-        case BundlePushed():
-            return decide_push(catalog, event)
-        case PluginStatus():
-            return decide_profile(catalog, event)
-        case BundleApproved():
-            problem = catalog.approval_problem(data)
-        case BundleFrozen():
-            problem = catalog.change_problem(data.bundle_id, data.by, "WRITE", "freeze")
-        case BundleDeleted():
-            problem = catalog.change_problem(data.bundle_id, data.by, "FULL_CONTROL", "delete")
-        case PermissionGranted() | PermissionRevoked():
-            problem = catalog.permission_problem(data)
-        case _:
-            return NOTHING
-    return NOTHING if problem is None else Decision.refuse(f"{event.type} refused: {problem}")
+    if isinstance(event.data, PluginStatus):
+        return decide_profile(catalog, event)
+    spec = command_of(event)
+    if spec is not None and spec.decider == "ecr":
+        return decide_command(catalog, event)
+    return NOTHING
 
 
 def salvage_push(raw: bytes) -> Decision | None:
@@ -191,6 +243,7 @@ class EcrHandler:
     source = SOURCE
     inputs = (
         "evt.ecr.bundle.pushed.>",
+        "evt.ecr.bundle.registered.>",
         "evt.ecr.bundle.approved.>",
         "evt.ecr.bundle.frozen.>",
         "evt.ecr.bundle.deleted.>",
@@ -199,9 +252,20 @@ class EcrHandler:
         "fromedge.*.node.registered",
         "fromedge.*.plugin.status",
     )
+    redelivered = frozenset(
+        {
+            "ecr.bundle.registered",
+            "ecr.bundle.approved",
+            "ecr.bundle.frozen",
+            "ecr.bundle.deleted",
+            "ecr.permission.granted",
+            "ecr.permission.revoked",
+        }
+    )
+    """Own facts the inputs deliver again (how replicas see each other's decisions)."""
     outputs = (
-        "evt.ecr.bundle.registered.>",
         "evt.ecr.bundle.rejected.>",
+        "evt.ecr.command.rejected.>",
         "evt.ecr.profile.recorded.>",
     )
 
@@ -217,6 +281,15 @@ class EcrHandler:
     def decide(self, state: Catalog, event: Event) -> Decision:
         return decide(state, event)
 
+    def decide_command(self, state: Catalog, command: Event) -> Decision:
+        return decide_command(state, command)
+
+    def aggregate(self, command: Event) -> tuple[str, str | None]:
+        """The facts one decision is checked against (optimistic concurrency), as an event
+        type glob and an aggregate key: the whole catalog, since ownership and grants of a
+        namespace reach every bundle in it."""
+        return ">", None
+
     def tick(self, state: Catalog, now: datetime) -> list[Event]:
         return []
 
@@ -227,6 +300,7 @@ class EcrHandler:
 __all__ = [
     "EcrHandler",
     "decide",
+    "decide_command",
     "decide_push",
     "manifest_hardware",
     "push_problems",

@@ -18,6 +18,17 @@ in the middle of publishing them); if it does not (the state differs because the
 in between), the stream wins and nothing new is published. Together with ids derived from
 (producer, input, index) and JetStream's duplicate window, no input is ever answered twice,
 even after the window has passed.
+
+Facts a decider appends for users' commands (``decide_command``) come back through the inputs
+too: from another replica they are folded when delivered; the handler's own, folded when it
+decided them, are recognised by id (``own``) and skipped.
+
+Logs written before commands existed hold users' requests as events (``ecr.bundle.approved``
+from ``user/alice``). The folds ignore such requests; the handler decides each as the command
+it was, on the state of that point in the log, and what it decides is what counts. For a
+request under the ack floor that is done while folding ``history``: the facts are folded
+there, and the ones the stream does not hold yet (an old release answered a grant with a dead
+letter, an approval with nothing) are left in ``adjudicated`` for the wiring to publish once.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import structlog
 
 from hivebus.handlers.base import Decision
 from hivebus.schemas import codec
+from hivebus.schemas.commands import command_of
 from hivebus.schemas.envelope import Event
 
 log = structlog.get_logger()
@@ -56,27 +68,70 @@ class Driver(Generic[S]):
         self.recorded: dict[str, list[Event]] = {}
         self.decisions = 0
         self.folded = 0
+        self.own: set[str] = set()
+        """Ids of own facts folded early that the inputs will deliver again."""
+        self.adjudicated: dict[str, Event] = {}
+        """Facts decided for old requests under the floor that the stream lacks, by id."""
+        self._decided_in_history: set[str] = set()
 
     # --- resuming ---------------------------------------------------------------------------
 
     def history(self, event: Event) -> None:
+        if event.source == self.handler.source and event.id in self._decided_in_history:
+            self.adjudicated.pop(event.id, None)  # the stream holds it: nothing to publish
+            return
+        if self._is_request(event):
+            try:
+                decision: Decision = self.handler.decide(self.state, event)
+            except Exception:
+                log.exception("handler.decide_failed", handler=self.handler.name, event_id=event.id)
+                self._fold(event)
+                return
+            self._fold(event)
+            for out in decision.events:
+                self._decided_in_history.add(out.id)
+                self.adjudicated[out.id] = out
+                self._fold(out)
+            return
         self._fold(event)
+
+    def take_adjudicated(self) -> list[Event]:
+        """The facts decided for old requests while resuming that the stream lacks (publish
+        them once); from now on their ids are own facts the inputs may deliver."""
+        events = list(self.adjudicated.values())
+        self.adjudicated.clear()
+        self._decided_in_history.clear()
+        for out in events:
+            self._mark_own(out)
+        return events
+
+    def _is_request(self, event: Event) -> bool:
+        spec = command_of(event)
+        return spec is not None and spec.decider == self.handler.name
 
     def backlog(self, pending_inputs: Iterable[str], outputs: Iterable[Event]) -> None:
         pending = set(pending_inputs)
         for out in outputs:
             if out.source != self.handler.source:
                 continue
+            if out.id in self._decided_in_history:  # decided (and folded) while in history
+                self.adjudicated.pop(out.id, None)
+                self._mark_own(out)
+                continue
             if out.causationid in pending:
                 self.recorded.setdefault(out.causationid or "", []).append(out)
             else:
-                self._fold(out)
+                self._fold_own(out)
 
     # --- live -------------------------------------------------------------------------------
 
     def deliver(self, event: Event) -> Step:
         if event.source == self.handler.source:
-            return SKIP  # own output: folded when it was decided (or while resuming)
+            if event.id in self.own:
+                self.own.discard(event.id)  # folded when it was decided (or while resuming)
+            elif event.type in self._redelivered:
+                self._fold(event)  # another replica's decision
+            return SKIP
         steps: list[Event] = []
         now = self._clock(event)
         if now is not None:
@@ -101,8 +156,17 @@ class Driver(Generic[S]):
             to_publish, to_fold = self._reconcile(event, decision.events, recorded)
         self._fold(event)
         for out in to_fold:
-            self._fold(out)
+            self._fold_own(out)
         return Step(steps + to_publish, refused=decision.refused)
+
+    def decide_command(self, command: Event) -> Decision:
+        """What the handler decides for a user's command now (pure; folds nothing)."""
+        return self.handler.decide_command(self.state, command)
+
+    def accept(self, facts: list[Event]) -> None:
+        """Fold the facts of a command decision once they are in the stream."""
+        for out in facts:
+            self._fold_own(out)
 
     def salvage(self, raw: bytes, error: Any) -> Step | None:
         """An input that does not decode: the handler may still answer it (a rejection)."""
@@ -110,13 +174,13 @@ class Driver(Generic[S]):
         if decision is None:
             return None
         for out in decision.events:
-            self._fold(out)
+            self._fold_own(out)
         return Step(list(decision.events), refused=decision.refused)
 
     def tick(self, now: datetime) -> list[Event]:
         events = list(self.handler.tick(self.state, now))
         for out in events:
-            self._fold(out)
+            self._fold_own(out)
         return events
 
     # --- internals ---------------------------------------------------------------------------
@@ -150,6 +214,18 @@ class Driver(Generic[S]):
                 n=len(missing),
             )
         return missing, decided + [e for e in recorded if e.id not in decided_ids]
+
+    @property
+    def _redelivered(self) -> frozenset[str]:
+        return getattr(self.handler, "redelivered", frozenset())
+
+    def _mark_own(self, event: Event) -> None:
+        if event.type in self._redelivered:
+            self.own.add(event.id)
+
+    def _fold_own(self, event: Event) -> None:
+        self._mark_own(event)
+        self._fold(event)
 
     def _fold(self, event: Event) -> None:
         try:

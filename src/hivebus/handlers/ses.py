@@ -1,8 +1,11 @@
 """The scheduler (SES): place jobs on nodes, send each node its goal, run the job lifecycle.
 
-``ses.job.submitted`` -> ``ses.job.scheduled`` + one ``ses.goal.assigned`` per chosen node
-(to-edge), or ``ses.job.rejected`` with every reason found. ``plan_job`` is the decision
-itself, also served as a dry run. How it decides:
+Commands (``decide_command``, pure ``(state, command) -> facts``): ``ses.submit`` ->
+``ses.job.scheduled`` (carrying the submission) + one ``ses.goal.assigned`` per chosen node
+(to-edge); ``ses.suspend`` / ``ses.remove`` -> a ``ses.goal.removed`` per node holding a goal
+and ``ses.job.suspended`` / ``ses.job.removed``; ``ses.resume`` -> the goals again and
+``ses.job.resumed``; any of them refused -> one ``ses.command.rejected`` with every reason.
+``plan_job`` is the submission's decision itself, also served as a dry run. How it decides:
 
 1. the submission: the job id is new, the policy known, every science rule parses (with the
    position of an error) and names plugins of the job, success criteria are known, selectors
@@ -21,7 +24,8 @@ itself, also served as a dry run. How it decides:
 
 Suspend and remove send ``ses.goal.removed`` to every node holding a goal; resume re-sends the
 goals if they still fit (else it is refused, with the reason, as a dead letter). A node that
-goes offline keeps its goals. ``WallClock(d)`` completes a job ``d`` after it was scheduled,
+goes offline keeps its goals. A user's request event of a command's type (logs written before
+commands existed, a raw ``hivebus publish``) is decided as that command. ``WallClock(d)`` completes a job ``d`` after it was scheduled,
 by the hub's clock: ``ses.job.completed`` and the goal removals, with ids derived from the
 ``ses.job.scheduled`` event so the timer and a replay agree.
 """
@@ -52,6 +56,7 @@ from hivebus.handlers.placement import POLICIES, Candidate
 from hivebus.handlers.selectors import selector_mismatch, selector_problem
 from hivebus.handlers.ses_state import JobView, SesState, evolve, lifecycle_problem
 from hivebus.rules import Rule, Schedule, cron_period_seconds, parse_rule
+from hivebus.schemas.commands import command_of
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.ses import (
     GoalAssigned,
@@ -68,6 +73,7 @@ from hivebus.schemas.ses import (
     JobSuspended,
     Placement,
     ResourceRequest,
+    SesCommandRejected,
 )
 
 SOURCE: Final = "handler/ses"
@@ -366,15 +372,39 @@ def _goal_plugin(plugin: _Plugin) -> GoalPlugin:
     )
 
 
+def rejected(command: Event, job_id: str, reasons: list[str]) -> Decision:
+    """The one fact a refused command leaves: who, what, every reason."""
+    spec = command_of(command)
+    assert spec is not None
+    out = Outputs(command, SOURCE)
+    out.emit(
+        SesCommandRejected(
+            command=spec.name,
+            by=getattr(command.data, spec.actor),
+            job_id=job_id,
+            reasons=reasons,
+            data=command.data.model_dump(mode="json"),
+        ),
+        job_id,
+    )
+    return out.decision()
+
+
 def decide_submit(state: SesState, event: Event) -> Decision:
     submitted: JobSubmitted = event.data
     plan = plan_job(state, submitted)
     out = Outputs(event, SOURCE)
     if not plan.accepted:
-        out.emit(JobRejected(job_id=submitted.job_id, reasons=plan.reasons), submitted.job_id)
-        return out.decision()
+        return rejected(event, submitted.job_id, plan.reasons)
     out.emit(
-        JobScheduled(job_id=submitted.job_id, placements=plan.placements, policy=plan.policy),
+        JobScheduled(
+            job_id=submitted.job_id,
+            placements=plan.placements,
+            policy=plan.policy,
+            user=submitted.user,
+            spec=submitted.spec,
+            max_nodes=submitted.max_nodes,
+        ),
         submitted.job_id,
     )
     for goal in plan.goals:
@@ -413,19 +443,21 @@ def decide_lifecycle(state: SesState, event: Event) -> Decision:
     data: JobSuspended | JobResumed | JobRemoved = event.data
     problem = lifecycle_problem(state, data)
     if problem is not None:
-        return Decision.refuse(f"{event.type} refused: {problem}")
+        return rejected(event, data.job_id, [problem])
     job = state.jobs[data.job_id]
     out = Outputs(event, SOURCE)
     if isinstance(data, JobResumed):
         problems = resume_problems(state, job)
         if problems:
-            return Decision.refuse(f"cannot resume job {job.id}: {_details(problems)}")
+            return rejected(event, job.id, [f"cannot resume job {job.id}: {p}" for p in problems])
         for _, goal in sorted(job.planned.items()):
             out.emit(goal, job.id)
-        return out.decision()
-    reason = "suspended" if isinstance(data, JobSuspended) else "removed"
-    for node_id in sorted(job.goals):
-        out.emit(GoalRemoved(node=node_id, job_id=job.id, reason=reason), job.id)
+    else:
+        reason = "suspended" if isinstance(data, JobSuspended) else "removed"
+        for node_id in sorted(job.goals):
+            out.emit(GoalRemoved(node=node_id, job_id=job.id, reason=reason), job.id)
+    # The fact comes last: the goal changes keep the ids an older release gave them.
+    out.emit(data, job.id)
     return out.decision()
 
 
@@ -462,14 +494,19 @@ def due_completions(state: SesState, now: datetime) -> list[Event]:
     return events
 
 
+def decide_command(state: SesState, command: Event) -> Decision:
+    """The facts a scheduler command leads to on ``state`` (which it does not change)."""
+    if isinstance(command.data, JobSubmitted):
+        return decide_submit(state, command)
+    return decide_lifecycle(state, command)
+
+
 def decide(state: SesState, event: Event) -> Decision:
     if event.source == SOURCE:
         return NOTHING
-    match event.data:
-        case JobSubmitted():
-            return decide_submit(state, event)
-        case JobSuspended() | JobResumed() | JobRemoved():
-            return decide_lifecycle(state, event)
+    spec = command_of(event)
+    if spec is not None and spec.decider == "ses":
+        return decide_command(state, event)
     return NOTHING
 
 
@@ -502,17 +539,29 @@ class SesHandler:
         "evt.ses.job.suspended.>",
         "evt.ses.job.resumed.>",
         "evt.ses.job.removed.>",
+        "evt.ses.job.scheduled.>",
         "evt.node.>",
         "fromedge.*.node.registered",
         "fromedge.*.node.heartbeat",
         "toedge.*.node.config.updated",
-    )
-    outputs = (
-        "evt.ses.job.scheduled.>",
-        "evt.ses.job.rejected.>",
-        "evt.ses.job.completed.>",
         "toedge.*.ses.goal.>",
     )
+    outputs = (
+        "evt.ses.job.rejected.>",
+        "evt.ses.command.rejected.>",
+        "evt.ses.job.completed.>",
+    )
+    redelivered = frozenset(
+        {
+            "ses.job.scheduled",
+            "ses.job.suspended",
+            "ses.job.resumed",
+            "ses.job.removed",
+            "ses.goal.assigned",
+            "ses.goal.removed",
+        }
+    )
+    """Own facts the inputs deliver again (how replicas see each other's decisions)."""
 
     def __init__(self, config: HandlerConfig | None = None) -> None:
         self.config = config or HandlerConfig()
@@ -525,6 +574,14 @@ class SesHandler:
 
     def decide(self, state: SesState, event: Event) -> Decision:
         return decide(state, event)
+
+    def decide_command(self, state: SesState, command: Event) -> Decision:
+        return decide_command(state, command)
+
+    def aggregate(self, command: Event) -> tuple[str, str | None]:
+        """The facts one decision is checked against (optimistic concurrency), as an event
+        type glob and an aggregate key: the job's own facts."""
+        return "ses.*.*", command.data.job_id
 
     def clock(self, event: Event) -> datetime | None:
         """Hub events tell the time (node clocks do not)."""

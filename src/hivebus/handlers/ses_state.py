@@ -5,11 +5,14 @@ and the scheduler's answer to an earlier one (live, the scheduler folds its answ
 moment it decides; a replay folds them where they sit in the log, possibly after a later
 request). So job states follow these rules:
 
-- ``ses.job.submitted`` creates a job (an id already in use changes nothing);
-- ``ses.job.scheduled``/``rejected`` apply only to the submission they answer (causation id);
-  a job suspended or removed before its answer was folded stays so;
-- a suspend/resume/remove applies when its author may (the job's user or a reviewer) and the
-  job is in a state it applies to; a resume becomes effective with the goals it re-sends;
+- ``ses.job.scheduled`` carrying the submission creates the job, running (the scheduler
+  decided the ``ses.submit`` command); in logs written before commands existed a user's
+  ``ses.job.submitted`` request creates it pending and the ``ses.job.scheduled`` that answers
+  it (causation id) runs it, while the ``ses.job.rejected`` that answers it removes it (a
+  refused request leaves no job);
+- a suspend/resume/remove applies when the scheduler decided it (``source`` ``handler/...``);
+  users' requests of those types change nothing (the scheduler decides them as commands);
+  a resume becomes effective with the goals it re-sends;
 - goals (``ses.goal.assigned``/``removed``) are what holds node resources, so capacity is
   always the sum of the goals currently held, whatever the job's label says.
 """
@@ -24,6 +27,7 @@ from hivebus.handlers.catalog import Catalog
 from hivebus.handlers.catalog import evolve as evolve_catalog
 from hivebus.handlers.config import HandlerConfig
 from hivebus.handlers.nodes import NodeView
+from hivebus.schemas.commands import is_decided
 from hivebus.schemas.envelope import Event, Payload
 from hivebus.schemas.node import (
     NodeConfigUpdated,
@@ -58,7 +62,8 @@ class JobView:
     id: str
     user: str
     spec: JobSpec
-    submitted: Event
+    submission_id: str
+    """The id of the command (or old request) that submitted it: its answers' causation id."""
     policy: str | None = None
     max_nodes: int | None = None
     state: str = JobState.SUBMITTED
@@ -183,26 +188,36 @@ def _config(data: NodeConfigUpdated, state: SesState, event: Event) -> None:
 
 @apply.register
 def _submitted(data: JobSubmitted, state: SesState, event: Event) -> None:
-    if data.job_id not in state.jobs:
+    """A submission request of an old log: pending until its answer is folded."""
+    if not is_decided(event) and data.job_id not in state.jobs:
         state.jobs[data.job_id] = JobView(
             id=data.job_id,
             user=data.user,
             spec=data.spec,
-            submitted=event,
-            policy=getattr(data, "policy", None),
-            max_nodes=getattr(data, "max_nodes", None),
+            submission_id=event.id,
+            policy=data.policy,
+            max_nodes=data.max_nodes,
         )
 
 
 def _answered(state: SesState, job_id: str, event: Event) -> JobView | None:
     job = state.jobs.get(job_id)
-    if job is None or job.submitted.id != event.causationid:
+    if job is None or job.submission_id != event.causationid:
         return None
     return job
 
 
 @apply.register
 def _scheduled(data: JobScheduled, state: SesState, event: Event) -> None:
+    if data.spec is not None and data.user is not None and data.job_id not in state.jobs:
+        state.jobs[data.job_id] = JobView(
+            id=data.job_id,
+            user=data.user,
+            spec=data.spec,
+            submission_id=event.causationid or event.id,
+            policy=data.policy,
+            max_nodes=data.max_nodes,
+        )
     job = _answered(state, data.job_id, event)
     if job is None:
         return
@@ -220,16 +235,15 @@ def _scheduled(data: JobScheduled, state: SesState, event: Event) -> None:
 
 @apply.register
 def _rejected(data: JobRejected, state: SesState, event: Event) -> None:
-    job = _answered(state, data.job_id, event)
-    if job is not None:
-        job.state = REJECTED
-        job.reasons = list(data.reasons)
+    if _answered(state, data.job_id, event) is not None:
+        del state.jobs[data.job_id]  # a refused submission leaves no job
 
 
 @apply.register
 def _suspended(data: JobSuspended, state: SesState, event: Event) -> None:
-    if lifecycle_problem(state, data) is None:
-        state.jobs[data.job_id].state = JobState.SUSPENDED
+    job = state.jobs.get(data.job_id)
+    if is_decided(event) and job is not None:
+        job.state = JobState.SUSPENDED
 
 
 @apply.register
@@ -239,8 +253,9 @@ def _resumed(data: JobResumed, state: SesState, event: Event) -> None:
 
 @apply.register
 def _removed(data: JobRemoved, state: SesState, event: Event) -> None:
-    if lifecycle_problem(state, data) is None:
-        state.jobs[data.job_id].state = JobState.REMOVED
+    job = state.jobs.get(data.job_id)
+    if is_decided(event) and job is not None:
+        job.state = JobState.REMOVED
 
 
 @apply.register
@@ -261,7 +276,7 @@ def _goal_assigned(data: GoalAssigned, state: SesState, event: Event) -> None:
     if (
         job.state == JobState.SUSPENDED
         and job.scheduled is not None
-        and event.causationid != job.submitted.id
+        and event.causationid != job.submission_id
     ):
         job.state = JobState.RUNNING  # a resume's goals
 

@@ -138,6 +138,7 @@ class Log:
     now: datetime = T0
     events: list[Event] = field(default_factory=list)
     refused: list[tuple[Event, str]] = field(default_factory=list)
+    """Inputs refused: dead letters, and commands answered by ``*.command.rejected``."""
     drivers: dict[str, Driver[Any]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,6 +164,9 @@ class Log:
                 step: Step = driver.deliver(current)
                 if step.refused is not None:
                     self.refused.append((current, step.refused))
+                for out in step.publish:  # a refused command: one rejection fact
+                    if out.type.endswith(".command.rejected"):
+                        self.refused.append((current, "; ".join(out.data.reasons)))
                 queue += step.publish
         return caused
 

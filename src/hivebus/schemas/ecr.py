@@ -46,6 +46,7 @@ __all__ = [
     "BundlePushed",
     "BundleRegistered",
     "BundleRejected",
+    "EcrCommandRejected",
     "HardwareProfile",
     "Permission",
     "PermissionGranted",
@@ -264,10 +265,18 @@ class BundlePushed(Payload):
 
 @event("ecr.bundle.registered")
 class BundleRegistered(Payload):
+    """The ECR accepted a push. It carries what was pushed (``app``, ``pusher``, artifacts,
+    provenance); a log written before commands existed has them in the ``ecr.bundle.pushed``
+    request this answers (``causationid``), and these fields are None."""
+
     model_config = STRICT
 
     bundle_id: BundleId
     owner: UserName
+    pusher: UserName | None = None
+    app: AppSpec | None = None
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
+    provenance: Provenance | None = None
 
 
 @event("ecr.bundle.rejected")
@@ -360,3 +369,19 @@ class ProfileRecorded(Payload):
     max_rss_bytes: NonNegInt
     gpu_percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] | None = None
     wall_seconds: NonNegFloat
+
+
+@event("ecr.command.rejected")
+class EcrCommandRejected(Payload):
+    """The ECR refused a user's command (``ecr.push``, ``ecr.grant``...): who asked, for what,
+    and every reason. Kept for audit; no view treats it as a change of state."""
+
+    model_config = STRICT
+
+    command: Annotated[str, StringConstraints(pattern=r"^ecr\.[a-z]+$")]
+    by: UserName
+    target: Annotated[str, StringConstraints(min_length=1, max_length=330)]
+    """The bundle or namespace the command was about."""
+    reasons: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+    data: JsonObject = Field(default_factory=dict)
+    """The command's payload as it was asked."""

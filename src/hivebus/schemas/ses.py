@@ -219,11 +219,18 @@ class JobSubmitted(Payload):
 
 @event("ses.job.scheduled")
 class JobScheduled(Payload):
+    """The scheduler accepted a submission and placed it. It carries the submission (``user``,
+    ``spec``, ``max_nodes``); a log written before commands existed has them in the
+    ``ses.job.submitted`` request this answers (``causationid``), and these fields are None."""
+
     model_config = STRICT
 
     job_id: Key
     placements: Annotated[list[Placement], Field(min_length=1)]
     policy: Label
+    user: UserName | None = None
+    spec: JobSpec | None = None
+    max_nodes: Annotated[int, Field(ge=1)] | None = None
 
 
 @event("ses.job.rejected")
@@ -272,6 +279,21 @@ class JobCompleted(Payload):
     criterion: str = ""
 
 
+@event("ses.command.rejected")
+class SesCommandRejected(Payload):
+    """The scheduler refused a user's command (``ses.submit``, ``ses.suspend``...): who asked,
+    for which job, and every reason. Kept for audit; no view treats it as a change of state."""
+
+    model_config = STRICT
+
+    command: Annotated[str, StringConstraints(pattern=r"^ses\.[a-z]+$")]
+    by: UserName
+    job_id: Key
+    reasons: _Reasons
+    data: dict[str, Any] = Field(default_factory=dict)
+    """The command's payload as it was asked."""
+
+
 @event("ses.goal.assigned", route="toedge")
 class GoalAssigned(Payload):
     """What one node must run for one job: its plugins and the rules relevant to it."""
@@ -315,6 +337,7 @@ __all__ = [
     "PluginSpec",
     "PluginState",
     "ResourceRequest",
+    "SesCommandRejected",
     "bundle_from_image",
     "image_for_bundle",
 ]

@@ -2,8 +2,11 @@
 
 ``run_handlers(settings, bus, stop)`` runs the ECR, the scheduler (with its dry-run endpoint
 ``hivebus.ses.dryrun``) and node health, each on its own durable consumer, and the command
-gateway (``hivebus.cmd``, user actions with tokens), until ``stop`` is set. Each handler
-must run as one instance at a time.
+gateway (``hivebus.cmd``, users' commands with tokens), until ``stop`` is set. The ECR and the
+scheduler decide commands on ``hivebus.decide.<name>`` (``services.deciders``); their
+reactions to facts (profiles, completions) must run as one instance at a time, their command
+decisions are safe from any number (optimistic concurrency). ``instance`` names this process's
+deciders (``hivebus.decide.<name>.<instance>``) and, when given, their durable consumers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from hivebus.handlers.config import HandlerConfig
 from hivebus.handlers.ecr import EcrHandler
 from hivebus.handlers.health import HealthHandler
 from hivebus.handlers.ses import SesHandler
+from hivebus.services.deciders import serve_decider
 from hivebus.services.dryrun import DRYRUN_SUBJECT, serve_dryrun
 from hivebus.services.gateway import Gateway
 from hivebus.services.handler_service import HandlerService
@@ -34,24 +38,28 @@ def build_services(
     bus: Bus,
     config: HandlerConfig | None = None,
     only: tuple[str, ...] = HANDLERS,
+    instance: str | None = None,
 ) -> list[HandlerService]:
     config = config or HandlerConfig.from_env(node_offline_after=settings.node_offline_after)
     services: list[HandlerService] = []
-    for name in only:
-        if name == "ecr":
-            services.append(HandlerService(EcrHandler(config), settings, bus))
-        elif name == "ses":
-            dryrun_started: list[Any] = []
 
-            async def start_dryrun(
-                service: HandlerService, started: list[Any] = dryrun_started
-            ) -> None:
-                if not started:  # once, not again after a rebuild
+    def on_ready(dryrun: bool) -> Any:
+        started: list[Any] = []
+
+        async def start(service: HandlerService) -> None:
+            if not started:  # once, not again after a rebuild
+                started.append(await serve_decider(service, bus, instance))
+                if dryrun:
                     started.append(await serve_dryrun(service, bus))
 
-            services.append(
-                HandlerService(SesHandler(config), settings, bus, on_ready=start_dryrun)
-            )
+        return start
+
+    durable = f"-{instance}" if instance else ""
+    for name in only:
+        if name == "ecr":
+            services.append(HandlerService(EcrHandler(config), settings, bus, on_ready=on_ready(False), durable_suffix=durable))
+        elif name == "ses":
+            services.append(HandlerService(SesHandler(config), settings, bus, on_ready=on_ready(True), durable_suffix=durable))
         elif name == "health":
             services.append(HandlerService(HealthHandler(config), settings, bus))
         else:
@@ -66,9 +74,10 @@ async def run_handlers(
     *,
     config: HandlerConfig | None = None,
     only: tuple[str, ...] = HANDLERS,
+    instance: str | None = None,
 ) -> None:
     """Run the handlers until ``stop`` is set; the streams must exist (``bus.ensure_streams``)."""
-    services = build_services(settings, bus, config, only)
+    services = build_services(settings, bus, config, only, instance)
     inner = asyncio.Event()  # stops our tasks without touching the caller's event
 
     async def follow() -> None:

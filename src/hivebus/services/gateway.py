@@ -1,18 +1,22 @@
-"""``hivebus.cmd``: the command gateway, where user actions enter the log.
+"""``hivebus.cmd``: the command gateway, where users' commands enter.
 
 On a hub with authentication, the public identity cannot publish on ``evt.>``; a user's
-action (push, approve, freeze, delete, grant, revoke, submit, suspend, resume, remove) is
-a request here instead: ``{"token", "event", "answers", "timeout", "wait"}``. The gateway
+command (push, approve, freeze, delete, grant, revoke, submit, suspend, resume, remove) is a
+request here: ``{"token", "event", "timeout"}`` (``event``: the command as an event document
+of its payload type, e.g. ``ecr.permission.granted`` from ``user/alice``) or
+``{"token", "command": "ecr.grant", "data": {...}}``. The gateway
 
 1. checks the token against the ``auth.user.*`` events (caught up on every request, so a
    revocation takes effect at once),
-2. checks that the action is by the token's user (the event's ``source`` and the payload's
-   acting-user field), and that it is a user action at all,
-3. publishes the event as is, waits for the ECR or the scheduler to decide on it (unless
-   ``"wait": false``), and replies ``{"seq", "user", "events", "refused"}``.
+2. checks that the command is by the token's user (the event's ``source`` and the payload's
+   acting-user field), and that it is a command at all,
+3. hands it to its decider (``hivebus.decide.ecr`` / ``.ses``), which decides on the current
+   state and appends the facts, or one ``*.command.rejected`` with every reason; and replies
+   ``{"seq", "user", "events": [the facts], "attempts"}``.
 
-The handlers then decide on that user's rights (owner, reviewer, grants) as for any event;
-the token never reaches the log. Refusals reply ``{"error", "kind"}`` and publish nothing.
+Nothing is published before a decision: the log holds only what the deciders accepted and
+what they refused (as rejection facts); the token never reaches the log. A request the gateway
+itself refuses (no token, someone else's action, not a command) replies ``{"error", "kind"}``.
 """
 
 from __future__ import annotations
@@ -28,23 +32,12 @@ from hivebus.bus.client import Bus
 from hivebus.bus.streams import EVENTS
 from hivebus.errors import SchemaError, Unauthorized
 from hivebus.schemas import codec
-from hivebus.services.requests import CMD_SUBJECT, request
+from hivebus.schemas.commands import COMMANDS, LEGACY
+from hivebus.schemas.envelope import Event
+from hivebus.services.requests import CMD_SUBJECT, decide
 
 log = structlog.get_logger()
 AUTH_FILTER: Final = "evt.auth.>"
-# event type -> (the handler that decides on it, the payload field naming the acting user)
-ACTIONS: Final[dict[str, tuple[str, str]]] = {
-    "ecr.bundle.pushed": ("ecr", "pusher"),
-    "ecr.bundle.approved": ("ecr", "by"),
-    "ecr.bundle.frozen": ("ecr", "by"),
-    "ecr.bundle.deleted": ("ecr", "by"),
-    "ecr.permission.granted": ("ecr", "by"),
-    "ecr.permission.revoked": ("ecr", "by"),
-    "ses.job.submitted": ("ses", "user"),
-    "ses.job.suspended": ("ses", "by"),
-    "ses.job.resumed": ("ses", "by"),
-    "ses.job.removed": ("ses", "by"),
-}
 MAX_TIMEOUT: Final = 120.0
 
 
@@ -73,13 +66,6 @@ class Gateway:
 
     async def answer(self, body: bytes) -> bytes:
         request_doc = _parse(body)
-        try:
-            event = codec.decode(json.dumps(request_doc.get("event")).encode())
-        except SchemaError as exc:
-            raise SchemaError(f"command: the event is invalid: {exc}") from None
-        if event.type not in ACTIONS:
-            raise Unauthorized(f"{event.type} is not a user action", hint=f"the gateway takes: {', '.join(ACTIONS)}")
-        handler, actor_field = ACTIONS[event.type]
         token = request_doc.get("token")
         if not isinstance(token, str) or not token:
             raise Unauthorized("no token", hint="`hivebus user add NAME` (an admin) issues one; pass --token or set HIVEBUS_TOKEN")
@@ -87,29 +73,34 @@ class Gateway:
         user = self.users.who(token)
         if user is None:
             raise Unauthorized("the token is unknown, rotated or revoked", hint="ask an admin for a new one (`hivebus user add NAME`)")
-        actor = getattr(event.data, actor_field)
-        if event.source != f"user/{user}" or actor != user:
-            raise Unauthorized(f"the token is {user}'s, but this {event.type} is by {actor} (source {event.source})")
-        # Only the events this very action caused are returned (same causation id), so
-        # the goals a job submission produced may be among them.
-        answers = request_doc.get("answers") or []
-        if not isinstance(answers, list) or not all(isinstance(a, str) and a.startswith(("evt.", "toedge.")) for a in answers):
-            raise SchemaError("command: answers must be a list of evt.> or toedge.> subjects")
-        if request_doc.get("wait") is False:  # publish only (`hivebus ecr push --no-wait`)
-            seq = await self.bus.publish(event)
-            log.info("gateway.accepted", type=event.type, user=user, seq=seq, waited=False)
-            return json.dumps({"seq": seq, "user": user, "events": [], "refused": None}).encode()
+        command = _command(request_doc, user)
+        spec = LEGACY[command.type]
+        actor = getattr(command.data, spec.actor)
+        if command.source != f"user/{user}" or actor != user:
+            raise Unauthorized(f"the token is {user}'s, but this {spec.name} is by {actor} (source {command.source})")
         timeout = min(float(request_doc.get("timeout") or 15.0), MAX_TIMEOUT)
-        answer = await request(self.bus, event, handler=handler, answers=answers, timeout=timeout)
-        log.info("gateway.accepted", type=event.type, user=user, seq=answer.seq, refused=answer.refused is not None)
-        return json.dumps(
-            {
-                "seq": answer.seq,
-                "user": user,
-                "events": [codec.to_dict(e) for e in answer.events],
-                "refused": answer.refused,
-            }
-        ).encode()
+        reply = await decide(self.bus, command, timeout=timeout)
+        log.info("gateway.decided", command=spec.name, user=user, seq=reply["seq"], facts=[e["type"] for e in reply["events"]])
+        return json.dumps({**reply, "user": user}).encode()
+
+
+def _command(doc: dict[str, Any], user: str) -> Event:
+    """The command a request carries, as an (unpublished) event from its user."""
+    if "command" in doc:
+        name = doc.get("command")
+        spec = COMMANDS.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise Unauthorized(f"{name!r} is not a command", hint=f"commands: {', '.join(COMMANDS)}")
+        payload = codec.validate_payload(spec.model, doc.get("data"))
+        subject = str(getattr(payload, "job_id", None) or getattr(payload, "bundle_id", None) or getattr(payload, "resource", None) or user)
+        return Event.new(payload, source=f"user/{user}", subject=subject)
+    try:
+        event = codec.decode(json.dumps(doc.get("event")).encode())
+    except SchemaError as exc:
+        raise SchemaError(f"command: the event is invalid: {exc}") from None
+    if event.type not in LEGACY:
+        raise Unauthorized(f"{event.type} is not a command", hint=f"commands: {', '.join(COMMANDS)}")
+    return event
 
 
 def _parse(body: bytes) -> dict[str, Any]:

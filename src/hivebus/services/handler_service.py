@@ -21,13 +21,24 @@ p50 37 ms, max 60 s); such a message comes back after later ones were processed,
 of order, and a handler must never decide out of order. nats-py's ``fetch`` in a loop (as in
 ``Bus.consume``; here with the batch boundary visible) on the same test: p50 1.2 ms, max
 2.8 ms, in order.
+
+Commands (``decide_command``, served on ``hivebus.decide.<handler>``; the gateway forwards
+users' commands there): the handler catches up with the stream as it was when the command
+arrived, decides on its state (pure), and appends the facts with
+``Nats-Expected-Last-Subject-Sequence`` set to the last sequence on the aggregate's subjects it
+had folded (``...-Subject``: the wildcard over them). If another decider appended there in
+between, JetStream refuses the write; the handler catches up and decides again. So two
+deciders (replicas, or a restarted one) never both act on the same state, without a lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,8 +51,9 @@ from nats.js.errors import NotFoundError
 from hivebus.bus.client import Bus
 from hivebus.bus.consumer import Delivery, dead_letter
 from hivebus.bus.streams import EVENTS, ConsumerSpec, ensure_consumer
+from hivebus.bus.subjects import evt_filter
 from hivebus.config import Settings
-from hivebus.errors import DecodeError, HivebusError
+from hivebus.errors import ConcurrencyConflict, DecodeError, HivebusError, NoAnswer
 from hivebus.handlers.runtime import Driver, Step
 from hivebus.schemas import codec
 from hivebus.schemas.envelope import Event
@@ -52,6 +64,16 @@ log = structlog.get_logger()
 
 class _Broken(Exception):
     """Publishing failed: stop acknowledging, rebuild from the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """What a command came to: the facts appended (a rejection is one of them), their stream
+    sequences, and how many times it was decided (more than once after a conflict)."""
+
+    facts: list[Event]
+    seqs: list[int]
+    attempts: int
 
 
 class HandlerService:
@@ -66,6 +88,7 @@ class HandlerService:
         tick_seconds: float = 1.0,
         ack_wait: float = 30.0,
         on_ready: Callable[[HandlerService], Awaitable[None]] | None = None,
+        durable_suffix: str = "",
     ) -> None:
         self.handler = handler
         self.settings = settings
@@ -75,13 +98,17 @@ class HandlerService:
         self.tick_seconds = tick_seconds
         self.ack_wait = ack_wait
         self.on_ready = on_ready
-        self.durable = f"handler-{handler.name}"
+        self.durable = f"handler-{handler.name}{durable_suffix}"
         self.lock = asyncio.Lock()
         self.driver: Driver[Any] = Driver(handler)
         self.last_seq = 0
         self.ready = asyncio.Event()
         self._broken: Exception | None = None
         self._stopping = False
+        self.conflicts = 0
+        """Command decisions JetStream refused because another decider acted first."""
+        self.decide_hold = float(os.environ.get("HIVEBUS_DECIDE_HOLD", "0") or 0)
+        """Seconds between deciding a command and appending it (tests widen the race with it)."""
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -160,6 +187,64 @@ class HandlerService:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    # --- commands --------------------------------------------------------------------------
+
+    async def decide_command(self, command: Event, *, timeout: float = 15.0, attempts: int = 8) -> CommandOutcome:
+        """Decide a user's command on the current state and append its facts (see above)."""
+        glob, key = self.handler.aggregate(command)
+        aggregate = evt_filter(glob, key)
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, attempts + 1):
+            expected = await self._last_on(aggregate)
+            await self._caught_up(deadline)
+            async with self.lock:
+                decision = self.driver.decide_command(command)
+                facts = list(decision.events)
+                if self.decide_hold:
+                    await asyncio.sleep(self.decide_hold)
+                try:
+                    seqs = await self._append(facts, expected, aggregate)
+                except ConcurrencyConflict:
+                    self.conflicts += 1
+                    log.info("decider.conflict", handler=self.handler.name, command=command.id, attempt=attempt, expected=expected)
+                    continue
+                self.driver.accept(facts)
+            log.info("decider.decided", handler=self.handler.name, command=command.id, facts=[f.type for f in facts], attempt=attempt)
+            return CommandOutcome(facts, seqs, attempt)
+        raise NoAnswer(f"{command.type} {command.id}: still conflicting after {attempts} decisions", hint="try again")
+
+    async def _append(self, facts: list[Event], expected: int, aggregate: str) -> list[int]:
+        """The first fact carries the concurrency check; the others follow it, pipelined."""
+        if not facts:
+            return []
+        first = await self.bus.publish(facts[0], expected_last_subject_seq=expected, expected_subject=aggregate)
+        rest = await self.bus.publish_many(facts[1:]) if len(facts) > 1 else []
+        return [first, *rest]
+
+    async def _last_on(self, subject: str) -> int:
+        try:
+            return int((await self.bus.js.get_last_msg(EVENTS, subject)).seq or 0)
+        except NotFoundError:
+            return 0
+
+    async def _caught_up(self, deadline: float) -> None:
+        """Wait until the state has folded every input stored before now."""
+        target = await self.bus.last_seq(EVENTS)
+        delay = 0.01
+        while True:
+            if self.ready.is_set() and self.last_seq >= target:
+                return
+            try:
+                info = await self.bus.js.consumer_info(EVENTS, self.durable)
+                if self.ready.is_set() and info.num_pending == 0 and info.num_ack_pending == 0:
+                    return
+            except NotFoundError:
+                pass
+            if time.monotonic() > deadline:
+                raise NoAnswer(f"{self.handler.name} did not catch up with the log in time", hint="is the handler overloaded?")
+            await asyncio.sleep(delay)
+            delay = min(0.2, delay * 1.5)
+
     # --- resuming ---------------------------------------------------------------------------
 
     async def resume(self) -> ConsumerSpec:
@@ -190,6 +275,10 @@ class HandlerService:
                 else:
                     outputs.append(event)
         driver.backlog(pending, outputs)
+        adjudicated = driver.take_adjudicated()
+        if adjudicated:  # old requests under the floor that the stream holds no decision for
+            await self.bus.publish_many(adjudicated)
+            log.info("handler.adjudicated", handler=self.handler.name, n=len(adjudicated))
         async with self.lock:
             self.driver = driver
             self.last_seq = floor

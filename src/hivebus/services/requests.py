@@ -1,9 +1,13 @@
-"""Publish a request event and wait for the handler's answer (what the CLI does).
+"""Send a user's command and get its decision (what the CLI and the Python API do).
 
-A handler has processed an input once its durable consumer's ack floor has reached the
-input's stream sequence (it acknowledges only after publishing its outputs). The answer is
-then in the stream: the events whose causation id is the request's id, or a dead letter for
-that sequence when the handler refused it.
+``request_at`` / ``send_command``: with a user token through the gateway (``hivebus.cmd``),
+without one straight to the decider (``hivebus.decide.<ecr|ses>``), which only a hub without
+authentication (or the admin identity) allows. Either way nothing is published before the
+decision; the reply holds the facts appended, a refusal being one ``*.command.rejected``.
+
+``request`` is the older way, kept for events published raw (``hivebus publish``, the demo):
+publish an event and wait until a handler's ack floor passes it, then collect the events it
+caused and any dead letter for it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.js.errors import NotFoundError
 
@@ -21,11 +26,12 @@ from hivebus.bus.client import Bus
 from hivebus.bus.consumer import DeadLetter
 from hivebus.bus.streams import DEADLETTERS, EVENTS
 from hivebus.bus.subjects import dlq_subject
-from hivebus.errors import NoAnswer, PermissionDenied, RequestRejected, Unauthorized
+from hivebus.errors import NoAnswer, PermissionDenied, RequestRejected, RequestTimeout, Unauthorized
 from hivebus.schemas import codec
 from hivebus.schemas.envelope import Event
 
 CMD_SUBJECT = "hivebus.cmd"  # served by services.gateway
+DECIDE_SUBJECT = "hivebus.decide"  # served by services.deciders
 
 
 @dataclass
@@ -33,9 +39,50 @@ class Answer:
     seq: int
     events: list[Event] = field(default_factory=list)
     refused: str | None = None
+    attempts: int = 1
+    """How many times the decider decided (more than once after a concurrent write)."""
 
     def of_type(self, event_type: str) -> list[Event]:
         return [e for e in self.events if e.type == event_type]
+
+    @property
+    def rejection(self) -> Event | None:
+        """The ``*.command.rejected`` fact when the decider refused the command."""
+        return next((e for e in self.events if e.type.endswith(".command.rejected")), None)
+
+    @property
+    def reasons(self) -> list[str]:
+        rejection = self.rejection
+        if rejection is not None:
+            return list(rejection.data.reasons)
+        return [self.refused] if self.refused else []
+
+    @classmethod
+    def of_reply(cls, reply: dict[str, Any]) -> Answer:
+        answer = cls(int(reply.get("seq") or 0), attempts=int(reply.get("attempts") or 1))
+        answer.events = [codec.from_dict(doc) for doc in reply.get("events", [])]
+        if answer.rejection is not None:
+            answer.refused = "; ".join(answer.rejection.data.reasons)
+        return answer
+
+
+async def decide(bus: Bus, command: Event, *, timeout: float = 15.0, instance: str | None = None) -> dict[str, Any]:
+    """Hand ``command`` to its decider; the reply document (see ``services.deciders``)."""
+    from hivebus.schemas.commands import command_of
+
+    spec = command_of(command)
+    if spec is None:
+        raise RequestRejected(f"{command.type} from {command.source} is not a command")
+    subject = f"{DECIDE_SUBJECT}.{spec.decider}" + (f".{instance}" if instance else "")
+    try:
+        raw = await bus.request(subject, {"event": codec.to_dict(command), "timeout": timeout}, timeout=timeout + 5.0)
+    except RequestTimeout:
+        bus.raise_if_denied(subject)
+        raise NoAnswer(f"no {spec.decider} decider answered {spec.name}", hint="are the handlers running (`hivebus up` or `hivebus handlers`)?") from None
+    reply = json.loads(raw)
+    if "error" in reply:
+        raise RequestRejected(str(reply["error"]), [str(reply["error"])])
+    return dict(reply)
 
 
 async def _dlq_position(bus: Bus) -> int:
@@ -73,40 +120,43 @@ async def request_at(
     timeout: float = 15.0,
     token: str | None = None,
 ) -> Answer:
-    """A user's request on a connection of its own (what a CLI command does once).
+    """A user's command on a connection of its own (what a CLI command does once).
 
-    With a user token (``token``, ``HIVEBUS_TOKEN`` or the user's saved one) it goes
-    through the command gateway, which acts as the token's user; without one it is
-    published directly, which only a hub without authentication (or an admin) allows.
+    ``handler`` and ``answers`` are not needed any more (the decision is the reply); they are
+    kept so older callers work.
     """
+    async with await Bus.connect(url) as bus:
+        return await send_command(bus, event, token=token, timeout=timeout)
+
+
+async def send_command(bus: Bus, event: Event, *, token: str | None = None, timeout: float = 15.0) -> Answer:
+    """With a user token (``token``, ``HIVEBUS_TOKEN`` or the user's saved one) through the
+    gateway, which acts as the token's user; without one straight to the decider, which only
+    a hub without authentication (or an admin) allows."""
     user = event.source.removeprefix("user/")
     token = find_token(user, token)
-    async with await Bus.connect(url) as bus:
-        if token is not None:
-            return await request_via_gateway(bus, event, token=token, answers=answers, timeout=timeout)
-        try:
-            return await request(bus, event, handler=handler, answers=answers, timeout=timeout)
-        except PermissionDenied:
-            raise Unauthorized(
-                f"this hub takes {event.type} only with a user token",
-                hint=f"an admin runs `hivebus user add {user} --save` (or gives you a token: set HIVEBUS_TOKEN)",
-            ) from None
+    if token is not None:
+        return await request_via_gateway(bus, event, token=token, timeout=timeout)
+    try:
+        return Answer.of_reply(await decide(bus, event, timeout=timeout))
+    except PermissionDenied:
+        raise Unauthorized(
+            f"this hub takes {event.type} only with a user token",
+            hint=f"an admin runs `hivebus user add {user} --save` (or gives you a token: set HIVEBUS_TOKEN)",
+        ) from None
 
 
 async def request_via_gateway(
-    bus: Bus, event: Event, *, token: str, answers: Sequence[str], timeout: float = 15.0, wait: bool = True
+    bus: Bus, event: Event, *, token: str, answers: Sequence[str] = (), timeout: float = 15.0
 ) -> Answer:
-    """Send ``event`` through the command gateway (``hivebus.cmd``) with ``token``; with
-    ``wait=False`` it returns once the event is stored, before any decision."""
-    body = {"token": token, "event": codec.to_dict(event), "answers": list(answers), "timeout": timeout, "wait": wait}
-    reply = json.loads(await bus.request(CMD_SUBJECT, body, timeout=timeout + 5.0))
+    """Send the command ``event`` through the gateway (``hivebus.cmd``) with ``token``."""
+    body = {"token": token, "event": codec.to_dict(event), "timeout": timeout}
+    reply = json.loads(await bus.request(CMD_SUBJECT, body, timeout=timeout + 10.0))
     if "error" in reply:
         kind = reply.get("kind")
         error = Unauthorized if kind == "Unauthorized" else RequestRejected
         raise error(str(reply["error"]))
-    answer = Answer(int(reply["seq"]), refused=reply.get("refused"))
-    answer.events = [codec.decode(json.dumps(doc)) for doc in reply.get("events", [])]
-    return answer
+    return Answer.of_reply(reply)
 
 
 async def request(

@@ -20,6 +20,7 @@ from hivebus.projections.views.nodes import NodesView
 from hivebus.projections.views.plugin_runs import PluginRunsView
 from hivebus.projections.views.profiles import ProfilesView
 from hivebus.projections.views.readings import ReadingsView
+from hivebus.projections.views.rejections import RejectionsView
 from hivebus.projections.views.triggers import TriggersView
 
 VIEW_CLASSES: tuple[type[View], ...] = (
@@ -35,6 +36,7 @@ VIEW_CLASSES: tuple[type[View], ...] = (
     ReadingsView,
     TriggersView,
     DeadLettersView,
+    RejectionsView,
 )
 
 

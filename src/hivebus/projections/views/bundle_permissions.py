@@ -2,7 +2,9 @@
 
 One row per (resource, grantee_type, grantee, permission); a revoke removes the row. The
 owner's implicit FULL_CONTROL is not a row (see ``bundles.owner``). ``AllUsers`` READ makes a
-bundle public.
+bundle public. Only grants and revokes the ECR decided count (``source`` ``handler/...``): a
+user's request of an old log is not a fact (the ECR decides it again), and a refused command
+is a row of ``rejections``, not of this view.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from hivebus.projections.views.base import EVENTS, FoldView, Item, Row, Scope, Table, utc
+from hivebus.schemas.commands import is_decided
 
 GRANTED = "ecr.permission.granted"
 REVOKED = "ecr.permission.revoked"
@@ -17,7 +20,7 @@ REVOKED = "ecr.permission.revoked"
 
 class BundlePermissionsView(FoldView):
     name = "bundle_permissions"
-    version = 1
+    version = 2
     stream = EVENTS
     public = ("bundle_permissions",)
     scope_columns = ("resource",)
@@ -36,7 +39,7 @@ class BundlePermissionsView(FoldView):
     )
 
     def scope(self, item: Item) -> Scope | None:
-        if item.event.type not in (GRANTED, REVOKED):
+        if item.event.type not in (GRANTED, REVOKED) or not is_decided(item.event):
             return None
         return (item.event.data.resource,)
 

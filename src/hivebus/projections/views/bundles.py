@@ -1,12 +1,21 @@
 """``bundles``: one row per ECR bundle ``namespace/name:version`` and where it stands.
 
-``state`` is the latest lifecycle step: pushed -> registered | rejected, then approved,
-frozen, deleted (the ECR emits ``ecr.bundle.frozen`` for an app whose spec says frozen; the
-view does not guess it from the push). ``approved`` and ``frozen`` are kept as flags too, since a frozen bundle can
-be approved and the other way round. A frozen bundle no longer changes with later pushes (the
-ECR refuses them; ``reasons`` shows why the last one was refused). ``public`` is true when the
-group ``AllUsers`` may READ it (a grant on the bundle or on its namespace, from
-``bundle_permissions``), so ``bundles`` is a SQL view over ``projector.bundles``.
+Only what the ECR decided shows: a bundle appears when it is registered (the fact carries the
+app), then ``state`` follows the facts: registered, approved, frozen, deleted (the ECR emits
+``ecr.bundle.frozen`` for an app whose spec says frozen; the view does not guess it from the
+push). ``approved`` and ``frozen`` are kept as flags too, since a frozen bundle can be approved
+and the other way round. A new registration of the same version (a re-push) replaces the
+metadata and clears the approval. Refused commands change nothing here: they are rows of
+``rejections``. ``public`` is true when the group ``AllUsers`` may READ it (a grant on the
+bundle or on its namespace, from ``bundle_permissions``), so ``bundles`` is a SQL view over
+``projector.bundles``.
+
+Logs written before commands existed hold users' ``ecr.bundle.pushed`` requests, answered by
+a registration without the app (``causationid``) or ``ecr.bundle.rejected``: the view keeps a
+push aside (``pending_push``, in a row of state ``pending`` that ``bundles`` does not show) until
+its answer comes, and forgets it when it was rejected. Users' approvals, freezes and deletions
+of such logs are requests, not facts: the ECR decides them again and appends what it decides.
+``reasons`` is always NULL now (it showed a refused push; see ``rejections``).
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ import json
 from typing import Any, ClassVar
 
 from hivebus.projections.views.base import EVENTS, FoldView, Item, Row, Scope, Table, utc
-from hivebus.schemas.ecr import parse_bundle_id
+from hivebus.schemas.commands import is_decided
+from hivebus.schemas.ecr import BundlePushed, parse_bundle_id
 
 PUSHED = "ecr.bundle.pushed"
 REGISTERED = "ecr.bundle.registered"
@@ -28,7 +38,7 @@ TYPES = frozenset({PUSHED, REGISTERED, REJECTED, APPROVED, FROZEN, DELETED})
 
 class BundlesView(FoldView):
     name = "bundles"
-    version = 1
+    version = 2
     stream = EVENTS
     public = ("bundles",)
     scope_columns = ("bundle_id",)
@@ -69,7 +79,9 @@ class BundlesView(FoldView):
             frozen_at TIMESTAMP,
             deleted_at TIMESTAMP,
             updated_at TIMESTAMP NOT NULL,
-            last_seq BIGINT NOT NULL
+            last_seq BIGINT NOT NULL,
+            pending_id VARCHAR,
+            pending_push JSON
         )""",
     )
     sql_views = (
@@ -81,7 +93,8 @@ class BundlesView(FoldView):
                      AND p.permission IN ('READ', 'FULL_CONTROL')
                      AND (p.resource = b.bundle_id OR p.resource = b.namespace)
                ) AS public
-        FROM projector.bundles b""",
+        FROM projector.bundles b
+        WHERE b.state <> 'pending'""",
     )
 
     def scope(self, item: Item) -> Scope | None:
@@ -96,18 +109,35 @@ class BundlesView(FoldView):
         data = event.data
         when = utc(event.time)
         row = rows[0] if rows else _blank(self.scope(item)[0])  # type: ignore[index]
-        if event.type == PUSHED:
-            if row["frozen"] and row["state"] != "deleted":
-                return None  # a frozen version never changes; the ECR rejects the push
-            row.update(_spec_columns(data))
-            row.update(state="pushed", pusher=data.pusher, reasons=None, pushed_at=when,
-                       approved=False, approved_by=None, approved_at=None, deleted_at=None)
+        if event.type == PUSHED:  # a request of an old log: kept aside until answered
+            if is_decided(event):
+                return None
+            row.update(pending_id=event.id, pending_push=data.model_dump_json())
+            if not rows:
+                row.update(state="pending", pusher=data.pusher, pushed_at=when)
         elif event.type == REGISTERED:
-            row.update(state="registered", owner=data.owner, registered_at=when, reasons=None)
-        elif event.type == REJECTED:
-            row["reasons"] = list(data.reasons)
-            if not row["frozen"] or row["state"] == "deleted":
-                row["state"] = "rejected"
+            if data.app is not None:
+                pushed = BundlePushed(app=data.app, pusher=data.pusher or data.owner,
+                                      artifacts=data.artifacts, provenance=data.provenance)
+            elif row["pending_id"] is not None and row["pending_id"] == event.causationid:
+                pushed = BundlePushed.model_validate_json(row["pending_push"])
+            else:
+                pushed = None
+            if pushed is not None:
+                row.update(_spec_columns(pushed))
+                row.update(pusher=pushed.pusher, pushed_at=when)
+            row.update(state="registered", owner=data.owner, registered_at=when, reasons=None,
+                       approved=False, approved_by=None, approved_at=None, deleted_at=None,
+                       pending_id=None, pending_push=None)
+        elif event.type == REJECTED:  # an old log's answer to a push: the push never happened
+            if row["pending_id"] is None or row["pending_id"] != event.causationid:
+                return None
+            if row["state"] == "pending":
+                return []
+            row.update(pending_id=None, pending_push=None)
+            return [row]
+        elif not is_decided(event):
+            return None  # a user's request of an old log, not a fact
         elif event.type == APPROVED:
             row.update(state="approved", approved=True, approved_by=data.by, approved_at=when)
         elif event.type == FROZEN:
@@ -130,7 +160,8 @@ def _blank(bundle_id: str) -> Row:
         "resources_gpu": None, "metadata": None, "artifacts": None, "provenance": None,
         "approved": False, "approved_by": None, "frozen": False, "reasons": None,
         "pushed_at": None, "registered_at": None, "approved_at": None, "frozen_at": None,
-        "deleted_at": None, "updated_at": None, "last_seq": 0,
+        "deleted_at": None, "updated_at": None, "last_seq": 0, "pending_id": None,
+        "pending_push": None,
     }  # fmt: skip
 
 

@@ -1,20 +1,25 @@
 """``jobs``: one row per SES job, its state and targets.
 
-States follow the scheduler (``Submitted``, ``Running`` once scheduled or resumed,
-``Suspended``, ``Completed``, ``Removed``) plus ``Rejected`` for a submission the scheduler
-refused (``reasons`` says why). ``bundles`` are the ECR bundles the job's plugins run.
+Only what the scheduler decided shows: a job appears when it is scheduled (the
+``ses.job.scheduled`` fact carries the submission), then follows the facts: ``Running``,
+``Suspended``, ``Running`` again once resumed, ``Completed``, ``Removed``. A refused command (a
+submission on an unapproved bundle, a suspend by someone else) changes nothing here: it is a
+row of ``rejections``. ``bundles`` are the ECR bundles the job's plugins run.
 
-Job ids are unique, as the scheduler keeps them: the first submission of an id owns the row,
-and only the scheduler's answers to that submission (``causationid`` = its event id) change
-it. A later submission reusing the id is rejected by the scheduler and leaves the job alone.
+Logs written before commands existed hold users' ``ses.job.submitted`` requests: such a job
+shows as ``Submitted`` until the scheduler's answer (``causationid`` = the request's id)
+runs it, or disappears when the answer is ``ses.job.rejected`` (or ``ses.command.rejected``).
+Users' suspend/resume/remove requests of such logs are not facts: the scheduler decides them
+again and appends what it decides. Job ids are unique: the first submission owns the row.
 """
 
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from hivebus.projections.views.base import EVENTS, FoldView, Item, Row, Scope, Table, utc
+from hivebus.schemas.commands import is_decided
 
 SUBMITTED = "ses.job.submitted"
 SCHEDULED = "ses.job.scheduled"
@@ -23,12 +28,15 @@ SUSPENDED = "ses.job.suspended"
 RESUMED = "ses.job.resumed"
 REMOVED = "ses.job.removed"
 COMPLETED = "ses.job.completed"
-TYPES = frozenset({SUBMITTED, SCHEDULED, REJECTED, SUSPENDED, RESUMED, REMOVED, COMPLETED})
+COMMAND_REJECTED = "ses.command.rejected"
+TYPES = frozenset(
+    {SUBMITTED, SCHEDULED, REJECTED, SUSPENDED, RESUMED, REMOVED, COMPLETED, COMMAND_REJECTED}
+)
 
 
 class JobsView(FoldView):
     name = "jobs"
-    version = 2
+    version = 3
     stream = EVENTS
     public = ("jobs",)
     scope_columns = ("job_id",)
@@ -72,27 +80,20 @@ class JobsView(FoldView):
         when = utc(event.time)
         row = rows[0] if rows else _blank(data.job_id)
         kind = event.type
-        if kind == SUBMITTED and row["submission_id"] is not None:
+        if kind == SUBMITTED and (row["submission_id"] is not None or is_decided(event)):
             return None  # the id is taken: the scheduler rejects this submission
-        if kind in (SCHEDULED, REJECTED) and event.causationid != row["submission_id"]:
-            return None  # an answer to another submission of this id
+        if kind == SCHEDULED and row["submission_id"] is None and data.spec is not None:
+            row["submission_id"] = event.causationid
+            _submission_columns(row, data.user, data.spec, when)
+        if kind in (SCHEDULED, REJECTED, COMMAND_REJECTED) and event.causationid != row["submission_id"]:
+            return None  # an answer to another submission of this id, or to another command
+        if kind in (REJECTED, COMMAND_REJECTED):
+            return [] if rows and row["state"] == "Submitted" else None  # never happened
+        if kind not in (SUBMITTED, SCHEDULED, COMPLETED) and not is_decided(event):
+            return None  # a user's request of an old log, not a fact
         if kind == SUBMITTED:
-            spec = data.spec
             row["submission_id"] = event.id
-            row.update(
-                name=spec.name,
-                user=data.user,
-                state="Submitted",
-                nodes=list(spec.nodes),
-                node_tags=list(spec.node_tags),
-                plugins=[p.name for p in spec.plugins],
-                bundles=[p.plugin_spec.bundle_id for p in spec.plugins],
-                science_rules=list(spec.science_rules),
-                success_criteria=list(spec.success_criteria),
-                spec=json.dumps(spec.model_dump(mode="json"), sort_keys=True),
-                submitted_at=when,
-                reasons=None,
-            )
+            _submission_columns(row, data.user, data.spec, when)
         elif kind == SCHEDULED:
             row.update(
                 state="Running",
@@ -100,8 +101,6 @@ class JobsView(FoldView):
                 placed_nodes=sorted({p.node for p in data.placements}),
                 scheduled_at=when,
             )
-        elif kind == REJECTED:
-            row.update(state="Rejected", reasons=list(data.reasons))
         elif kind == SUSPENDED:
             row.update(state="Suspended", suspended_at=when, reasons=_reason(data.reason))
         elif kind == RESUMED:
@@ -113,6 +112,23 @@ class JobsView(FoldView):
         row["updated_at"] = when
         row["last_seq"] = item.seq
         return [row]
+
+
+def _submission_columns(row: Row, user: str | None, spec: Any, when: Any) -> None:
+    row.update(
+        name=spec.name,
+        user=user,
+        state="Submitted",
+        nodes=list(spec.nodes),
+        node_tags=list(spec.node_tags),
+        plugins=[p.name for p in spec.plugins],
+        bundles=[p.plugin_spec.bundle_id for p in spec.plugins],
+        science_rules=list(spec.science_rules),
+        success_criteria=list(spec.success_criteria),
+        spec=json.dumps(spec.model_dump(mode="json"), sort_keys=True),
+        submitted_at=when,
+        reasons=None,
+    )
 
 
 def _reason(text: str) -> list[str] | None:
