@@ -32,6 +32,7 @@ from hivebus.schemas.ecr import (
     BundlePushed,
     BundleRegistered,
     BundleRejected,
+    EcrCommandRejected,
     HardwareProfile,
     PermissionGranted,
     PermissionRevoked,
@@ -79,10 +80,19 @@ from hivebus.schemas.ses import (
     PluginSpec,
     PluginState,
     ResourceRequest,
+    SesCommandRejected,
     bundle_from_image,
     image_for_bundle,
 )
-from hivebus.schemas.storage import AclChanged, BucketCreated, Grant, ObjectPut
+from hivebus.schemas.storage import (
+    AclChanged,
+    BucketCreated,
+    BucketDeleted,
+    Grant,
+    ObjectDeleted,
+    ObjectPut,
+    StorageCommandRejected,
+)
 
 # --- building blocks ------------------------------------------------------------------------
 
@@ -320,7 +330,32 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
         artifacts=st.lists(artifacts, max_size=3),
         provenance=opt(provenances),
     ),
-    "ecr.bundle.registered": st.builds(BundleRegistered, bundle_id=bundle_ids, owner=users),
+    "ecr.bundle.registered": st.builds(BundleRegistered, bundle_id=bundle_ids, owner=users)
+    | st.builds(
+        BundleRegistered,
+        bundle_id=bundle_ids,
+        owner=users,
+        pusher=users,
+        app=app_specs,
+        artifacts=st.lists(artifacts, max_size=2),
+        provenance=opt(provenances),
+    ),
+    "ecr.command.rejected": st.builds(
+        EcrCommandRejected,
+        command=st.sampled_from(["ecr.push", "ecr.grant", "ecr.approve"]),
+        by=users,
+        target=bundle_ids,
+        reasons=st.lists(nonempty, min_size=1, max_size=3),
+        data=st.dictionaries(nonempty, st.integers() | nonempty, max_size=3),
+    ),
+    "ses.command.rejected": st.builds(
+        SesCommandRejected,
+        command=st.sampled_from(["ses.submit", "ses.suspend"]),
+        by=users,
+        job_id=keys,
+        reasons=st.lists(nonempty, min_size=1, max_size=3),
+        data=st.dictionaries(nonempty, st.integers() | nonempty, max_size=3),
+    ),
     "ecr.bundle.rejected": st.builds(
         BundleRejected,
         bundle_id=bundle_ids,
@@ -365,6 +400,9 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
             max_size=3,
         ),
         policy=labels,
+        user=opt(users),
+        spec=opt(job_specs),
+        max_nodes=opt(st.integers(1, 1000)),
     ),
     "ses.job.rejected": st.builds(
         JobRejected, job_id=keys, reasons=st.lists(nonempty, min_size=1, max_size=3)
@@ -474,6 +512,15 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
     ),
     "storage.acl.changed": st.builds(
         AclChanged, bucket_id=keys, acl=st.lists(grants, max_size=3), by=users
+    ),
+    "storage.object.deleted": st.builds(ObjectDeleted, bucket_id=keys, key=nonempty, by=users),
+    "storage.bucket.deleted": st.builds(BucketDeleted, bucket_id=keys, by=users),
+    "storage.command.rejected": st.builds(
+        StorageCommandRejected,
+        command=st.sampled_from(["storage.create", "storage.put", "storage.grant"]),
+        by=users,
+        bucket_id=keys,
+        reasons=st.lists(nonempty, min_size=1, max_size=3),
     ),
     "auth.user.added": st.builds(
         UserAdded, user=users, token_sha256=st.text("0123456789abcdef", min_size=64, max_size=64), by=users

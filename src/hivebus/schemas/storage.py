@@ -1,8 +1,10 @@
-"""Object-store events: typed buckets with an owner and S3-style ACL grants, and objects put.
+"""Object-store events: typed buckets with an owner and S3-style ACL grants, objects put and
+deleted, and the storage decider's rejections.
 
 A bucket's owner always has FULL_CONTROL; ``acl`` lists the other grants. ``AllUsers`` (a
-group) makes a bucket public. ``storage.acl.changed`` carries the bucket's whole new ACL, so
-a view replaces rather than merges.
+group) makes a bucket public, ``AuthenticatedUsers`` opens it to every token holder.
+``storage.acl.changed`` carries the bucket's whole new ACL, so a view replaces rather than
+merges. The bytes live in a JetStream object store per bucket; the log holds what happened.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from hivebus.schemas.registry import event
 AclVerb = Literal["FULL_CONTROL", "WRITE", "READ", "WRITE_ACP", "READ_ACP"]
 BucketType = Literal["training-data", "model", "profile", "upload"]
 ALL_USERS = "AllUsers"
+AUTHENTICATED_USERS = "AuthenticatedUsers"
+GROUPS = (ALL_USERS, AUTHENTICATED_USERS)
 
 
 class Grant(Part):
@@ -64,4 +68,38 @@ class AclChanged(Payload):
     by: UserName
 
 
-__all__ = ["AclChanged", "AclVerb", "BucketCreated", "BucketType", "Grant", "ObjectPut"]
+@event("storage.object.deleted")
+class ObjectDeleted(Payload):
+    model_config = STRICT
+
+    bucket_id: Key
+    key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    by: UserName
+
+
+@event("storage.bucket.deleted")
+class BucketDeleted(Payload):
+    """The bucket and every object in it are gone."""
+
+    model_config = STRICT
+
+    bucket_id: Key
+    by: UserName
+
+
+@event("storage.command.rejected")
+class StorageCommandRejected(Payload):
+    """The storage decider refused a user's command: who, what, on which bucket, and why."""
+
+    model_config = STRICT
+
+    command: Annotated[str, StringConstraints(pattern=r"^storage\.[a-z_]+$")]
+    by: UserName
+    bucket_id: Annotated[str, StringConstraints(max_length=256)]
+    reasons: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+
+
+__all__ = [
+    "ALL_USERS", "AUTHENTICATED_USERS", "GROUPS", "AclChanged", "AclVerb", "BucketCreated", "BucketDeleted",
+    "BucketType", "Grant", "ObjectDeleted", "ObjectPut", "StorageCommandRejected",
+]
