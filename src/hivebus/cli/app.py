@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "hivebus.cli.replay",
     "hivebus.cli.whatif",
     "hivebus.cli.ecr",
+    "hivebus.cli.cite",
     "hivebus.cli.job",
     "hivebus.cli.node",
     "hivebus.cli.up",
