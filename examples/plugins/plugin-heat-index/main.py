@@ -1,15 +1,16 @@
 """Derive the heat index from temperature and humidity published on the node.
 
-Written exactly as a pywaggle plugin; only the import names hivebus. It subscribes to
-env.temperature and env.relative_humidity, pairs readings taken close together and
-publishes env.heat_index (degrees Celsius, the US National Weather Service formula).
+Written as an official Sage plugin, against pywaggle's API (`from waggle.plugin import ...`).
+It subscribes to env.temperature and env.relative_humidity on the node, pairs readings taken
+close together and publishes env.heat_index (degrees Celsius, the US National Weather Service
+formula) for the cloud only (scope "beehive": nothing on the node consumes it).
 """
 
 import argparse
 import logging
 import math
 
-from hivebus.plugin import Plugin  # pywaggle: from waggle.plugin import Plugin
+from waggle.plugin import Plugin
 
 
 def heat_index(temperature_c, humidity):
@@ -61,7 +62,8 @@ def main():
             meta = {"units": "degrees Celsius", "method": "nws"}
             if "sensor" in t.meta:
                 meta["sensor"] = t.meta["sensor"]
-            plugin.publish("env.heat_index", value, meta=meta, timestamp=max(t.timestamp, rh.timestamp))
+            plugin.publish("env.heat_index", value, meta=meta, timestamp=max(t.timestamp, rh.timestamp),
+                           scope="beehive")
             logging.info("heat index %.2f C from t=%s C rh=%s %%", value, t.value, rh.value)
             published += 1
 

@@ -1,8 +1,9 @@
 """Take a (simulated) camera snapshot and upload it.
 
-Written exactly as a pywaggle plugin; only the import names hivebus. It writes a small
-grayscale PGM image (a gradient with noise, or a frame from --image when given), publishes
-its mean brightness and hands the file to upload_file, which removes it once the node has it.
+Written as an official Sage plugin, against pywaggle's API (`from waggle.plugin import ...`).
+It writes a small grayscale PGM image (a gradient with noise, or uploads --image as it is),
+publishes its mean brightness and hands the file to upload_file: a simulated frame is removed
+once the node has it, a given --image is kept (keep=True).
 """
 
 import argparse
@@ -12,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hivebus.plugin import Plugin  # pywaggle: from waggle.plugin import Plugin
+from waggle.plugin import Plugin, get_timestamp
 
 
 def simulated_frame(width, height):
@@ -42,7 +43,7 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     with Plugin() as plugin:
-        now = time.time_ns()
+        now = get_timestamp()
         if args.image is not None:
             path = args.image
             keep = True  # not ours to delete
