@@ -1,9 +1,9 @@
 """A synthetic but realistic history: the events a small network produces, in log order.
 
-Nodes register and heartbeat, lose and regain sensors; users push bundles that the ECR
-registers, approves and makes public; jobs are submitted, scheduled and assigned; nodes run the
-plugins (``plugin.status`` from queued to completed or failed, with measured cost), the ECR
-records profiles, rules fire triggers, and sensors stream readings. Node events carry a
+Nodes register and heartbeat, lose and regain sensors; the ECR registers, approves and makes
+public the bundles users push (only its facts: commands are never stored); the scheduler places
+and assigns the jobs users submit; nodes run the plugins (``plugin.status`` from queued to
+completed or failed, with measured cost), the ECR records profiles, rules fire triggers, and sensors stream readings. Node events carry a
 per-node ``nodeseq`` shared by readings and lifecycle events, as an edge outbox numbers them.
 
 Deterministic for a seed (ids excepted), so tests, benchmarks and demos can compare views
@@ -166,16 +166,18 @@ def _bundle(bundle_id: str, clock: _Clock) -> Iterator[Event]:
                          architectures=["linux/amd64", "linux/arm64"]),
         resources=AppResources(cpu=0.25, memory=128 * 2**20),
     )
-    pushed = Event.new(BundlePushed(app=app, pusher="ada"), source="user/ada", subject=bundle_id, time=clock.tick())
-    yield pushed
-    yield pushed.caused(BundleRegistered(bundle_id=bundle_id, owner="ada"), source="handler/ecr",
-                        subject=bundle_id, producer="ecr", index=0)
-    yield Event.new(BundleApproved(bundle_id=bundle_id, by="reviewer"), source="user/reviewer",
-                    subject=bundle_id, time=clock.tick())
-    yield Event.new(
+    # Commands are never stored: each fact is caused by one (its id is the causation id).
+    push = Event.new(BundlePushed(app=app, pusher="ada"), source="user/ada", subject=bundle_id, time=clock.tick())
+    yield push.caused(BundleRegistered(bundle_id=bundle_id, owner="ada", pusher="ada", app=app),
+                      source="handler/ecr", subject=bundle_id, producer="ecr", index=0)
+    approve = Event.new(BundleApproved(bundle_id=bundle_id, by="reviewer"), source="user/reviewer",
+                        subject=bundle_id, time=clock.tick())
+    yield approve.caused(approve.data, source="handler/ecr", subject=bundle_id, producer="ecr", index=0)
+    grant = Event.new(
         PermissionGranted(resource=bundle_id, grantee_type="group", grantee="AllUsers", permission="READ", by="ada"),
         source="user/ada", subject=bundle_id, time=clock.tick(),
     )
+    yield grant.caused(grant.data, source="handler/ecr", subject=bundle_id, producer="ecr", index=0)
 
 
 def _job(job_id: str, bundle_id: str, fleet: list[_Node], clock: _Clock) -> Iterator[Event]:
@@ -188,10 +190,9 @@ def _job(job_id: str, bundle_id: str, fleet: list[_Node], clock: _Clock) -> Iter
         success_criteria=["WallClock(1d)"],
     )
     submitted = Event.new(JobSubmitted(job_id=job_id, user="ada", spec=spec), source="user/ada",
-                          subject=job_id, time=clock.tick())
-    yield submitted
+                          subject=job_id, time=clock.tick())  # the ses.submit command, not stored
     placements = [Placement(node=n.node_id, plugin=plugin, bundle_id=bundle_id, score=1.0) for n in fleet]
-    yield submitted.caused(JobScheduled(job_id=job_id, placements=placements, policy="fit"),
+    yield submitted.caused(JobScheduled(job_id=job_id, placements=placements, policy="fit", user="ada", spec=spec),
                            source="handler/ses", subject=job_id, producer="ses", index=0)
     for i, node in enumerate(fleet):
         goal = GoalAssigned(node=node.node_id, job_id=job_id, plugins=[
