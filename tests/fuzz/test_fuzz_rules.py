@@ -57,11 +57,12 @@ def example_rules() -> list[str]:
 
 CORPUS = [
     *example_rules(),
-    "set(mode, value='storm'): rate('env.pressure', '1h') < -0.5",
-    "publish(heat.alert): avg('env.temperature', since='-10m') >= 35 or not (time('hour') < 6)",
-    "schedule(cam): count('env.motion', '5m') > 2 and max('env.t', '1h30m') - min('env.t', '1h30m') > 10",
-    "schedule(p): cronjob('p', '@hourly') and sum('sys.load1', '250ms') / 0 == 1",
-    "schedule(\"q\"): -v('a.b') % 3 != 0 and 1 < v('x') <= 2",
+    "set(mode, value='storm'): any(rate('env.pressure', since='-1h', window='10m', unit='1h') < 0.5)",
+    "publish(heat.alert, to=cloud): avg(v('env.temperature', since='-10m')) >= 35 or not (time('hour') < 6)",
+    "schedule(cam): len(v('env.motion', since='-5m')) > 2 and max(v('env.t', since='-1h30m')) - min(v('env.t')) > 10",
+    "schedule(p, duration=5m): cronjob('p', '@hourly') and sum(v('sys.load1', since='-250ms')) / 0 == 1",
+    "schedule(\"q\"): any(-v('a.b', sensor='bme680') % 3 != 0) and 1 < avg(v('x', last=True)) <= 2",
+    "schedule(b): after('a', since='b') or after('a', since=120) or cronjob('', '*/2 * * * * *')",
 ]
 
 
@@ -89,7 +90,8 @@ def check_accepted(rule: Rule) -> None:
     for name in rule.reading_names:
         READING_NAME.validate_python(name)
     for plugin, expr in rule.cronjobs:
-        LABEL.validate_python(plugin)
+        if plugin:  # '' is allowed: the cron alone, no program's runs
+            LABEL.validate_python(plugin)
         assert cron_problem(expr) is None
     for ctx in contexts():
         assert rule.evaluate(ctx) in (True, False)
@@ -103,8 +105,9 @@ def contexts() -> list[MemoryContext]:
         ctx = MemoryContext(now=now)
         ns = int(now.timestamp() * 1e9)
         for name in ("env.t", "env.temperature", "a.b", "x", "sys.load1", "env.pressure"):
-            for i, value in enumerate((1.0, -0.0, 1e308, -1e308, 3, "wet", 2**70, 5e-324)):
-                ctx.add(name, value, ns - i * 1_000_000_000)  # type: ignore[arg-type]
+            for i, value in enumerate((1.0, -0.0, 1e308, -1e308, 3, "wet", 2**70, 5e-324, True)):
+                ctx.add(name, value, ns - i * 1_000_000_000, {"sensor": "bme680"} if i % 2 else None)
+        ctx.record_run("p", now - timedelta(seconds=30))
         out.append(ctx)
     out.append(MemoryContext(now=datetime(2024, 1, 1, tzinfo=UTC)))  # nothing read yet
     return out
@@ -154,7 +157,7 @@ reading_names = st.from_regex(r"[a-z0-9_]{1,6}(\.[a-z0-9_]{1,6}){0,2}", fullmatc
 plugins = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,8}", fullmatch=True)
 windows = st.builds(
     lambda sign, parts: sign + "".join(f"{n}{u}" for n, u in parts),
-    st.sampled_from(["", "-"]),
+    st.sampled_from(["-"]),
     st.lists(st.tuples(st.integers(1, 90), st.sampled_from(["ms", "s", "m", "h", "d", "w"])), min_size=1, max_size=3),
 ).filter(lambda w: parse_duration(w) <= MAX_SECONDS)
 crons = st.sampled_from(["* * * * *", "*/5 * * * *", "0 0 29 2 *", "59 23 31 12 *", "0 */6 * * 1-5",
@@ -165,16 +168,34 @@ def quoted(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def data(draw: st.DrawFn) -> str:
+    """A ``v(...)`` or ``rate(...)`` call: a window of values."""
+    options = [quoted(draw(reading_names))]
+    if draw(st.booleans()):
+        options.append(f"since={quoted(draw(windows))}")
+    if draw(st.booleans()):
+        options.append(f"sensor={quoted(draw(st.sampled_from(['bme680', 'x'])))}")
+    if draw(st.booleans()):
+        return f"rate({', '.join(options)}, window={quoted(draw(windows).lstrip('-'))})"
+    return f"v({', '.join(options)}{', last=True' if draw(st.booleans()) else ''})"
+
+
 def call(name: str, draw: st.DrawFn) -> str:
-    if name == "v":
-        return f"v({quoted(draw(reading_names))})"
+    if name in ("v", "rate"):
+        return data(draw)
     if name == "time":
         return f"time({quoted(draw(st.sampled_from(TIME_UNITS)))})"
     if name == "cronjob":
-        return f"cronjob({quoted(draw(plugins))}, {quoted(draw(crons))})"
-    since = draw(windows)
-    keyword = "since=" if draw(st.booleans()) else ""
-    return f"{name}({quoted(draw(reading_names))}, {keyword}{quoted(since)})"
+        return f"cronjob({quoted(draw(plugins | st.just('')))}, {quoted(draw(crons))})"
+    if name == "after":
+        since = draw(st.sampled_from(["", ", since=120", ", since='p'"]))
+        return f"after({quoted(draw(plugins))}{since})"
+    if name in ("min", "max") and draw(st.booleans()):
+        return f"{name}(1, time('hour'), -2.5)"
+    inner = data(draw)
+    if draw(st.booleans()):
+        inner = f"{inner} {draw(st.sampled_from(['>', '==', '*', '-']))} {draw(st.sampled_from(['1', '2.5']))}"
+    return f"{name}({inner})"
 
 
 @st.composite
@@ -223,12 +244,12 @@ def rules(draw: st.DrawFn) -> str:
     if action == "schedule":
         head = f"schedule({word(draw(plugins))})"
     elif action == "publish":
-        head = f"publish({draw(reading_names)})"
+        head = f"publish({draw(reading_names)}{draw(st.sampled_from(['', ', to=cloud']))})"
     elif action == "set":
         value = draw(st.sampled_from(["1", "-2.5", "'storm'", "true"]))
         head = f"set({word(draw(plugins))}, value={value})"
     else:
-        head = word(draw(plugins.filter(lambda p: p not in ("schedule", "publish", "set"))))
+        head = draw(st.from_regex(r"[a-z0-9][a-z0-9-]{0,8}", fullmatch=True).filter(lambda p: p not in ("schedule", "publish", "set")))
     return f"{head}: {draw(expressions())}"
 
 
@@ -322,5 +343,6 @@ def test_a_window_is_a_positive_bounded_duration_or_a_value_error(text: str) -> 
         assert str(exc)
         return
     assert 0 < seconds <= MAX_SECONDS and math.isfinite(seconds)
-    rule = accepted_or_refused(f"schedule(p): avg('env.t', {quoted(text)}) > 1")
-    assert rule is not None
+    since = "-" + text.strip().lstrip("-")
+    rule = accepted_or_refused(f"schedule(p): avg(v('env.t', since={quoted(since)})) > 1")
+    assert rule is not None and rule.windows == [("env.t", seconds)]

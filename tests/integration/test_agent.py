@@ -323,7 +323,7 @@ async def test_a_publish_rule_fires_a_trigger_to_the_hub_and_on_the_local_bus(
     tmp_path: Path, nats_server: NatsServer, hub: Bus
 ) -> None:
     sleeper = python_plugin("sleeper", "import time; time.sleep(30)")
-    rule = "publish(heat.alert): v('env.temperature') > 35"
+    rule = "publish(heat.alert): any(v('env.temperature', last=True) > 35)"
     async with running(agent_config(tmp_path, nats_server.url)) as agent:
         await hub.publish(goal("job-heat", [sleeper], [rule]))
         await until(has(hub, "node.toedge.applied"), 15, "the goal")

@@ -4,7 +4,6 @@ real process executor): what runs when, statuses in order, triggers on rising ed
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -119,6 +118,10 @@ def goal(rules: list[str], plugins: list[GoalPlugin] | None = None, job: str = "
 T0 = datetime(2024, 6, 1, 12, 4, 59, tzinfo=UTC)
 
 
+def ns(when: datetime) -> int:
+    return int(when.timestamp() * 1_000_000_000)
+
+
 async def test_a_schedule_rule_runs_its_plugin_with_every_status_and_never_stacks_runs() -> None:
     h = Harness()
     h.runner.set_goals({"job-1": goal(["schedule(p): true"])})
@@ -160,29 +163,37 @@ async def test_a_cron_rule_fires_once_at_its_slot() -> None:
     assert len(h.executor.specs) == 1
 
 
-async def test_a_cron_slot_counts_only_when_the_rest_of_the_condition_holds_then() -> None:
+async def test_a_cron_slot_stays_open_for_a_minute_as_on_sage() -> None:
     h = Harness()
     h.runner.set_goals(
-        {"job-1": goal(["schedule(p): v('env.rain') > 3 and cronjob('p', '*/5 * * * *')"])}
+        {"job-1": goal(["schedule(p): any(v('env.rain', last=True) > 3) and cronjob('p', '*/5 * * * *')"])}
     )
-    h.recent.add("env.rain", 1, time.time_ns())
-    h.runner.tick(T0)
-    h.runner.tick(T0 + timedelta(seconds=1))  # the 12:05 slot, but it is dry
-    h.recent.add("env.rain", 9, time.time_ns())
-    h.runner.tick(T0 + timedelta(seconds=2))  # wet now, but between slots: not late
+    h.recent.add("env.rain", 1, ns(T0))
+    h.runner.tick(T0 + timedelta(seconds=1))  # the 12:05 fire, but it is dry
     await h.settle()
     assert h.executor.specs == []
+    h.recent.add("env.rain", 9, ns(T0 + timedelta(seconds=2)))
+    h.runner.tick(T0 + timedelta(seconds=2))  # wet within the minute after the fire: runs
+    await h.settle()
+    assert len(h.executor.specs) == 1
+    h.executor.finish()
+    await h.settle()
+    h.runner.tick(T0 + timedelta(seconds=3))  # it ran in this minute: not again
+    h.runner.tick(T0 + timedelta(seconds=62))  # the minute is over
+    await h.settle()
+    assert len(h.executor.specs) == 1
+    assert h.runner.last_runs["job-1"]["p"] == T0 + timedelta(seconds=2)
 
 
 async def test_publish_fires_on_the_rising_edge_with_the_reading_value() -> None:
     h = Harness()
     h.runner.set_goals(
-        {"job-1": goal(["publish(heat.alert): v('env.temperature') > 35"], [plugin()])}
+        {"job-1": goal(["publish(heat.alert): any(v('env.temperature', last=True) > 35)"], [plugin()])}
     )
     now = T0
     for value, expected in ((20, 0), (36.5, 1), (37, 1), (30, 1), (38, 2)):
-        h.recent.add("env.temperature", value, time.time_ns())
         now += timedelta(seconds=1)
+        h.recent.add("env.temperature", value, ns(now))
         h.runner.tick(now)
         await h.settle()
         assert len(h.triggers) == expected
@@ -195,11 +206,11 @@ async def test_set_gives_later_runs_a_variable() -> None:
     h.runner.set_goals(
         {
             "job-1": goal(
-                ["set(mode, value='storm'): v('env.rain') > 3", "schedule(p): v('env.rain') > 3"]
+                ["set(mode, value='storm'): any(v('env.rain') > 3)", "schedule(p): avg(v('env.rain')) > 3"]
             )
         }
     )
-    h.recent.add("env.rain", 5, time.time_ns())
+    h.recent.add("env.rain", 5, ns(T0))
     h.runner.tick(T0)
     await h.settle()
     assert h.executor.specs[0].env["HIVEBUS_VAR_MODE"] == "storm"
@@ -254,8 +265,8 @@ def test_a_goal_whose_rule_schedules_an_unknown_plugin_is_refused() -> None:
         goal(["schedule(other): true"])
     g = goal(
         [
-            "schedule(p): avg('env.temperature', '10m') > 3",
-            "publish(x): rate('env.pressure', '1h') < 0",
+            "schedule(p): avg(v('env.temperature', since='-10m')) > 3",
+            "publish(x): any(rate('env.pressure', since='-1h') > 0)",
         ],
         [plugin("p"), plugin("q")],
     )
@@ -268,4 +279,4 @@ def test_a_scheduled_run_may_last_until_its_next_fire() -> None:
     from hivebus.rules import parse_rule
 
     assert scheduled_wall_limit(parse_rule("schedule(p): cronjob('p', '*/5 * * * *')"), "p") == 300
-    assert scheduled_wall_limit(parse_rule("schedule(p): v('env.x') > 3"), "p") == SCHEDULED_RUN_WALL_SECONDS
+    assert scheduled_wall_limit(parse_rule("schedule(p): any(v('env.x') > 3)"), "p") == SCHEDULED_RUN_WALL_SECONDS

@@ -77,7 +77,7 @@ def test_rule_job_loads_with_tags_and_a_boolean_selector() -> None:
     assert job.nodes == [] and job.node_tags == ["raingauge", "camera_bottom"]
     assert job.plugins[0].plugin_spec.selector == {"resource.gpu": "true"}  # YAML true -> "true"
     assert job.plugins[0].plugin_spec.bundle_id == "example/surface-water:0.1.0"
-    assert job.science_rules[0].startswith("water-detector: v('env.raingauge.uint') > 3")
+    assert job.science_rules[0].startswith("schedule(water-detector): any(v('env.raingauge.uint'")
 
 
 def test_node_manifest_loads_with_units_as_numbers() -> None:

@@ -22,7 +22,7 @@ import typer
 from rich.table import Table
 
 from hivebus.bus.client import Bus
-from hivebus.cli.app import Hub, app, out, run, settings
+from hivebus.cli.app import Hub, app, err, out, run, settings
 from hivebus.cli.ecr import AsJson, Timeout, User, whoami
 from hivebus.errors import RequestRejected, RuleSyntaxError
 from hivebus.formats import load_job
@@ -51,13 +51,17 @@ def new_job_id(name: str) -> str:
 
 
 def rule_errors(rules: list[str]) -> list[str]:
-    """Every science rule that does not parse, with a pointer at the error."""
+    """Every science rule that does not parse, with a pointer at the error; the warnings of
+    those that parse (the older form, a condition that cannot fire...) are printed."""
     problems = []
     for i, text in enumerate(rules):
         try:
-            parse_rule(text)
+            rule = parse_rule(text)
         except RuleSyntaxError as exc:
             problems.append(f"scienceRules[{i}]: {exc}")
+            continue
+        for warning in rule.warnings:
+            err.print(f"warning: scienceRules[{i}] {text!r}: {warning}", markup=False)
     return problems
 
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hivebus.errors import RuleSyntaxError
-from hivebus.rules import Rule, Schedule, parse_duration, parse_rule
-from hivebus.rules.syntax import Call, Const, walk
+from hivebus.rules import Rule, Schedule, parse_rule
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.ses import GoalAssigned, GoalPlugin
 
@@ -65,28 +64,9 @@ class Goal:
         return [p for p in self.plugins if p.name not in scheduled]
 
     def windows_seconds(self) -> float:
-        """The longest aggregation window any rule reads (for the readings kept)."""
-        longest = 0.0
-        for rule in self.rules:
-            for node in walk(rule.condition):
-                if (
-                    isinstance(node, Call)
-                    and node.name not in ("v", "time", "cronjob")
-                    and len(node.args) > 1
-                ):
-                    window = node.args[1]
-                    if isinstance(window, Const):
-                        longest = max(longest, parse_duration(str(window.value)))
-        return longest
+        """The longest window any rule reads (``v``/``rate``'s ``since``), for the readings kept."""
+        return max((seconds for rule in self.rules for _, seconds in rule.windows), default=0.0)
 
     def watched_names(self) -> set[str]:
-        """Reading names whose history a rule aggregates over a window."""
-        return {
-            str(node.args[0].value)
-            for rule in self.rules
-            for node in walk(rule.condition)
-            if isinstance(node, Call)
-            and node.name not in ("v", "time", "cronjob")
-            and node.args
-            and isinstance(node.args[0], Const)
-        }
+        """Reading names whose recent values a rule reads."""
+        return {name for rule in self.rules for name in rule.reading_names}

@@ -123,7 +123,7 @@ class Intake:
         event in the pending outbox batch, or None if it does not go to the hub."""
         reading = self._enriched(reading)
         self.accepted += 1
-        self.recent.add(reading.name, reading.value, reading.timestamp)
+        self.recent.add(reading.name, reading.value, reading.timestamp, reading.meta)
         self.sensors.saw(reading.name)
         if reading.scope != "beehive":
             await self.publish_local(

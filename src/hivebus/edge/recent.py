@@ -1,32 +1,31 @@
 """Recent readings on the node, and the ``RuleContext`` science rules are evaluated against.
 
 Rules run on the node, offline too, over what the node itself measured. The latest value of
-every reading name is kept (one entry per name); a time series is kept only for the names a
-rule aggregates (``avg``/``sum``/``rate``... over a window), for as long as the longest window
+every reading name is kept (one entry per name); a time series, with each reading's meta, is
+kept only for the names a rule reads (``v``/``rate``), for as long as the longest window
 asks, with a hard cap on points, so memory stays bounded whatever plugins publish.
 
-``TickContext`` is one evaluation round: ``cron_due(plugin, expr)`` is true when the cron
-expression fires between the previous round and this one, independent of how the rest of the
-condition short-circuits, so ``v('x') > 3 and cronjob(...)`` runs at the cron slots where the
-reading is high -- not late, at the first round after a slot where it was low.
+``TickContext`` is one evaluation round of one goal: the round's time, these readings, and
+when each of the goal's plugins last completed a run (for ``after`` and ``cronjob``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Final
 
-from hivebus.rules import cron_due
+from hivebus.rules import Point
+from hivebus.rules.context import NO_META, window_start_ns
 
 MAX_POINTS: Final = 100_000
 
 
 class RecentReadings:
     def __init__(self, *, retention_seconds: float = 3600.0, max_points: int = MAX_POINTS) -> None:
-        self._latest: dict[str, tuple[int, float | str]] = {}
-        self._series: dict[str, deque[tuple[int, float]]] = {}
+        self._latest: dict[str, tuple[int, float | int | str]] = {}
+        self._series: dict[str, deque[Point]] = {}
         self._retention_ns = int(retention_seconds * 1e9)
         self._max_points = max_points
 
@@ -36,16 +35,22 @@ class RecentReadings:
         self._series = {n: self._series.get(n) or deque(maxlen=self._max_points) for n in wanted}
         self._retention_ns = int(max(retention_seconds, 1.0) * 1e9)
 
-    def add(self, name: str, value: float | int | str, timestamp_ns: int) -> None:
+    def add(
+        self,
+        name: str,
+        value: float | int | str,
+        timestamp_ns: int,
+        meta: Mapping[str, str] | None = None,
+    ) -> None:
         latest = self._latest.get(name)
         if latest is None or timestamp_ns >= latest[0]:
             self._latest[name] = (timestamp_ns, value)
         series = self._series.get(name)
-        if series is None or isinstance(value, str):
+        if series is None:
             return
-        series.append((timestamp_ns, float(value)))
+        series.append(Point(timestamp_ns, value, meta or NO_META))
         horizon = timestamp_ns - self._retention_ns
-        while series and series[0][0] < horizon:
+        while series and series[0].timestamp_ns < horizon:
             series.popleft()
 
     def value(self, name: str) -> float | str | None:
@@ -55,12 +60,12 @@ class RecentReadings:
         value = latest[1]
         return value if isinstance(value, str) else float(value)
 
-    def values(self, name: str, since_seconds: float, now_ns: int) -> list[tuple[int, float]]:
+    def readings(self, name: str, since_seconds: float, now: datetime) -> list[Point]:
         series = self._series.get(name)
         if not series:
             return []
-        horizon = now_ns - int(since_seconds * 1e9)
-        return [(ts, v) for ts, v in series if ts >= horizon]
+        start = window_start_ns(now, since_seconds)
+        return [point for point in series if point.timestamp_ns >= start]
 
     @property
     def names(self) -> list[str]:
@@ -68,22 +73,23 @@ class RecentReadings:
 
 
 class TickContext:
-    """The ``hivebus.rules.RuleContext`` of one evaluation round."""
+    """The ``hivebus.rules.RuleContext`` of one evaluation round of one goal."""
 
-    def __init__(self, recent: RecentReadings, now: datetime, previous: datetime) -> None:
+    def __init__(
+        self,
+        recent: RecentReadings,
+        now: datetime,
+        last_runs: Mapping[str, datetime] | None = None,
+    ) -> None:
         self._recent = recent
         self._now = now
-        self._now_ns = int(now.timestamp() * 1e9)
-        self._previous = previous
-
-    def value(self, name: str) -> float | None:
-        return self._recent.value(name)  # type: ignore[return-value]  # a str is allowed too
-
-    def values(self, name: str, since_seconds: float) -> list[tuple[int, float]]:
-        return self._recent.values(name, since_seconds, self._now_ns)
+        self._last_runs = last_runs or {}
 
     def now(self) -> datetime:
         return self._now
 
-    def cron_due(self, plugin: str, expr: str) -> bool:
-        return cron_due(expr, self._previous, self._now)
+    def readings(self, name: str, since_seconds: float) -> list[Point]:
+        return self._recent.readings(name, since_seconds, self._now)
+
+    def last_run(self, plugin: str) -> datetime | None:
+        return self._last_runs.get(plugin)

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import structlog
 
@@ -62,6 +62,8 @@ class GoalRunner:
         self._fast_failures: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._previous: datetime | None = None
+        self.last_runs: dict[str, dict[str, datetime]] = {}
+        """job -> plugin -> when its last run completed (``after``/``cronjob`` read it)."""
         self.finished = 0  # runs that reached a terminal state
 
     # --- goals ---------------------------------------------------------------------------
@@ -76,6 +78,11 @@ class GoalRunner:
                 self._spawn(run.stop())
         for job in set(old) - set(self.goals):
             self.variables.pop(job, None)
+            self.last_runs.pop(job, None)
+        for job in set(self.goals) - set(old):
+            for rule in self.goals[job].rules:
+                for warning in rule.warnings:
+                    log.warning("runner.rule_warning", job=job, rule=rule.text, warning=warning)
         self._fired = {k: v for k, v in self._fired.items() if k[0] in self.goals}
         window = max((g.windows_seconds() for g in self.goals.values()), default=0.0)
         names = (
@@ -95,10 +102,9 @@ class GoalRunner:
 
     def tick(self, now: datetime) -> None:
         """One evaluation round at ``now``."""
-        previous = self._previous or now - timedelta(seconds=self.tick_seconds)
         self._previous = now
-        ctx = TickContext(self.recent, now, previous)
         for goal in list(self.goals.values()):
+            ctx = TickContext(self.recent, now, self.last_runs.get(goal.job_id))
             for rule in goal.rules:
                 try:
                     fired = rule.evaluate(ctx)
@@ -167,6 +173,10 @@ class GoalRunner:
         if self.runs.get(run.key) is run:
             del self.runs[run.key]
         self.finished += 1
+        if run.result is not None and run.result.state == "completed":
+            # on the rounds' clock, which the rules read time by
+            completed = self._previous or self.clock()
+            self.last_runs.setdefault(run.key[0], {})[run.key[1]] = completed
         if not task.cancelled() and task.exception() is not None:
             log.error("runner.run_crashed", run_id=run.run_id, error=str(task.exception()))
         failed_fast = (

@@ -135,7 +135,7 @@ def check_rules(texts: list[str], plugins: set[str]) -> tuple[list[Rule], list[s
             reasons.append(_rule_reason(i, text, exc))
             continue
         named = [rule.plugin] if rule.plugin else []
-        named += [plugin for plugin, _ in rule.cronjobs]
+        named += [plugin for plugin, _ in rule.cronjobs if plugin]  # '': the cron alone
         for plugin in named:
             if plugin not in plugins:
                 reasons.append(

@@ -1,7 +1,10 @@
 """Durations as people write them in rules and success criteria: ``5m``, ``-1h30m``, ``2d``.
 
-A leading ``-`` is accepted and ignored (Sage writes windows as ``since='-5m'``, meaning "the
-last five minutes"); the value is always a positive number of seconds.
+A leading ``-`` is accepted and ignored by ``parse_duration`` (Sage writes windows as
+``since='-5m'``, meaning "the last five minutes"); the value is always a positive number of
+seconds. In a rule, ``since=`` must carry the ``-`` (it is a start relative to now, as the
+node's InfluxDB reads it: ``since='5m'`` would start in the future and never hold data) and
+``window=``/``unit=`` must not (they are lengths).
 """
 
 from __future__ import annotations
@@ -22,6 +25,21 @@ def duration_problem(text: str) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def since_problem(text: str) -> str | None:
+    """Why ``text`` is not a ``since=`` start (``'-1m'``, ``'-2h'``), or None."""
+    problem = duration_problem(text)
+    if problem is None and not text.strip().startswith("-"):
+        return f"since={text!r} starts in the future: write since='-{text.strip()}' (back from now)"
+    return problem
+
+
+def length_problem(text: str) -> str | None:
+    """Why ``text`` is not a length (``window=``/``unit=``: ``'1m'``, ``'5m'``), or None."""
+    if text.strip().startswith("-"):
+        return f"{text!r} is a length: write {text.strip()[1:]!r}, without '-'"
+    return duration_problem(text)
 
 
 def parse_duration(text: str) -> float:

@@ -2,21 +2,30 @@
 
 Grammar (``[]`` optional, ``*`` repeated)::
 
-    rule      := action ':' condition
-    action    := 'schedule' '(' word ')' | 'publish' '(' word ')'
-               | 'set' '(' word ',' 'value' '=' literal ')' | word        (older form = schedule)
-    word      := bare name [A-Za-z0-9_][A-Za-z0-9_.-]* | quoted string
+    rule      := action ':' condition | plugin ':' condition      (older form, see below)
+    action    := ('schedule' | 'publish' | 'set') '(' object (',' key '=' text)* ')'
+    object    := quoted string | bare text up to ',' or ')'      text := the same, ':' allowed
     condition := or
     or        := and ('or' and)*            and := not ('and' not)*
     not       := 'not' not | compare        compare := sum (('<'|'<='|'>'|'>='|'=='|'!=') sum)*
     sum       := term (('+'|'-') term)*     term := unary (('*'|'/'|'%') unary)*
     unary     := '-' unary | atom
-    atom      := number | string | true | false | call | '(' condition ')'
-    call      := function '(' [arg (',' arg)*] ')'     arg := literal | keyword '=' literal
+    atom      := number | string | True | False | call | '(' condition ')'
+    call      := function '(' [arg (',' arg)*] [','] ')'    arg := condition | name '=' condition
+
+The action is read as Sage's cloud scheduler reads it: an object, then ``key=value``
+parameters kept as text with their quotes removed (``set(sys.time.sunrise, value=06:39:00)``).
+The condition is the subset of Python that Sage's node checker evaluates (see ``kinds.py``
+and ``evaluate.py`` for what it means).
+
+The older ``<plugin>: <condition>`` form, which Sage's scheduler no longer parses but old job
+files use, is read as ``schedule(<plugin>): <condition>`` with a warning that shows that form;
+the plugin name must then be a bare Sage plugin name (``[a-z0-9-]``).
 
 Every error is a ``RuleSyntaxError`` with the 0-based position of the offending character;
 the parser also refuses what would only fail later (unknown functions, wrong arguments, bad
-cron expressions and windows), deep nesting and over-long rules.
+cron expressions and windows, a reducer given a name instead of values), deep nesting and
+over-long rules.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from functools import lru_cache
 from typing import Final
 
 from hivebus.errors import RuleSyntaxError
-from hivebus.rules.functions import CHECKS, FUNCTIONS
+from hivebus.rules.functions import CHECKS, FUNCTIONS, SAGE_TIME_UNITS, Signature
+from hivebus.rules.kinds import condition_warnings
 from hivebus.rules.syntax import (
     Action,
     BoolOp,
@@ -38,6 +48,7 @@ from hivebus.rules.syntax import (
     Node,
     Publish,
     Rule,
+    Scalar,
     Schedule,
     Set,
     Unary,
@@ -49,10 +60,17 @@ from hivebus.rules.syntax import (
 
 MAX_RULE_LENGTH: Final = 4096
 MAX_DEPTH: Final = 48
+ACTIONS: Final = ("schedule", "publish", "set")
 
-_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_ACTION_HEAD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+_HEAD_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_LEGACY_PLUGIN = re.compile(r"[a-z0-9][a-z0-9-]*")  # fullmatch: Sage's plugin names
+_BARE_OBJECT = re.compile(r"[^\s,()'\"=]+")
+_BARE_VALUE = re.compile(r"[^\s,()'\"]+")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEYWORD_ARG = re.compile(r"\s*=(?!=)")
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"\d+")
 _LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
 _PUBLISH_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")  # fullmatch: "$" lets "a\n" through
 _OPERATORS: Final = (
@@ -82,7 +100,7 @@ _ESCAPES: Final = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
 class Token:
     kind: str  # "num" | "str" | "ident" | "op" | "end"
     text: str
-    value: float | str | None
+    value: float | int | str | None
     position: int
 
 
@@ -92,6 +110,7 @@ class _Parser:
         self.pos = 0
         self.depth = 0
         self._peeked: Token | None = None
+        self.warnings: list[str] = []
 
     # --- errors and scanning ---------------------------------------------------------------
 
@@ -140,11 +159,14 @@ class _Parser:
             end = number.end()
             if end < len(self.text) and (self.text[end].isalnum() or self.text[end] == "_"):
                 raise self.fail(end, f"unexpected {self.text[end]!r} after the number")
-            value = float(number.group())
+            text = number.group()
+            if len(text) > 64:
+                raise self.fail(start, "number is too large")
+            value: float | int = int(text) if _INTEGER.fullmatch(text) else float(text)
             if not math.isfinite(value):
                 raise self.fail(start, "number is too large")
             self.pos = end
-            return Token("num", number.group(), value, start)
+            return Token("num", text, value, start)
         ident = _IDENT.match(self.text, start)
         if ident:
             self.pos = ident.end()
@@ -181,86 +203,120 @@ class _Parser:
 
     # --- action ----------------------------------------------------------------------------
 
-    def word(self, what: str) -> tuple[str, int]:
-        """A name in an action: bare (``water-detector``, ``heat.alert``) or quoted."""
+    def piece(self, pattern: re.Pattern[str], what: str) -> tuple[str, int]:
+        """A quoted string (quotes removed) or bare text matching ``pattern``."""
         assert self._peeked is None
         self.skip_space()
         start = self.pos
         if start < len(self.text) and self.text[start] in "'\"":
-            token = self.scan_string()
-            return str(token.value), start
-        match = _WORD.match(self.text, start)
+            return str(self.scan_string().value), start
+        match = pattern.match(self.text, start)
         if match is None:
             found = repr(self.text[start]) if start < len(self.text) else "the end of the rule"
             raise self.fail(start, f"expected {what}, found {found}")
         self.pos = match.end()
         return match.group(), start
 
-    def literal(self, what: str) -> float | str | bool:
-        token = self.next()
-        negative = False
-        if token.kind == "op" and token.text == "-":
-            negative = True
-            token = self.next()
-            if token.kind != "num":
-                raise self.fail(
-                    token.position, f"expected a number after '-', found {describe(token)}"
-                )
-        if token.kind == "num":
-            return -float(token.value) if negative else float(token.value)  # type: ignore[arg-type]
-        if token.kind == "str":
-            return str(token.value)
-        if token.kind == "ident" and token.text in ("true", "True", "false", "False"):
-            return token.text in ("true", "True")
-        raise self.fail(
-            token.position,
-            f"expected {what} (a number, a string, true or false), found {describe(token)}",
-        )
+    def skip_to(self, ch: str) -> bool:
+        self.skip_space()
+        if self.pos < len(self.text) and self.text[self.pos] == ch:
+            self.pos += 1
+            return True
+        return False
 
     def action(self) -> tuple[Action, bool]:
         self.skip_space()
-        name, start = self.word(
-            "an action: schedule(<plugin>), publish(<name>), set(<key>, value=<v>) or <plugin>"
-        )
-        self.skip_space()
-        is_call = self.pos < len(self.text) and self.text[self.pos] == "("
-        if name in ("schedule", "publish", "set") and is_call:
-            self.pos += 1
-            what = {"schedule": "a plugin name", "publish": "a trigger name", "set": "a key"}[name]
-            target, target_at = self.word(what)
-            action: Action
-            if name == "schedule":
-                check_plugin(self, target, target_at)
-                action = Schedule(target)
-            elif name == "publish":
-                if not _PUBLISH_NAME.fullmatch(target) or len(target) > 128:
-                    raise self.fail(
-                        target_at,
-                        f"{target!r} is not a trigger name (dot-separated lower-case parts, e.g. 'heat.alert')",
-                    )
-                action = Publish(target)
-            else:
-                check_plugin(self, target, target_at, "key")
-                self.expect_op(",", "after the key of set(<key>, value=<v>)")
-                keyword = self.next()
-                if keyword.kind != "ident" or keyword.text != "value":
-                    raise self.fail(
-                        keyword.position,
-                        f"expected 'value=' in set(<key>, value=<v>), found {describe(keyword)}",
-                    )
-                self.expect_op("=", "after 'value'")
-                action = Set(target, self.literal("the value to set"))
-            self.expect_op(")", f"to close {name}(...)")
-            self.expect_op(":", "between the action and its condition")
-            return action, False
-        if is_call:
+        start = self.pos
+        head = _ACTION_HEAD.match(self.text, start)
+        if head is None:
+            return self.legacy_action(start), True
+        name = head.group(1)
+        if name not in ACTIONS:
             raise self.fail(
                 start,
                 f"unknown action {name!r} (use schedule(<plugin>), publish(<name>) or set(<key>, value=<v>))",
             )
-        check_plugin(self, name, start)
-        self.expect_op(":", f"after {name!r} (a rule is '<action>: <condition>')")
-        return Schedule(name), True
+        self.pos = head.end()
+        what = {"schedule": "a plugin name", "publish": "a name to publish", "set": "a key"}[name]
+        target, target_at = self.piece(_BARE_OBJECT, what)
+        params: dict[str, str] = {}
+        while self.skip_to(","):
+            self.skip_space()
+            key_at = self.pos
+            key = _IDENT.match(self.text, key_at)
+            if key is None:
+                raise self.fail(key_at, f"expected a parameter '<name>=<value>' in {name}(...)")
+            self.pos = key.end()
+            if not self.skip_to("="):
+                raise self.fail(self.pos, f"expected '=' after the parameter {key.group()!r}")
+            if key.group() in params:
+                raise self.fail(key_at, f"parameter {key.group()!r} is given twice")
+            params[key.group()] = self.piece(_BARE_VALUE, f"the value of {key.group()!r}")[0]
+        self.skip_space()
+        close_at = self.pos
+        if not self.skip_to(")"):
+            found = (
+                repr(self.text[close_at]) if close_at < len(self.text) else "the end of the rule"
+            )
+            raise self.fail(close_at, f"expected ')' to close {name}(...), found {found}")
+        action = self.build_action(name, target, target_at, params, close_at)
+        self.expect_op(":", "between the action and its condition")
+        return action, False
+
+    def build_action(
+        self, name: str, target: str, at: int, params: dict[str, str], close_at: int
+    ) -> Action:
+        if name == "schedule":
+            check_plugin(self, target, at)
+            return Schedule(target, tuple(params.items()))
+        if name == "publish":
+            if not _PUBLISH_NAME.fullmatch(target) or len(target) > 128:
+                raise self.fail(
+                    at,
+                    f"{target!r} is not a name to publish (dot-separated lower-case parts, e.g. 'env.event.heat')",
+                )
+            return Publish(target, tuple(params.items()))
+        check_plugin(self, target, at, "key")
+        if "value" not in params:
+            raise self.fail(close_at, "set(<key>, value=<v>) needs the value to set")
+        value = params.pop("value")
+        return Set(target, value, tuple(params.items()))
+
+    def legacy_action(self, start: int) -> Schedule:
+        """``<plugin>: <condition>``, the form old job files use: schedule(<plugin>)."""
+        word = _HEAD_WORD.match(self.text, start)
+        if word is None:
+            raise self.fail(
+                start,
+                "expected an action: schedule(<plugin>), publish(<name>) or "
+                f"set(<key>, value=<v>), found {self.found(start)}",
+            )
+        name = word.group()
+        self.pos = word.end()
+        self.skip_space()
+        if self.pos >= len(self.text) or self.text[self.pos] != ":":
+            if name in ACTIONS:
+                raise self.fail(
+                    self.pos, f"expected '(' after {name!r}: {name}(<object>): <condition>"
+                )
+            raise self.fail(
+                self.pos,
+                f"expected ':' after {name!r} (a rule is '<action>(<object>): <condition>'), "
+                f"found {self.found(self.pos)}",
+            )
+        if name in ACTIONS:
+            raise self.fail(start, f"{name!r} needs its object: {name}(<object>): <condition>")
+        if not _LEGACY_PLUGIN.fullmatch(name) or len(name) > 128:
+            raise self.fail(
+                start,
+                "a rule is '<action>(<object>): <condition>'; as the older '<plugin>: <condition>' "
+                f"form, {name!r} is not a plugin name (lower-case letters, digits and '-')",
+            )
+        self.pos += 1
+        return Schedule(name)
+
+    def found(self, at: int) -> str:
+        return repr(self.text[at]) if at < len(self.text) else "the end of the rule"
 
     # --- condition -------------------------------------------------------------------------
 
@@ -337,7 +393,7 @@ class _Parser:
     def atom(self) -> Node:
         token = self.next()
         if token.kind == "num":
-            return Const(float(token.value), token.position)  # type: ignore[arg-type]
+            return Const(token.value, token.position)  # type: ignore[arg-type]
         if token.kind == "str":
             return Const(str(token.value), token.position)
         if token.kind == "op" and token.text == "(":
@@ -346,6 +402,11 @@ class _Parser:
             return node
         if token.kind == "ident":
             if token.text in ("true", "True", "false", "False"):
+                if token.text.islower():
+                    self.warnings.append(
+                        f"{token.text!r} at position {token.position} is hivebus's spelling; "
+                        f"Sage's checker (Python) knows only {token.text.title()}"
+                    )
                 return Const(token.text in ("true", "True"), token.position)
             if token.text in _KEYWORDS:
                 raise self.fail(token.position, f"expected a value, found {token.text!r}")
@@ -359,63 +420,141 @@ class _Parser:
             raise self.fail(name.position, f"unknown function {name.text!r} (known: {known})")
         if not self.at_op("("):
             raise self.fail(
-                self.peek().position,
-                f"expected '(' after {name.text!r}: {signature.usage(name.text)}",
+                self.peek().position, f"expected '(' after {name.text!r}: {signature.usage}"
             )
         self.next()
-        params = signature.params
-        usage = signature.usage(name.text)
-        given: dict[str, tuple[str, int]] = {}
-        index = 0
+        positional: list[Node] = []
+        keywords: list[tuple[str, Node, int]] = []
         while not self.at_op(")"):
-            if given:
-                self.expect_op(",", f"between the arguments of {name.text}(...)")
+            if positional or keywords:
+                if not self.at_op(","):
+                    token = self.peek()
+                    raise self.fail(
+                        token.position,
+                        f"expected ',' between the arguments of {name.text}(...) or ')' to "
+                        f"close it, found {describe(token)}",
+                    )
+                self.next()
                 if self.at_op(")"):
                     break  # a trailing comma
-            token = self.next()
-            keyword: str | None = None
-            if token.kind == "ident" and self.at_op("="):
-                keyword = token.text
+            token = self.peek()
+            if token.kind == "ident" and _KEYWORD_ARG.match(
+                self.text, token.position + len(token.text)
+            ):
                 self.next()
-                token = self.next()
-            if token.kind != "str":
+                self.next()  # '='
+                keywords.append((token.text, self.condition(), token.position))
+                continue
+            if keywords:
                 raise self.fail(
-                    token.position, f"arguments of {name.text}(...) are quoted strings: {usage}"
+                    token.position, f"a positional argument follows a keyword: {signature.usage}"
                 )
-            if keyword is None:
-                if index < len(given):
-                    raise self.fail(
-                        token.position, f"a positional argument follows a keyword: {usage}"
-                    )
-                if index >= len(params):
-                    raise self.fail(token.position, f"too many arguments: {usage}")
-                param = params[index][0]
-                index += 1
-            elif keyword not in dict(params):
-                raise self.fail(
-                    token.position, f"{name.text}() has no argument {keyword!r}: {usage}"
-                )
-            else:
-                param = keyword
-            if param in given:
-                raise self.fail(
-                    token.position, f"argument {param!r} of {name.text}() is given twice"
-                )
-            given[param] = (str(token.value), token.position)
+            positional.append(self.condition())
         end = self.expect_op(")", f"to close {name.text}(...)")
-        missing = [p for p, _ in params if p not in given]
-        if missing:
+        if signature.values:
+            return self.reducer(name, signature, positional, keywords, end)
+        return self.data_call(name, signature, positional, keywords, end)
+
+    def reducer(
+        self,
+        name: Token,
+        signature: Signature,
+        positional: list[Node],
+        keywords: list[tuple[str, Node, int]],
+        end: Token,
+    ) -> Call:
+        if keywords:
             raise self.fail(
-                end.position, f"{name.text}() needs {', '.join(repr(m) for m in missing)}: {usage}"
+                keywords[0][2], f"{name.text}() takes no keyword arguments: {signature.usage}"
             )
-        args: list[Node] = []
-        for param, kind in params:
-            value, at = given[param]
-            problem = CHECKS[kind](value)
+        if not positional:
+            raise self.fail(end.position, f"{name.text}() needs values: {signature.usage}")
+        first = positional[0]
+        if isinstance(first, Const) and isinstance(first.value, str) and signature.values == 1:
+            since = [
+                f", since='-{str(n.value).lstrip('-')}'"
+                for n in positional[1:2]
+                if isinstance(n, Const)
+            ]
+            example = f"v({first.value!r}{''.join(since)})"
+            raise self.fail(
+                first.position,
+                f"{name.text}() takes the values of a window, not a name: {name.text}({example})",
+            )
+        if signature.values == 1 and len(positional) > 1:
+            raise self.fail(
+                positional[1].position, f"{name.text}() takes one argument: {signature.usage}"
+            )
+        if name.text == "count":
+            self.warnings.append(
+                f"count() at position {name.position} is hivebus's; Sage's checker has len()"
+            )
+        return Call(name.text, tuple(positional), name.position)
+
+    def data_call(
+        self,
+        name: Token,
+        signature: Signature,
+        positional: list[Node],
+        keywords: list[tuple[str, Node, int]],
+        end: Token,
+    ) -> Call:
+        usage = signature.usage
+        order = [option for option in signature.options if option.positional]
+        given: dict[str, tuple[Scalar, int]] = {}
+        meta: list[tuple[str, str]] = []
+        if len(positional) > len(order):
+            raise self.fail(positional[len(order)].position, f"too many arguments: {usage}")
+        for option, node in zip(order, positional, strict=False):
+            given[option.name] = (self.literal(name.text, option.name, node), node.position)
+        known = {option.name for option in signature.options}
+        for keyword, node, at in keywords:
+            if keyword in given or keyword in dict(meta):
+                raise self.fail(at, f"argument {keyword!r} of {name.text}() is given twice")
+            if keyword in known:
+                given[keyword] = (self.literal(name.text, keyword, node), node.position)
+            elif signature.meta:
+                value = self.literal(name.text, keyword, node)
+                if not isinstance(value, str):
+                    raise self.fail(
+                        node.position, f"meta values are quoted strings: {keyword}='{value}'"
+                    )
+                meta.append((keyword, value))
+            else:
+                raise self.fail(at, f"{name.text}() has no argument {keyword!r}: {usage}")
+        options: list[tuple[str, Scalar]] = []
+        for option in signature.options:
+            if option.name not in given:
+                if option.default is None:
+                    raise self.fail(end.position, f"{name.text}() needs {option.name!r}: {usage}")
+                continue
+            value, at = given[option.name]
+            problem = CHECKS[option.kind](value)
             if problem is not None:
                 raise self.fail(at, problem)
-            args.append(Const(value, at))
-        return Call(name.text, tuple(args), name.position)
+            options.append((option.name, value))
+        if name.text == "time" and given["unit"][0] not in SAGE_TIME_UNITS:
+            self.warnings.append(
+                f"time({given['unit'][0]!r}) is hivebus's; Sage's checker reads only "
+                f"{', '.join(SAGE_TIME_UNITS)}"
+            )
+        return Call(name.text, (), name.position, tuple(options), tuple(meta))
+
+    def literal(self, function: str, param: str, node: Node) -> Scalar:
+        if isinstance(node, Const):
+            return node.value
+        if (
+            isinstance(node, Unary)
+            and node.op == "-"
+            and isinstance(node.operand, Const)
+            and isinstance(node.operand.value, int | float)
+            and not isinstance(node.operand.value, bool)
+        ):
+            return -node.operand.value
+        raise self.fail(
+            node.position,
+            f"{param}= of {function}() is a literal (a quoted string, a number, True or False)",
+        )
 
 
 def check_plugin(parser: _Parser, name: str, at: int, what: str = "plugin name") -> None:
@@ -452,5 +591,20 @@ def _parse(text: str) -> Rule:
     trailing = parser.next()
     if trailing.kind != "end":
         raise parser.fail(trailing.position, f"unexpected {trailing.text!r} after the condition")
+    warnings = condition_warnings(condition, parser.fail) + parser.warnings
     calls = tuple(node for node in walk(condition) if isinstance(node, Call))
-    return Rule(text=text, action=action, condition=condition, legacy=legacy, _calls=calls)
+    rule = Rule(text=text, action=action, condition=condition, legacy=legacy, _calls=calls)
+    if legacy:
+        warnings.insert(
+            0,
+            "the older '<plugin>: <condition>' form, which Sage's scheduler refuses; "
+            f"hivebus reads it as: {rule.modern}",
+        )
+    return Rule(
+        text=text,
+        action=action,
+        condition=condition,
+        legacy=legacy,
+        warnings=tuple(warnings),
+        _calls=calls,
+    )
