@@ -253,18 +253,27 @@ async def test_user_actions_need_the_users_own_valid_token(hub: Hub, platform: B
     with pytest.raises(Unauthorized, match="the token is bob's"):
         await request_at(hub.url, push("alice"), handler="ecr", answers=PUSH_ANSWERS, token=bob)
 
-    answer = await request_at(hub.url, push("alice"), handler="ecr", answers=PUSH_ANSWERS, token=alice)
+    command = push("alice")
+    answer = await request_at(hub.url, command, handler="ecr", answers=PUSH_ANSWERS, token=alice)
     assert [e.type for e in answer.events] == ["ecr.bundle.registered"]
-    stored_push = codec.decode((await stored(platform, EVENTS, "evt.ecr.bundle.pushed.>"))[0])
-    assert stored_push.source == "user/alice" and alice not in str(codec.to_dict(stored_push))
+    # The command is never stored; the fact is the ECR's, caused by it, naming alice, and
+    # nothing in the log carries her token.
+    assert await stored(platform, EVENTS, "evt.ecr.bundle.pushed.>") == []
+    registered = codec.decode((await stored(platform, EVENTS, "evt.ecr.bundle.registered.>"))[0])
+    assert registered.source == "handler/ecr" and registered.causationid == command.id
+    assert registered.data.pusher == "alice" and alice not in str(codec.to_dict(registered))
 
-    # A valid token is not a right: alice is no reviewer, so her approval is refused by the ECR.
+    # A valid token is not a right: alice is no reviewer, so her approval is refused by the ECR,
+    # and the refusal is a fact of its own.
     approval = Event.new(BundleApproved(bundle_id="alice/plugin-x:1.0.0", by="alice"), source="user/alice", subject="alice/plugin-x:1.0.0")
     answer = await request_at(hub.url, approval, handler="ecr", answers=["evt.ecr.bundle.approved.>"], token=alice)
     assert answer.refused is not None and "not a reviewer" in answer.refused
+    assert answer.rejection is not None and answer.rejection.data.command == "ecr.approve"
+    assert await stored(platform, EVENTS, "evt.ecr.bundle.approved.>") == []
     # Nor may bob push into alice's namespace with his own token.
     answer = await request_at(hub.url, push("bob", namespace="alice"), handler="ecr", answers=PUSH_ANSWERS, token=bob)
-    assert [e.type for e in answer.events] == ["ecr.bundle.rejected"]
+    assert [e.type for e in answer.events] == ["ecr.command.rejected"]
+    assert answer.rejection is not None and answer.rejection.data.by == "bob"
 
     await platform.publish(Event.new(UserRevoked(user="alice", by="admin"), source="user/admin", subject="alice"))
     with pytest.raises(Unauthorized, match="revoked"):
@@ -274,7 +283,7 @@ async def test_user_actions_need_the_users_own_valid_token(hub: Hub, platform: B
 async def test_the_gateway_takes_only_user_actions(hub: Hub, platform: Bus) -> None:
     alice = await add_user(platform, "alice")
     decision = Event.new(UserAdded(user="alice", token_sha256="0" * 64, by="alice"), source="user/alice", subject="alice")
-    with pytest.raises((Unauthorized, RequestRejected), match="not a user action"):
+    with pytest.raises((Unauthorized, RequestRejected), match="is not a command"):
         await request_at(hub.url, decision, handler="ecr", answers=[], token=alice)
 
 
@@ -290,8 +299,9 @@ async def test_grants_and_jobs_through_the_api_are_decided_on_the_tokens_user(hu
         grant = PermissionGranted(resource="alice/plugin-x:1.0.0", grantee_type="user", grantee="bob", permission="WRITE", by="bob")
         with pytest.raises(RequestRejected, match="bob lacks WRITE_ACP"):
             await api.publish(grant, source="user/bob", token=bob)  # bob does not own it
-        with pytest.raises(PermissionDenied):  # no token: not even published
+        with pytest.raises(Unauthorized, match="only with a user token"):  # no token: never decided
             await api.publish(grant, source="user/bob")
+        assert await stored(platform, EVENTS, "evt.ecr.permission.granted.>") == []
         submitted = JobSubmitted(job_id="bobs-job", user="bob", spec=job_spec([("x", "alice/plugin-x:1.0.0")], nodes=["W001"]))
         with pytest.raises(RequestRejected, match=r"alice/plugin-x:1\.0\.0"):  # neither approved nor bob's to run
             await api.publish(submitted, source="user/bob", token=bob)
@@ -303,9 +313,10 @@ async def test_a_push_without_waiting_goes_through_the_gateway_too(hub: Hub, pla
     env = {"HIVEBUS_TOKEN": alice, "HIVEBUS_DATA_DIR": str(tmp_path / "nowhere"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
     done = await asyncio.to_thread(hivebus_cli, "ecr", "push", str(sage), "--user", "alice", "--no-wait", "--hub", hub.url, env=env)
     assert done.returncode == 0, done.stderr
-    pushed = [codec.decode(b) for b in await stored(platform, EVENTS, "evt.ecr.bundle.pushed.>")]
-    assert [e.source for e in pushed] == ["user/alice"]
+    registered = [codec.decode(b) for b in await stored(platform, EVENTS, "evt.ecr.bundle.registered.>")]
+    assert [(e.source, e.data.pusher) for e in registered] == [("handler/ecr", "alice")]
     refused = await asyncio.to_thread(
         hivebus_cli, "ecr", "push", str(sage), "--user", "alice", "--no-wait", "--hub", hub.url, env={**env, "HIVEBUS_TOKEN": ""}
     )
-    assert refused.returncode == 1 and "does not let this identity publish" in refused.stderr
+    assert refused.returncode == 1 and "takes ecr.push only with a user token" in refused.stderr
+    assert "Traceback" not in refused.stderr

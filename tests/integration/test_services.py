@@ -21,10 +21,11 @@ from hivebus.config import Settings
 from hivebus.handlers.testing import app_spec, job_spec
 from hivebus.schemas import codec
 from hivebus.schemas.ecr import BundleApproved, BundlePushed
+from hivebus.schemas.envelope import Event
 from hivebus.schemas.node import NodeHeartbeat
 from hivebus.schemas.ses import JobSubmitted
 from hivebus.services.dryrun import DRYRUN_SUBJECT
-from hivebus.services.requests import request
+from hivebus.services.requests import request, send_command
 from tests.integration.test_handlers import all_events, by, handlers, register_nodes, until
 
 pytestmark = pytest.mark.integration
@@ -88,7 +89,7 @@ async def _floor_reaches(bus: Bus, durable: str) -> bool:
     return info.ack_floor.stream_seq >= await bus.last_seq(EVENTS) - 10
 
 
-async def test_a_push_that_does_not_decode_is_rejected_and_refusals_are_dead_letters(
+async def test_a_push_that_does_not_decode_is_rejected_and_a_refused_command_is_a_fact(
     nats_server: NatsServer,
 ) -> None:
     settings = Settings(nats_url=nats_server.url)
@@ -105,9 +106,13 @@ async def test_a_push_that_does_not_decode_is_rejected_and_refusals_are_dead_let
                 headers={"Nats-Msg-Id": event.id},
             )
             approval = by("bob", BundleApproved(bundle_id=BME, by="bob"), BME)
-            answer = await request(bus, approval, handler="ecr", answers=[])
-            assert answer.refused == f"ecr.bundle.approved refused: bundle {BME} is not registered"
+            answer = await send_command(bus, approval)
+            assert answer.refused == f"bundle {BME} is not registered"
             events = await all_events(bus)
+            assert [e.type for _, _, e in events if e.type.startswith("ecr.bundle.approved")] == []
+            refusal = [e for _, _, e in events if e.type == "ecr.command.rejected"]
+            assert len(refusal) == 1 and refusal[0].causationid == approval.id
+            assert (refusal[0].data.command, refusal[0].data.by, refusal[0].data.target) == ("ecr.approve", "bob", BME)
             rejected = [e for _, _, e in events if e.type == "ecr.bundle.rejected"]
             assert len(rejected) == 1 and rejected[0].causationid == event.id
             assert any("description" in r for r in rejected[0].data.reasons)
@@ -115,11 +120,9 @@ async def test_a_push_that_does_not_decode_is_rejected_and_refusals_are_dead_let
             letters = []
             async for batch in bus.read(DEADLETTERS, stop_at_end=True):
                 letters += [DeadLetter.model_validate_json(m.data) for m in batch]
-            # the ECR answered the broken push; the scheduler, which cannot use it either, set it aside
-            assert sorted((d.consumer, d.seq) for d in letters) == [
-                ("handler-ecr", answer.seq),
-                ("handler-ses", 1),
-            ]
+            # the ECR answered the broken push and the refused approval is a fact, not a dead
+            # letter; only the scheduler, which cannot use the broken push either, set it aside
+            assert sorted((d.consumer, d.seq) for d in letters) == [("handler-ses", 1)]
             assert "description" in next(
                 d for d in letters if d.consumer == "handler-ses"
             ).reason + str(next(d for d in letters if d.consumer == "handler-ses").field)
@@ -169,36 +172,20 @@ async def test_a_restart_resumes_from_the_ack_floor_and_emits_nothing_again(
         await bus.ensure_streams()
         async with handlers(settings, bus):
             await ready_world(bus)
-            first = await request(
-                bus,
-                by(
-                    "alice",
-                    JobSubmitted(job_id="j1", user="alice", spec=job_spec(nodes=["W012"])),
-                    "j1",
-                ),
-                handler="ses",
-                answers=["evt.ses.>", "toedge.*.ses.>"],
-            )
+            first = await send_command(bus, submission())
             assert first.of_type("ses.job.scheduled")
         before = await all_events(bus)
         async with handlers(settings, bus):
             # the restarted scheduler knows j1: the id is taken and W012 holds its goal
-            again = await request(
-                bus,
-                by(
-                    "alice",
-                    JobSubmitted(job_id="j1", user="alice", spec=job_spec(nodes=["W012"])),
-                    "j1",
-                ),
-                handler="ses",
-                answers=["evt.ses.>"],
-            )
-            assert again.of_type("ses.job.rejected")[0].data.reasons == [
-                "job id 'j1' is already used"
-            ]
+            again = await send_command(bus, submission())
+            assert again.reasons == ["job id 'j1' is already used"]
         after = await all_events(bus)
         new = [e for _, _, e in after[len(before) :]]
-        assert [e.type for e in new] == ["ses.job.submitted", "ses.job.rejected"]
+        assert [e.type for e in new] == ["ses.command.rejected"]  # nothing of j1 decided again
+
+
+def submission() -> Event:
+    return by("alice", JobSubmitted(job_id="j1", user="alice", spec=job_spec(nodes=["W012"])), "j1")
 
 
 # --- the commands ---------------------------------------------------------------------------------

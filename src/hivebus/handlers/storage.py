@@ -102,7 +102,7 @@ def verbs_of(bucket: Bucket, user: str | None) -> set[str]:
     """The verbs ``user`` (None: anonymous) holds on ``bucket``."""
     if user is not None and user == bucket.owner:
         return set(VERBS)
-    held = set()
+    held: set[str] = set()
     for grant in bucket.acl:
         if (
             grant.grantee == ALL_USERS

@@ -140,8 +140,11 @@ async def send_command(bus: Bus, event: Event, *, token: str | None = None, time
     try:
         return Answer.of_reply(await decide(bus, event, timeout=timeout))
     except PermissionDenied:
+        from hivebus.schemas.commands import command_of
+
+        spec = command_of(event)
         raise Unauthorized(
-            f"this hub takes {event.type} only with a user token",
+            f"this hub takes {spec.name if spec else event.type} only with a user token",
             hint=f"an admin runs `hivebus user add {user} --save` (or gives you a token: set HIVEBUS_TOKEN)",
         ) from None
 
