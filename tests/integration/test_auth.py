@@ -33,7 +33,7 @@ from hivebus.errors import ConnectError, PermissionDenied, RequestRejected, Unau
 from hivebus.handlers.testing import app_spec
 from hivebus.schemas import codec
 from hivebus.schemas.auth import UserAdded, UserRevoked
-from hivebus.schemas.ecr import BundleApproved, BundlePushed
+from hivebus.schemas.ecr import BundleApproved, BundlePushed, PermissionGranted
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.ses import GoalRemoved
 from hivebus.services import run_handlers
@@ -320,3 +320,35 @@ async def test_a_push_without_waiting_goes_through_the_gateway_too(hub: Hub, pla
     )
     assert refused.returncode == 1 and "takes ecr.push only with a user token" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+async def test_roles_and_groups_are_facts_only_the_admin_records(hub: Hub, platform: Bus, tmp_path: Path) -> None:
+    admin = {"HIVEBUS_DATA_DIR": str(hub.data_dir), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    public = {"HIVEBUS_DATA_DIR": str(tmp_path / "nowhere"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    added = await asyncio.to_thread(hivebus_cli, "user", "add", "rita", "--role", "reviewer", "--hub", hub.url, env=admin)
+    assert added.returncode == 0, added.stderr
+    rita = added.stdout.strip().splitlines()[-1]
+    grouped = await asyncio.to_thread(hivebus_cli, "group", "add", "lab", "bo", "cy", "--hub", hub.url, env=admin)
+    assert grouped.returncode == 0, grouped.stderr
+    listed = await asyncio.to_thread(hivebus_cli, "user", "list", "--hub", hub.url, env=admin)
+    assert "rita  reviewer" in listed.stdout, listed.stdout
+    groups = await asyncio.to_thread(hivebus_cli, "group", "list", "--hub", hub.url, env=admin)
+    assert groups.stdout.strip() == "lab: bo cy"
+    for args in (("user", "role", "bob", "reviewer"), ("group", "add", "lab", "bob"), ("user", "add", "eve", "--role", "root")):
+        refused = await asyncio.to_thread(hivebus_cli, *args, "--hub", hub.url, env=public)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert ("only the hub's admin" in refused.stderr) or ("'root' is not a role" in refused.stderr), refused.stderr
+
+    # The ECR decides on the roles in the log: rita approves, and a grant to lab reaches bo.
+    alice = await add_user(platform, "alice")
+    await request_at(hub.url, push("alice"), handler="ecr", answers=PUSH_ANSWERS, token=alice)
+    approval = Event.new(BundleApproved(bundle_id="alice/plugin-x:1.0.0", by="rita"), source="user/rita", subject="alice/plugin-x:1.0.0")
+    answer = await request_at(hub.url, approval, handler="ecr", answers=[], token=rita)
+    assert [e.type for e in answer.events] == ["ecr.bundle.approved"]
+    grant = Event.new(
+        PermissionGranted(resource="alice/plugin-x:1.0.0", grantee_type="group", grantee="lab", permission="READ", by="alice"),
+        source="user/alice",
+        subject="alice/plugin-x:1.0.0",
+    )
+    answer = await request_at(hub.url, grant, handler="ecr", answers=[], token=alice)
+    assert [e.type for e in answer.events] == ["ecr.permission.granted"]

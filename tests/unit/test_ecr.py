@@ -6,10 +6,12 @@ import json
 
 import pytest
 
+from hivebus.errors import SetupError
 from hivebus.handlers.config import HandlerConfig
 from hivebus.handlers.ecr import EcrHandler, salvage_push
 from hivebus.handlers.testing import Log, app_spec, manifest
 from hivebus.schemas import codec
+from hivebus.schemas.auth import GroupMemberAdded, GroupMemberRemoved, RoleGranted, RoleRevoked
 from hivebus.schemas.ecr import (
     AppInput,
     ArtifactRef,
@@ -294,6 +296,47 @@ def test_only_reviewers_approve_registered_bundles() -> None:
     assert log.state("ecr").can("rita", "READ", BME)  # reviewers read what they review
     log.by("rita", BundleApproved(bundle_id=BME, by="rita"), BME)
     assert log.state("ecr").bundles[BME].approved_by == "rita"
+
+
+def test_roles_and_groups_are_facts_of_the_log() -> None:
+    log = ecr_log()
+    log.push(app_spec(BME))
+    log.by("rita", BundleApproved(bundle_id=BME, by="rita"), BME)
+    assert "rita is not a reviewer" in log.refused[-1][1] and "hivebus user role rita reviewer" in log.refused[-1][1]
+    log.by("admin", RoleGranted(user="rita", role="reviewer", by="admin"), "rita")
+    log.by("rita", BundleApproved(bundle_id=BME, by="rita"), BME)
+    assert log.state("ecr").bundles[BME].approved_by == "rita"
+    log.by("admin", RoleRevoked(user="rita", role="reviewer", by="admin"), "rita")
+    assert not log.state("ecr").is_reviewer("rita")
+
+    grant(log, "alice", "waggle", "lab", "READ", kind="group")
+    assert "unknown group 'lab'" in log.refused[-1][1] and "hivebus group add" in log.refused[-1][1]
+    log.by("admin", GroupMemberAdded(group="lab", user="bo", by="admin"), "lab")
+    grant(log, "alice", "waggle", "lab", "READ", kind="group")
+    assert log.state("ecr").can("bo", "READ", BME) and not log.state("ecr").can("cy", "READ", BME)
+    log.by("admin", GroupMemberRemoved(group="lab", user="bo", by="admin"), "lab")
+    assert not log.state("ecr").can("bo", "READ", BME)
+
+
+def test_a_replay_of_the_log_decides_with_the_roles_it_holds() -> None:
+    """The same events folded afresh give the same rights: nothing comes from the environment."""
+    log = ecr_log()
+    log.push(app_spec(BME))
+    log.by("admin", RoleGranted(user="rita", role="admin", by="admin"), "rita")
+    log.by("admin", GroupMemberAdded(group="lab", user="bo", by="admin"), "lab")
+    replayed = ecr_log()
+    for event in log.events:
+        replayed.drivers["ecr"].history(event)
+    catalog = replayed.state("ecr")
+    assert catalog.is_reviewer("rita") and catalog.groups_of("bo") == {"AllUsers", "lab"}
+
+
+def test_the_retired_environment_variables_are_refused_with_what_to_do() -> None:
+    with pytest.raises(SetupError, match="HIVEBUS_ECR_REVIEWERS is no longer read") as caught:
+        HandlerConfig.from_env({"HIVEBUS_ECR_REVIEWERS": "rita"})
+    assert "hivebus user role NAME reviewer" in str(caught.value.hint)
+    with pytest.raises(SetupError, match="HIVEBUS_ECR_GROUPS"):
+        HandlerConfig.from_env({"HIVEBUS_ECR_GROUPS": "lab=bo"})
 
 
 def test_freeze_needs_write_and_delete_needs_full_control() -> None:

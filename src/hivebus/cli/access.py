@@ -1,4 +1,5 @@
-"""``hivebus node add|remove`` (node credentials) and ``hivebus user add|revoke|list`` (user tokens).
+"""``hivebus node add|remove`` (node credentials), ``hivebus user add|revoke|role|list`` (user
+tokens and roles) and ``hivebus group add|remove|list``.
 
 Both are operator commands: ``node add`` edits the hub's identities in ``<data-dir>/auth``
 (run it on the hub machine) and reloads the running server; ``user add`` publishes an
@@ -9,13 +10,13 @@ uses ``<data-dir>/auth/admin.creds`` by itself).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from nats.errors import Error as NatsError
 
 from hivebus.auth.hub import HubAuth
-from hivebus.auth.tokens import Users, digest, new_token, save_token
+from hivebus.auth.tokens import digest, new_token, save_token
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import ensure_consumer, toedge_consumer
 from hivebus.cli.app import Hub, app, out, run, settings
@@ -23,10 +24,20 @@ from hivebus.cli.ecr import whoami
 from hivebus.cli.node import node_app
 from hivebus.config import Settings
 from hivebus.errors import HivebusError, PermissionDenied, SetupError
-from hivebus.schemas.auth import UserAdded, UserRevoked
-from hivebus.schemas.envelope import Event
+from hivebus.schemas.auth import (
+    GroupMemberAdded,
+    GroupMemberRemoved,
+    Role,
+    RoleGranted,
+    RoleRevoked,
+    UserAdded,
+    UserRevoked,
+)
+from hivebus.schemas.ecr import ALL_USERS
+from hivebus.schemas.envelope import Event, Payload
 from hivebus.services.gateway import Gateway
 
+ROLES = get_args(Role)
 user_app = typer.Typer(help="User tokens: who may push, approve, grant and submit.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 
@@ -83,17 +94,33 @@ async def _create_toedge_consumer(config: Settings, node: str) -> bool:
         return False
 
 
+RoleOption = Annotated[str | None, typer.Option("--role", help="Also give a role: reviewer (approves bundles) or admin.")]
+
+
+def _role(role: str) -> Role:
+    if role not in ROLES:
+        raise SetupError(f"{role!r} is not a role", hint=f"roles: {', '.join(ROLES)}")
+    return role  # type: ignore[return-value]
+
+
+def _admin_fact(payload: Payload, subject: str) -> Event:
+    return Event.new(payload, source="user/admin", subject=subject)
+
+
 @user_app.command("add")
 def user_add(
     name: Annotated[str, typer.Argument(help="The user name (as in --user / the source of their actions).")],
     save: Annotated[bool, typer.Option(help="Also save the token for this machine's CLI ($XDG_CONFIG_HOME/hivebus/tokens/NAME).")] = False,
+    role: RoleOption = None,
     hub: Hub = None,
 ) -> None:
     """Issue a user's token (shown once; the log keeps only its SHA-256). Again = rotate."""
     who = whoami(name)
     token = new_token()
-    event = Event.new(UserAdded(user=who, token_sha256=digest(token), by="admin"), source="user/admin", subject=who)
-    run(_publish(hub, event))
+    events = [_admin_fact(UserAdded(user=who, token_sha256=digest(token), by="admin"), who)]
+    if role is not None:
+        events.append(_admin_fact(RoleGranted(user=who, role=_role(role), by="admin"), who))
+    run(_publish(hub, *events))
     if save:
         path = save_token(who, token)
         out.print(f"user {who}: token saved to {path}", highlight=False)
@@ -110,27 +137,82 @@ def user_revoke(name: Annotated[str, typer.Argument()], hub: Hub = None) -> None
     out.print(f"user {who}: token revoked")
 
 
+@user_app.command("role")
+def user_role(
+    name: Annotated[str, typer.Argument()],
+    role: Annotated[str, typer.Argument(help="reviewer or admin")],
+    revoke: Annotated[bool, typer.Option(help="Take the role away instead.")] = False,
+    hub: Hub = None,
+) -> None:
+    """Give a user a role (an auth.role.granted fact the ECR and the scheduler decide on)."""
+    who, chosen = whoami(name), _role(role)
+    fact: Payload = RoleRevoked(user=who, role=chosen, by="admin") if revoke else RoleGranted(user=who, role=chosen, by="admin")
+    run(_publish(hub, _admin_fact(fact, who)))
+    out.print(f"user {who}: {'no longer ' if revoke else ''}{chosen}")
+
+
 @user_app.command("list")
 def user_list(hub: Hub = None) -> None:
-    """The users holding a token now."""
-    users = run(_users(hub))
-    for user in sorted(users.digest_of):
-        print(user)
+    """The users holding a token now, with their roles and groups."""
+    gateway = run(_directory(hub))
+    directory = gateway.directory
+    for user in sorted(set(gateway.users.digest_of) | {u for u, r in directory.roles.items() if r}):
+        roles = sorted(directory.roles.get(user, set()))
+        groups = sorted(directory.groups_of(user))
+        token = "" if user in gateway.users.digest_of else "  (no token)"
+        details = "  ".join(part for part in (",".join(roles), " ".join(f"@{g}" for g in groups)) if part)
+        print(f"{user}{'  ' + details if details else ''}{token}")
 
 
-async def _publish(hub: str | None, event: Event) -> None:
+group_app = typer.Typer(help="Groups of users: grants to a group and nodes' allow_groups reach its members.", no_args_is_help=True)
+app.add_typer(group_app, name="group")
+Members = Annotated[list[str], typer.Argument(help="User names.")]
+
+
+def _group_name(group: str) -> str:
+    if group in (ALL_USERS,):
+        raise SetupError(f"{group} is built in and holds everyone", hint="choose another group name")
+    return group
+
+
+@group_app.command("add")
+def group_add(group: Annotated[str, typer.Argument()], users: Members, hub: Hub = None) -> None:
+    """Put users in a group (creating it)."""
+    name = _group_name(group)
+    run(_publish(hub, *(_admin_fact(GroupMemberAdded(group=name, user=whoami(u), by="admin"), name) for u in users)))
+    out.print(f"group {name}: added {', '.join(users)}")
+
+
+@group_app.command("remove")
+def group_remove(group: Annotated[str, typer.Argument()], users: Members, hub: Hub = None) -> None:
+    """Take users out of a group (a group with no members is gone)."""
+    name = _group_name(group)
+    run(_publish(hub, *(_admin_fact(GroupMemberRemoved(group=name, user=whoami(u), by="admin"), name) for u in users)))
+    out.print(f"group {name}: removed {', '.join(users)}")
+
+
+@group_app.command("list")
+def group_list(hub: Hub = None) -> None:
+    """Every group and its members."""
+    directory = run(_directory(hub)).directory
+    for group, members in sorted(directory.groups.items()):
+        print(f"{group}: {' '.join(sorted(members))}")
+
+
+async def _publish(hub: str | None, *events: Event) -> None:
     async with await Bus.connect(settings(hub).nats_url, name="hivebus-user") as bus:
         try:
-            await bus.publish(event, retries=0)
+            for event in events:
+                await bus.publish(event, retries=0)
         except PermissionDenied:
             raise SetupError(
-                "only the hub's admin may add or revoke users",
+                "only the hub's admin may change users, roles and groups",
                 hint="run it on the hub machine (its <data-dir>/auth/admin.creds is used), or set HIVEBUS_NATS_CREDENTIALS",
             ) from None
 
 
-async def _users(hub: str | None) -> Users:
+async def _directory(hub: str | None) -> Gateway:
     async with await Bus.connect(settings(hub).nats_url, name="hivebus-user") as bus:
         gateway = Gateway(bus)
         await gateway.catch_up()
-        return gateway.users
+        return gateway

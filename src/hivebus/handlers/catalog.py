@@ -30,6 +30,7 @@ from typing import Final
 import structlog
 
 from hivebus.handlers.config import ALL_USERS, HandlerConfig
+from hivebus.handlers.directory import REVIEWING_ROLES, Directory
 from hivebus.schemas.commands import is_decided
 from hivebus.schemas.ecr import (
     AppSpec,
@@ -133,6 +134,19 @@ class Catalog:
     profiles: dict[str, dict[HardwareKey, Profile]] = field(default_factory=dict)
     frozen_ids: set[str] = field(default_factory=set)
     """Bundle ids ever frozen, deleted or not: a frozen id is never reused."""
+    directory: Directory = field(default_factory=Directory)
+    """Roles and groups from the ``auth.*`` facts."""
+
+    # --- who ------------------------------------------------------------------------------
+
+    def is_reviewer(self, user: str) -> bool:
+        return user in self.config.reviewers or self.directory.holds(user, REVIEWING_ROLES)
+
+    def groups_of(self, user: str) -> frozenset[str]:
+        return self.config.groups_of(user) | self.directory.groups_of(user)
+
+    def known_groups(self) -> set[str]:
+        return set(self.config.groups) | set(self.directory.groups)
 
     # --- access ---------------------------------------------------------------------------
 
@@ -149,7 +163,7 @@ class Catalog:
         if bundle is not None and bundle.owner == user:
             return VERBS
         principals: list[Principal] = [("user", user)]
-        principals += [("group", g) for g in self.config.groups_of(user)]
+        principals += [("group", g) for g in self.groups_of(user)]
         held: set[str] = set()
         for res in {namespace, resource}:
             table = self.grants.get(res)
@@ -158,7 +172,7 @@ class Catalog:
                     held |= table.get(principal, set())
         if "FULL_CONTROL" in held:
             return VERBS
-        if user in self.config.reviewers:
+        if self.is_reviewer(user):
             held.add("READ")
         return frozenset(held)
 
@@ -186,10 +200,10 @@ class Catalog:
         if (
             change.grantee_type == "group"
             and change.grantee != ALL_USERS
-            and change.grantee not in self.config.groups
+            and change.grantee not in self.known_groups()
         ):
-            known = ", ".join([ALL_USERS, *sorted(self.config.groups)])
-            return f"unknown group {change.grantee!r} (groups: {known})"
+            known = ", ".join([ALL_USERS, *sorted(self.known_groups())])
+            return f"unknown group {change.grantee!r} (groups: {known}; an admin adds one: hivebus group add NAME USER...)"
         if change.grantee == ALL_USERS and change.permission != "READ":
             return f"{ALL_USERS} can only be granted READ (which makes {resource} public)"
         if isinstance(change, PermissionRevoked):
@@ -201,8 +215,8 @@ class Catalog:
     def approval_problem(self, approval: BundleApproved) -> str | None:
         if self.live(approval.bundle_id) is None:
             return f"bundle {approval.bundle_id} is not registered"
-        if approval.by not in self.config.reviewers:
-            return f"{approval.by} is not a reviewer; only reviewers approve bundles"
+        if not self.is_reviewer(approval.by):
+            return f"{approval.by} is not a reviewer; only reviewers approve bundles (an admin gives the role: hivebus user role {approval.by} reviewer)"
         return None
 
     def change_problem(self, bundle_id: str, by: str, verb: str, what: str) -> str | None:
@@ -250,7 +264,8 @@ def evolve(catalog: Catalog, event: Event) -> None:
 
 @singledispatch
 def apply(data: Payload, catalog: Catalog, event: Event) -> None:
-    """Events the catalog does not track change nothing."""
+    """Events the catalog does not track change nothing (roles and groups: its directory)."""
+    catalog.directory.fold(event)
 
 
 @apply.register

@@ -1,5 +1,7 @@
-"""Policy the handlers apply that is configuration, not history: who reviews, who is in
-which group, which names are reserved, what a plugin with no profile is assumed to need.
+"""Policy the handlers apply that is configuration, not history: which names are reserved,
+what a plugin with no profile is assumed to need, the default placement policy. Who reviews
+and who is in which group is history (``handlers.directory``); ``reviewers`` and ``groups``
+here are the built-in ones (the user ``admin``; groups an embedding or a test names).
 
 It is read once when the handlers start (``HandlerConfig.from_env``). Changing it changes
 future decisions only: what was decided is in the log, and restarts trust the log.
@@ -23,6 +25,10 @@ RESERVED_NAMESPACES: Final = frozenset(
 )
 RESERVED_NAMES: Final = frozenset({"latest", "admin", "internal"})
 MiB: Final = 1024 * 1024
+RETIRED: Final = {
+    "HIVEBUS_ECR_REVIEWERS": "hivebus user role NAME reviewer",
+    "HIVEBUS_ECR_GROUPS": "hivebus group add GROUP USER...",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,14 +56,17 @@ class HandlerConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> HandlerConfig:
-        """``HIVEBUS_ECR_REVIEWERS=admin,ana``, ``HIVEBUS_ECR_GROUPS=lab=ana,bo;ops=cy``,
-        ``HIVEBUS_SES_POLICY=fit``."""
+        """``HIVEBUS_SES_POLICY=fit``. Reviewers and groups are facts in the log (``hivebus
+        user role``, ``hivebus group add``), never configuration: a replay elsewhere must
+        decide as the hub did, so the variables that once set them are refused."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        if reviewers := env.get("HIVEBUS_ECR_REVIEWERS"):
-            values["reviewers"] = frozenset(_names(reviewers))
-        if groups := env.get("HIVEBUS_ECR_GROUPS"):
-            values["groups"] = _parse_groups(groups)
+        for name, instead in RETIRED.items():
+            if env.get(name):
+                raise SetupError(
+                    f"{name} is no longer read: roles and groups are facts in the log now",
+                    hint=f"unset it and record them once: {instead}",
+                )
         if policy := env.get("HIVEBUS_SES_POLICY"):
             values["default_policy"] = policy
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -72,20 +81,3 @@ class HandlerConfig:
         return config
 
 
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _parse_groups(text: str) -> dict[str, frozenset[str]]:
-    groups: dict[str, frozenset[str]] = {}
-    for part in text.split(";"):
-        if not part.strip():
-            continue
-        name, sep, members = part.partition("=")
-        if not sep or not name.strip():
-            raise SetupError(
-                f"HIVEBUS_ECR_GROUPS: {part!r} is not group=member,member",
-                hint="e.g. lab=ana,bo;ops=cy",
-            )
-        groups[name.strip()] = frozenset(_names(members))
-    return groups

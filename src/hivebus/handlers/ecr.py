@@ -28,6 +28,7 @@ from hivebus.errors import DecodeError
 from hivebus.handlers.base import NOTHING, Decision, Outputs, broken_input, validation_reasons
 from hivebus.handlers.catalog import Catalog, evolve, manifest_hardware
 from hivebus.handlers.config import HandlerConfig
+from hivebus.handlers.directory import INPUTS as DIRECTORY_INPUTS
 from hivebus.schemas.commands import command_of
 from hivebus.schemas.ecr import (
     BundleApproved,
@@ -68,7 +69,7 @@ def push_problems(catalog: Catalog, push: BundlePushed) -> list[str]:
             reasons.append(
                 f"inputs[{i}] {item.id!r}: input type {item.type!r} is not allowed (allowed: {allowed})"
             )
-    if app.namespace in config.reserved_namespaces and push.pusher not in config.reviewers:
+    if app.namespace in config.reserved_namespaces and not catalog.is_reviewer(push.pusher):
         reasons.append(f"namespace {app.namespace!r} is reserved for the platform")
     if app.name in config.reserved_names:
         reasons.append(
@@ -251,6 +252,7 @@ class EcrHandler:
         "evt.node.registered.>",
         "fromedge.*.node.registered",
         "fromedge.*.plugin.status",
+        *DIRECTORY_INPUTS,
     )
     redelivered = frozenset(
         {

@@ -50,6 +50,7 @@ from hivebus.handlers.base import (
 )
 from hivebus.handlers.config import HandlerConfig
 from hivebus.handlers.criteria import criterion_problem, wall_clock
+from hivebus.handlers.directory import INPUTS as DIRECTORY_INPUTS
 from hivebus.handlers.fit import Demand, Demands, demand, over, parse_request
 from hivebus.handlers.nodes import NodeView, Usage
 from hivebus.handlers.placement import POLICIES, Candidate
@@ -271,7 +272,7 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
         asked += [f"nodeTags {', '.join(spec.node_tags)}"] if spec.node_tags else []
         reasons.append(f"no registered node matches {' and '.join(asked)}")
 
-    groups = config.groups_of(user)
+    groups = catalog.groups_of(user)
     why_not: dict[str, list[str]] = defaultdict(list)  # plugin -> why each node did not take it
     node_problems: dict[str, list[str]] = defaultdict(list)
     candidates: list[Candidate] = []
@@ -545,6 +546,7 @@ class SesHandler:
         "fromedge.*.node.heartbeat",
         "toedge.*.node.config.updated",
         "toedge.*.ses.goal.>",
+        *DIRECTORY_INPUTS,
     )
     outputs = (
         "evt.ses.job.rejected.>",

@@ -107,7 +107,7 @@ class SesState:
         return view
 
     def may_manage(self, user: str, job: JobView) -> bool:
-        return user == job.user or user in self.config.reviewers
+        return user == job.user or self.catalog.is_reviewer(user)
 
     def goals_on(self, node_id: str) -> list[GoalAssigned]:
         return list(self.node_goals.get(node_id, {}).values())
@@ -133,7 +133,7 @@ def lifecycle_problem(state: SesState, data: JobSuspended | JobResumed | JobRemo
 def evolve(state: SesState, event: Event) -> None:
     if not event.source.startswith("node/") and (state.clock is None or event.time > state.clock):
         state.clock = event.time
-    if event.type.startswith("ecr.") or event.type == "node.registered":
+    if event.type.startswith(("ecr.", "auth.")) or event.type == "node.registered":
         evolve_catalog(state.catalog, event)
     apply(event.data, state, event)
 

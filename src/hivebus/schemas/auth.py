@@ -1,4 +1,4 @@
-"""User identities: who may act through the command gateway.
+"""User identities, roles and groups: who may act, and with which rights.
 
 A user's token never enters the log, only its SHA-256 (tokens are 256-bit random
 strings, so the digest cannot be turned back into one). Adding a user again replaces
@@ -7,7 +7,7 @@ its token (rotation); revoking removes it.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import StringConstraints
 
@@ -31,5 +31,52 @@ class UserAdded(Payload):
 class UserRevoked(Payload):
     model_config = STRICT
 
+    user: UserName
+    by: UserName
+
+
+Role = Literal["reviewer", "admin"]
+"""``reviewer``: approves bundles and reads every bundle to review it; ``admin``: a reviewer
+who may also manage anyone's jobs. The user ``admin`` (the hub's own identity) holds both."""
+
+
+
+@event("auth.role.granted")
+class RoleGranted(Payload):
+    """An admin gave ``user`` a role; the ECR and the scheduler read roles from these facts."""
+
+    model_config = STRICT
+
+    user: UserName
+    role: Role
+    by: UserName
+
+
+@event("auth.role.revoked")
+class RoleRevoked(Payload):
+    model_config = STRICT
+
+    user: UserName
+    role: Role
+    by: UserName
+
+
+@event("auth.group.member.added")
+class GroupMemberAdded(Payload):
+    """``user`` is in ``group`` (a group exists while it has members); grants to the group
+    (``--grantee-type group``) and nodes' ``allow_groups`` reach them."""
+
+    model_config = STRICT
+
+    group: UserName
+    user: UserName
+    by: UserName
+
+
+@event("auth.group.member.removed")
+class GroupMemberRemoved(Payload):
+    model_config = STRICT
+
+    group: UserName
     user: UserName
     by: UserName

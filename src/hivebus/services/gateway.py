@@ -31,6 +31,7 @@ from hivebus.auth.tokens import Users
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import EVENTS
 from hivebus.errors import SchemaError, Unauthorized
+from hivebus.handlers.directory import Directory
 from hivebus.schemas import codec
 from hivebus.schemas.commands import COMMANDS, LEGACY
 from hivebus.schemas.envelope import Event
@@ -45,6 +46,8 @@ class Gateway:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.users = Users()
+        self.directory = Directory()
+        """Roles and groups (what ``hivebus user list`` / ``group list`` show)."""
         self._position = 0
         self._lock = asyncio.Lock()
 
@@ -60,7 +63,9 @@ class Gateway:
                 for message in batch:
                     self._position = max(self._position, message.seq)
                     try:
-                        self.users.apply(codec.decode(message.data))
+                        event = codec.decode(message.data)
+                        self.users.apply(event)
+                        self.directory.fold(event)
                     except SchemaError as exc:
                         log.warning("gateway.bad_auth_event", seq=message.seq, error=str(exc))
 
