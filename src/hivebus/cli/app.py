@@ -41,6 +41,7 @@ COMMAND_MODULES = (
     "hivebus.cli.node",
     "hivebus.cli.up",
     "hivebus.cli.access",
+    "hivebus.cli.web",
 )
 
 Hub = Annotated[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from hivebus.bootstrap import Platform, PlatformInfo, PlatformOptions
 from hivebus.cli.app import app, out, run, settings
+from hivebus.cli.web import HttpHost, HttpPort
 from hivebus.errors import HivebusError
 
 STATUS_SQL = """
@@ -38,15 +40,17 @@ def up(
     virtual_nodes: Annotated[int, typer.Option(help="How many virtual edge nodes to run.")] = 0,
     demo: Annotated[bool, typer.Option(help="Push an example plugin, approve it, and run it on the virtual nodes every minute.")] = False,
     auth: Annotated[bool, typer.Option("--auth/--no-auth", help="Authenticate nodes and services on the embedded server (hivebus.auth); --no-auth opens it to anyone who can reach the port.")] = True,
+    http_port: HttpPort = 8080,
+    http_host: HttpHost = "127.0.0.1",
 ) -> None:
     """Start the platform: nats-server, streams, handlers, projector + query service, virtual nodes."""
     cfg = settings(None, data_dir=data_dir, nats_port=nats_port)
     options = PlatformOptions(data_dir=data_dir, nats_port=nats_port, nats_url=nats_url, virtual_nodes=virtual_nodes, auth=auth)
     platform = Platform(cfg, options)
-    run(_up(platform, demo))
+    run(_up(platform, demo, (http_host, http_port)))
 
 
-async def _up(platform: Platform, demo: bool) -> None:
+async def _up(platform: Platform, demo: bool, http: tuple[str, int]) -> None:
     stop = asyncio.Event()
     ready = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -61,6 +65,7 @@ async def _up(platform: Platform, demo: bool) -> None:
         return
     assert platform.info is not None and platform.bus is not None
     _announce(platform.info, authenticated=platform.auth is not None)
+    web = asyncio.create_task(_web(platform, http, stop))
     if demo:
         from hivebus.demo import start_demo
 
@@ -71,6 +76,20 @@ async def _up(platform: Platform, demo: bool) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await _watch(platform, stop)
     await runner
+    await web
+
+
+async def _web(platform: Platform, http: tuple[str, int], stop: asyncio.Event) -> None:
+    """The HTTP face (``hivebus web``) on the platform's hub, as its service identity."""
+    from hivebus.web.app import WebConfig
+    from hivebus.web.serve import serve
+
+    assert platform.info is not None
+    config = WebConfig(settings=replace(platform.settings, nats_url=platform.info.nats_url))
+    try:
+        await serve(config, *http, stop, on_listening=lambda url: out.print(f"HTTP      {url}  (API docs {url}/docs)"))
+    except HivebusError as exc:
+        out.print(f"[yellow]the web API did not start:[/] {exc}")
 
 
 def _announce(info: PlatformInfo, *, authenticated: bool) -> None:
