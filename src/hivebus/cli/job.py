@@ -318,6 +318,13 @@ def handlers(
         str | None,
         typer.Option(help="Comma list of handlers to run: ecr, ses, health (default: all)."),
     ] = None,
+    instance: Annotated[
+        str | None,
+        typer.Option(
+            help="A replica's name: its deciders also answer on hivebus.decide.<handler>.<NAME> "
+            "and its consumers are its own (several replicas decide safely side by side)."
+        ),
+    ] = None,
 ) -> None:
     """Run the platform handlers (ECR, scheduler with its dry-run endpoint, node health) until stopped."""
     from hivebus.services import HANDLERS, run_handlers
@@ -343,7 +350,7 @@ def handlers(
                 f"handlers {', '.join(names)} running on {config.nats_url}; Ctrl-C stops them",
                 highlight=False,
             )
-            await run_handlers(config, bus, stop, only=names)
+            await run_handlers(config, bus, stop, only=names, instance=instance)
 
     run(serve())
 
