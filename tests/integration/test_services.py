@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -153,9 +153,44 @@ async def test_silent_nodes_go_offline_and_come_back(nats_server: NatsServer) ->
             events = [e for _, _, e in await all_events(bus)]
             heartbeat = next(e for e in events if e.type == "node.heartbeat")
             off = next(e for e in events if e.type == "node.offline")
-            assert off.causationid == heartbeat.id and off.time == heartbeat.time + timedelta(
-                seconds=1
-            )
+            # timed on the hub's clock: when the stream stored the heartbeat, plus the timeout
+            assert off.causationid == heartbeat.id
+            assert heartbeat.time <= off.time - timedelta(seconds=1) <= heartbeat.time + timedelta(seconds=5)
+
+
+async def test_presence_runs_on_the_hubs_clock_not_the_nodes(nats_server: NatsServer) -> None:
+    """A node whose clock is an hour behind, and one catching up an outbox of old heartbeats,
+    stay online while they beat: node clocks do not decide presence."""
+    settings = Settings(nats_url=nats_server.url, node_offline_after=timedelta(seconds=1))
+    async with await Bus.connect(nats_server.url, settings=settings) as bus:
+        await bus.ensure_streams()
+        async with handlers(settings, bus, node_offline_after=timedelta(seconds=1)):
+            await register_nodes(bus, ["W012", "W013"])
+            resources = await _resources()
+            hour_ago = datetime.now(UTC) - timedelta(hours=1)
+            backlog = [
+                Event.new(NodeHeartbeat(node="W013", resources=resources, uptime_seconds=float(i)), source="node/W013",
+                          subject="W013", time=hour_ago + timedelta(seconds=i))
+                for i in range(30)
+            ]
+            await bus.publish_many(backlog)  # an outbox flushed at once
+            for i in range(10):  # a node beating every 0.3 s with a clock an hour behind
+                beat = NodeHeartbeat(node="W012", resources=resources, uptime_seconds=float(i))
+                await bus.publish(Event.new(beat, source="node/W012", subject="W012", time=hour_ago + timedelta(seconds=0.3 * i)))
+                await bus.publish(Event.new(beat.model_copy(update={"node": "W013"}), source="node/W013", subject="W013",
+                                            time=hour_ago + timedelta(seconds=30 + 0.3 * i)))
+                await asyncio.sleep(0.3)
+
+            async def presence() -> list[tuple[str, str]]:
+                return [(e.type, e.data.node) for _, _, e in await all_events(bus) if e.source == "handler/health"]
+
+            assert sorted(await presence()) == [("node.online", "W012"), ("node.online", "W013")]
+
+            async def silent() -> bool:
+                return len(await presence()) == 4
+
+            await until(silent, 15, "both nodes offline once they stop beating")
+            assert sorted(await presence())[:2] == [("node.offline", "W012"), ("node.offline", "W013")]
 
 
 async def _resources():  # type: ignore[no-untyped-def]

@@ -10,8 +10,10 @@
   report about a sensor the manifest does not name is refused (dead letter) with the reason.
   Views of sensor state should read the hub's events: they are the confirmed transitions.
 
-A node's heartbeat times are its own clock: nodes are expected to keep NTP time (Waggle
-nodes do); a node whose clock runs far behind is seen as offline between heartbeats.
+Presence runs on the hub's clock: the wiring gives this handler a node's events with the time
+the hub's stream stored them (``on_hub_clock``; ``services.handler_service.hub_timed``), not
+the node's own, so a node whose clock is off, or one catching up a long outbox of old
+heartbeats, does not flap between online and offline.
 """
 
 from __future__ import annotations
@@ -168,6 +170,9 @@ class HealthHandler:
 
     def decide(self, state: HealthState, event: Event) -> Decision:
         return decide(state, event)
+
+    on_hub_clock = True
+    """Node events arrive stamped with the time the hub stored them."""
 
     def clock(self, event: Event) -> datetime | None:
         return None  # only the hub's wall clock decides that a node is silent

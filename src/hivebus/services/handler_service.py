@@ -49,7 +49,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from hivebus.bus.client import Bus
-from hivebus.bus.consumer import Delivery, dead_letter
+from hivebus.bus.consumer import Delivery, dead_letter, reply_position
 from hivebus.bus.streams import EVENTS, ConsumerSpec, ensure_consumer
 from hivebus.bus.subjects import evt_filter
 from hivebus.config import Settings
@@ -60,6 +60,20 @@ from hivebus.schemas.envelope import Event
 from hivebus.services.failpoints import crash, failpoint
 
 log = structlog.get_logger()
+
+
+def hub_timed(event: Event, stored_ns: int) -> Event:
+    """A node's event with the time the hub's stream stored it instead of the node's clock.
+
+    Presence must not trust node clocks: a node whose clock runs behind, or one catching up a
+    long outbox of old heartbeats, would be offline again the moment it is seen. The stored
+    time is in the stream, so a replay reads the same time as the live handler did."""
+    if stored_ns <= 0 or not event.source.startswith("node/"):
+        return event
+    return event.model_copy(update={"time": EPOCH + timedelta(microseconds=stored_ns // 1000)})
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _Broken(Exception):
@@ -107,8 +121,13 @@ class HandlerService:
         self._stopping = False
         self.conflicts = 0
         """Command decisions JetStream refused because another decider acted first."""
+        self.on_hub_clock = bool(getattr(handler, "on_hub_clock", False))
+        """The handler reads a node's events at the time the hub stored them (see ``hub_timed``)."""
         self.decide_hold = float(os.environ.get("HIVEBUS_DECIDE_HOLD", "0") or 0)
         """Seconds between deciding a command and appending it (tests widen the race with it)."""
+
+    def _timed(self, event: Event, stored_ns: int) -> Event:
+        return hub_timed(event, stored_ns) if self.on_hub_clock else event
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -271,7 +290,7 @@ class HandlerService:
                 except DecodeError:
                     continue  # it was dead-lettered when it was delivered
                 if message.seq <= floor:
-                    driver.history(event)
+                    driver.history(self._timed(event, message.time_ns))
                 else:
                     outputs.append(event)
         driver.backlog(pending, outputs)
@@ -324,7 +343,7 @@ class HandlerService:
                 return None
             self.last_seq = delivery.seq
             if delivery.event is not None:
-                return self.driver.deliver(delivery.event)
+                return self.driver.deliver(self._timed(delivery.event, reply_position(delivery.msg.reply or "")[1]))
             error = delivery.error
             assert error is not None
             salvaged = self.driver.salvage(delivery.msg.data, error)
