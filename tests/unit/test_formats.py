@@ -58,7 +58,7 @@ def test_sage_yaml_loads() -> None:
         ("continuous", "boolean", False),
     ]
     assert app.metadata["ontology"] == "env.temperature,env.relative_humidity,env.pressure"
-    assert app.testing is not None and app.testing.command.startswith("python3 main.py")
+    assert app.testing is not None and app.testing.command[:2] == ["python3", "main.py"]
 
 
 def test_cron_job_loads() -> None:
@@ -239,11 +239,11 @@ JOB_BREAKS: list[tuple[str, str, str, str | None, str]] = [
     ("numeric node id", "  W013:", "  1234:", "nodes[1]", "quote it"),
     ("bad node id", "  W013:", "  W.013:", "nodes[1]", "pattern"),
     (
-        "args not strings",
+        "args not words",
         'args: ["--interval", "30"]',
-        "args: [--interval, 30]",
+        "args: [--interval, {every: 30}]",
         "plugins[0].pluginSpec.args[1]",
-        "quote it",
+        "string",
     ),
     ("typo", "scienceRules:", "scienceRule:", "scienceRule", "did you mean 'scienceRules'"),
     ("no plugins", "plugins:\n", "plugin_list:\n", "plugins", "required"),

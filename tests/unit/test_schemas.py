@@ -157,7 +157,7 @@ app_inputs = st.sampled_from(sorted(_DEFAULTS)).flatmap(
     )
 )
 app_sources = st.builds(
-    lambda url, ref, commit, directory, dockerfile, platforms: AppSource(
+    lambda url, ref, commit, directory, dockerfile, platforms, build_args: AppSource(
         url=url,
         branch=ref[1] if ref[0] == "branch" else None,
         tag=ref[1] if ref[0] == "tag" else None,
@@ -165,6 +165,7 @@ app_sources = st.builds(
         directory=directory,
         dockerfile=dockerfile,
         architectures=platforms,
+        build_args=build_args,
     ),
     nonempty,
     st.tuples(st.sampled_from(["branch", "tag", "none"]), nonempty),
@@ -172,6 +173,7 @@ app_sources = st.builds(
     text,
     text,
     st.lists(archs, min_size=1, max_size=3, unique=True),
+    str_maps,
 )
 comma_lists = st.lists(nonempty, max_size=3)
 app_specs = st.builds(
@@ -193,7 +195,15 @@ app_specs = st.builds(
     ),
     metadata=st.dictionaries(text, json_values, max_size=3),
     frozen=st.booleans(),
-    testing=opt(st.builds(AppTesting, command=nonempty)),
+    arguments=texts,
+    resource_list=st.lists(st.dictionaries(text, json_values, max_size=2), max_size=2),
+    testing=opt(
+        st.builds(
+            AppTesting,
+            command=st.lists(rx(r"[a-zA-Z0-9_.-]{1,8}"), min_size=1, max_size=3),
+            mask_entrypoint=st.booleans(),
+        )
+    ),
 )
 artifacts = st.builds(
     ArtifactRef,
@@ -219,6 +229,8 @@ plugin_specs = st.builds(
     env=str_maps,
     selector=str_maps,
     resource=str_maps,
+    volume=str_maps,
+    privileged=st.booleans(),
 )
 job_specs = st.builds(
     lambda name, user, plugins, targets, rules, criteria: JobSpec(
@@ -233,7 +245,7 @@ job_specs = st.builds(
     rx(r"[a-z][a-z0-9 ._-]{0,15}[a-z0-9]"),
     opt(users),
     st.lists(
-        st.builds(JobPlugin, name=labels, plugin_spec=plugin_specs),
+        st.builds(JobPlugin, name=rx(r"[a-z0-9-]{1,12}"), plugin_spec=plugin_specs),
         min_size=1,
         max_size=3,
         unique_by=lambda p: p.name,
@@ -972,11 +984,14 @@ def test_malformed_bundle_ids_are_refused(text: str) -> None:
     [
         ("0.2.1", None),
         ("10.0.0", None),
-        ("1.0", "X.Y.Z"),
-        ("1.0.0-rc1", "X.Y.Z"),
-        ("01.0.0", "X.Y.Z"),
+        ("1.0", None),
+        ("1.00", None),
+        ("0.23.4.13", None),
+        ("1.0.0-rc1", None),
+        ("01.0.0", None),
         ("v1.2.3", "must not start with 'v'"),
-        ("latest", "X.Y.Z"),
+        ("latest", "not a release version"),
+        ("1..2", "not a release version"),
         ("", "empty"),
     ],
 )

@@ -10,6 +10,7 @@ handler's, which can call ``version_problems`` / ``architecture_problem`` to exp
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BeforeValidator, Field, StringConstraints, model_validator
@@ -56,15 +57,20 @@ __all__ = [
     "architecture_problem",
     "bundle_id",
     "parse_bundle_id",
+    "version_key",
     "version_problems",
 ]
 
 _NAMESPACE = (
     r"[a-z0-9]+(?:[_-][a-z0-9]+)*"  # no dots: Docker would read ``a.b/`` as a registry host
 )
-_NAME = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"  # a Docker repository path component
+_NAME = r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*"
+"""A Docker repository path component, upper case allowed as Sage's ECR allows it
+(``METEKsonic-3d``): the ECR stores the name as written."""
 _VERSION = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # a Docker tag
-_SEMVER = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+_RELEASE = re.compile(r"([0-9]+(?:\.[0-9]+)*)(?:-([0-9A-Za-z.-]+))?")
+"""A release version: dot-separated numbers (``1``, ``1.0``, ``1.00``, ``0.2.1``,
+``0.23.4.13``), optionally ``-suffix`` (``0.2.1-rc1``, or ``git describe``'s ``0.2.1-3-gabc1234``)."""
 
 Namespace = Annotated[str, StringConstraints(max_length=64, pattern=rf"^{_NAMESPACE}$")]
 AppName = Annotated[str, StringConstraints(max_length=128, pattern=rf"^{_NAME}$")]
@@ -94,14 +100,39 @@ def parse_bundle_id(text: str) -> tuple[str, str, str]:
 
 
 def version_problems(version: str) -> list[str]:
-    """Why ``version`` is not a release version ``X.Y.Z`` (ECR policy); empty when it is."""
+    """Why ``version`` is not a release version (ECR policy); empty when it is.
+
+    Sage's ECR stores any version as written; hivebus takes dot-separated numbers of any
+    count, leading zeros included (``1.0``, ``1.00``, ``0.23.4.13``), with an optional
+    ``-suffix``, so that versions can be ordered (``version_key``); a leading ``v`` is
+    refused with the spelling to use, and so is anything else (``latest``, ``main``).
+    """
     if not isinstance(version, str) or not version:
         return ["version is empty"]
-    if version.startswith("v") and _SEMVER.fullmatch(version[1:]):
+    if version[:1] in ("v", "V") and _RELEASE.fullmatch(version[1:]):
         return [f"version {version!r} must not start with 'v' (write {version[1:]!r})"]
-    if not _SEMVER.fullmatch(version):
-        return [f"version {version!r} is not of the form X.Y.Z (numbers without leading zeros)"]
+    if not _RELEASE.fullmatch(version):
+        return [
+            f"version {version!r} is not a release version: numbers separated by dots "
+            "(1.0, 0.2.1, 0.23.4.13), optionally followed by -suffix (0.2.1-rc1)"
+        ]
     return []
+
+
+def version_key(version: str) -> tuple[tuple[int, ...], int, str, int, str]:
+    """A sort key for release versions: numbers compared one by one as integers, a missing
+    number counting as 0 (``1.0`` < ``1.0.1`` < ``1.2`` < ``1.10``; ``0.23.4.13`` > ``0.23.4``);
+    a version with a ``-suffix`` sorts before the same numbers without one (``0.2.1-rc1`` <
+    ``0.2.1``); versions equal so far (``1``, ``1.0``, ``1.00``) order by the text, shortest
+    first, so the order is total. A version that is not a release sorts before every release."""
+    match = _RELEASE.fullmatch(version)
+    if match is None:
+        return ((), 0, "", len(version), version)
+    numbers = tuple(int(part) for part in match.group(1).split("."))
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers = numbers[:-1]
+    suffix = match.group(2)
+    return (numbers, 0 if suffix is not None else 1, suffix or "", len(version), version)
 
 
 def _split_commas(value: Any) -> Any:
@@ -116,6 +147,28 @@ CommaList = Annotated[
 ]
 
 
+def _scalar_text(value: Any) -> Any:
+    """A YAML scalar as the text a build or a command line gets (``5`` -> ``"5"``,
+    ``true`` -> ``"true"``); anything else is left for validation to refuse."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _texts(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_scalar_text(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _scalar_text(item) for key, item in value.items()}
+    return value
+
+
+TextList = Annotated[list[str], BeforeValidator(_texts)]
+TextMap = Annotated[dict[str, str], BeforeValidator(_texts)]
+
+
 class AppSource(Part):
     """Where the code is and what it builds for."""
 
@@ -126,6 +179,8 @@ class AppSource(Part):
     directory: str = "."
     dockerfile: str = "Dockerfile"
     architectures: Annotated[list[Architecture], Field(min_length=1)]
+    build_args: TextMap = Field(default_factory=dict)
+    """``docker build --build-arg KEY=VALUE`` pairs, as the ECR passes them to its build."""
 
     @model_validator(mode="after")
     def _one_ref_and_distinct_platforms(self) -> Self:
@@ -150,7 +205,11 @@ _DEFAULT_TYPES: Final[dict[str, tuple[type, ...]]] = {
 class AppInput(Part):
     """One argument the app accepts (``--interval 30``)."""
 
-    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=64)]
+    id: Annotated[
+        str, StringConstraints(pattern=r"^-{0,2}[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=64)
+    ]
+    """The argument's name, as the app reads it: ``interval``, ``sampling-interval`` or, as
+    written on its command line, ``--rate`` (Sage's ECR does not look at ids at all)."""
     type: InputType
     description: str = ""
     default: (
@@ -180,8 +239,36 @@ class AppResources(Part):
     gpu: NonNegInt | None = None
 
 
+_TEST_WORD = re.compile(r"[a-zA-Z0-9_. -]+")
+
+
+def _command_words(value: Any) -> Any:
+    """``testing.command`` is a list of words on Sage (``["python3", "-m", "unittest"]``);
+    a string is split as a shell would (hivebus's earlier sage.yaml files wrote one)."""
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"command {value!r}: {exc}") from None
+    return value
+
+
 class AppTesting(Part):
-    command: Annotated[str, StringConstraints(min_length=1)]
+    """How the ECR tests a built image: ``docker run [--entrypoint ''] IMAGE COMMAND...``."""
+
+    command: Annotated[list[str], Field(min_length=1), BeforeValidator(_command_words)]
+    mask_entrypoint: bool = False
+    """Run ``command`` instead of the image's entrypoint rather than as its arguments."""
+
+    @model_validator(mode="after")
+    def _words_sage_accepts(self) -> Self:
+        for word in self.command:
+            if not _TEST_WORD.fullmatch(word):
+                raise ValueError(
+                    f"command word {word!r} has characters Sage's ECR refuses in a test "
+                    "command (letters, digits, '_', '.', '-' and spaces only)"
+                )
+        return self
 
 
 class Provenance(Part):
@@ -216,11 +303,25 @@ class AppSpec(Part):
     license: str | None = None
     homepage: str | None = None
     source: AppSource
+    arguments: TextList = Field(default_factory=list)
+    """The app's default command-line arguments (``[speed, '5']``)."""
     inputs: list[AppInput] = Field(default_factory=list)
     resources: AppResources = Field(default_factory=AppResources)
+    """What one instance needs (hivebus's form, used for placement: cpu, memory, gpu)."""
+    resource_list: list[JsonObject] = Field(default_factory=list)
+    """Sage's form of ``resources``, a list (``- type: RGB_image_producer``): stored as
+    written, not used for placement (Sage calls it a future feature)."""
     metadata: JsonObject = Field(default_factory=dict)
     frozen: bool = False
     testing: AppTesting | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resources_as_sage_lists_them(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("resources"), list):
+            data = dict(data)
+            data["resource_list"] = data.pop("resources")
+        return data
 
     @model_validator(mode="after")
     def _distinct_inputs(self) -> Self:

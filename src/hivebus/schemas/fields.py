@@ -85,6 +85,7 @@ ARCHITECTURES: Final = (
     "linux/arm64",
     "linux/arm/v7",
     "linux/arm/v6",
+    "linux/arm/v8",  # on Sage's ECR's list (it builds as linux/arm64 does)
     "linux/386",
     "linux/ppc64le",
     "linux/s390x",

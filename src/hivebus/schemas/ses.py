@@ -106,7 +106,21 @@ def _node_ids(value: Any) -> Any:
     return value
 
 
+def _words(value: Any) -> Any:
+    """``args`` is a ``[]string`` to Sage's scheduler: an unquoted ``30`` or ``true`` is the
+    word ``"30"`` / ``"true"`` (``hivebus.formats.load_job`` keeps the text as written)."""
+    if isinstance(value, list):
+        return [_label_text(item) for item in value]
+    return value
+
+
 StrMap = Annotated[dict[str, str], BeforeValidator(_str_values)]
+Words = Annotated[list[str], BeforeValidator(_words)]
+PluginName = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[a-z0-9-]+$")
+]
+"""A plugin's name within a job, by Sage's scheduler's rule: lower-case letters, digits, ``-``
+(it becomes a Kubernetes object name on the node)."""
 Image = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$")]
 
 
@@ -114,12 +128,17 @@ class PluginSpec(Part):
     """How to run one plugin: its image, arguments, environment and placement hints."""
 
     image: Image
-    args: list[str] = Field(default_factory=list)
+    args: Words = Field(default_factory=list)
     entrypoint: str | None = None
     env: StrMap = Field(default_factory=dict)
     selector: StrMap = Field(default_factory=dict)
     resource: StrMap = Field(default_factory=dict)
     """k8s-style requests as written (``request.cpu: 250m``, ``limit.memory: 1Gi``)."""
+    volume: StrMap = Field(default_factory=dict)
+    """Host paths to mount, as Sage's scheduler takes them (``volume: {}`` is common)."""
+    privileged: bool = False
+    """Run with the node's devices and privileges; only where the node's policy allows it
+    (setting ``allow_privileged``), else the scheduler refuses the job with the reason."""
 
     @property
     def bundle_id(self) -> str:
@@ -132,7 +151,7 @@ class PluginSpec(Part):
 
 
 class JobPlugin(Part):
-    name: Label
+    name: PluginName
     plugin_spec: PluginSpec = Field(validation_alias=AliasChoices("plugin_spec", "pluginSpec"))
 
 
@@ -334,6 +353,7 @@ __all__ = [
     "JobSubmitted",
     "JobSuspended",
     "Placement",
+    "PluginName",
     "PluginSpec",
     "PluginState",
     "ResourceRequest",
