@@ -3,7 +3,12 @@ copies fail with a FormatError naming the file and the field."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +18,12 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hivebus.bus.client import Bus
+from hivebus.bus.server import NatsServer
+from hivebus.config import Settings
 from hivebus.errors import FormatError, SchemaError
 from hivebus.formats import (
+    checkout_of,
     load_app,
     load_job,
     load_manifest,
@@ -23,10 +32,11 @@ from hivebus.formats import (
     parse_duration,
 )
 from hivebus.schemas import codec
-from hivebus.schemas.ecr import AppSpec, BundlePushed
+from hivebus.schemas.ecr import AppSpec, BundlePushed, version_key, version_problems
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.node import NodeManifest, NodeRegistered
 from hivebus.schemas.ses import JobSpec, JobSubmitted
+from tests.integration.test_handlers import handlers
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -521,3 +531,156 @@ def test_mangled_examples_raise_only_format_error(
 def test_unhashable_yaml_keys_are_a_format_error() -> None:
     with pytest.raises(FormatError, match="unhashable"):
         load_app("? [a, b]\n: 1\n")
+
+
+# --- what the portal fills in: a git checkout, or values given explicitly -------------------
+
+BARE_APP = """\
+name: plugin-tempest
+description: Reads a weather station.
+source:
+  architectures: [linux/amd64, linux/arm64]
+"""
+
+
+def git(folder: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
+def checkout(tmp_path: Path, *, origin: str | None, tag: str | None, sub: str = "") -> Path:
+    """A fresh repository holding BARE_APP (in ``sub``, if given); the file's path."""
+    root = tmp_path / "repo"
+    folder = root / sub if sub else root
+    folder.mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    if origin is not None:
+        git(root, "remote", "add", "origin", origin)
+    (folder / "sage.yaml").write_text(BARE_APP)
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "app")
+    if tag is not None:
+        git(root, "tag", tag)
+    return folder / "sage.yaml"
+
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+@needs_git
+def test_a_checkout_fills_url_branch_commit_folder_and_version(tmp_path: Path) -> None:
+    path = checkout(
+        tmp_path, origin="https://bot:s3cret@github.com/ada/plugin-tempest.git", tag="v0.3.1",
+        sub="app",
+    )  # fmt: skip
+    found = checkout_of(path)
+    assert found is not None and found.url == "https://github.com/ada/plugin-tempest.git"
+    app = load_app(path, namespace="ada", checkout=found)
+    assert app.bundle_id == "ada/plugin-tempest:0.3.1"
+    assert app.source.url == "https://github.com/ada/plugin-tempest.git"  # no token kept
+    assert app.source.branch == "main" and app.source.directory == "app"
+    assert app.source.git_commit == git(path.parent, "rev-parse", "HEAD")
+
+
+@needs_git
+def test_commits_after_the_tag_give_a_describe_version(tmp_path: Path) -> None:
+    path = checkout(tmp_path, origin="git@github.com:ada/t.git", tag="0.3.1")
+    path.write_text(BARE_APP + "keywords: wind\n")
+    git(path.parent, "commit", "-q", "-am", "more")
+    app = load_app(path, namespace="ada", checkout=checkout_of(path))
+    assert re.fullmatch(r"0\.3\.1-1-g[0-9a-f]+", app.version), app.version
+    assert version_problems(app.version) == []
+
+
+@needs_git
+def test_the_file_wins_and_an_explicit_value_that_contradicts_it_is_an_error(
+    tmp_path: Path,
+) -> None:
+    path = checkout(tmp_path, origin="https://github.com/ada/t", tag="0.3.1")
+    path.write_text(BARE_APP.replace("source:\n", "version: 0.2.0\nsource:\n  branch: dev\n"))
+    app = load_app(path, namespace="ada", checkout=checkout_of(path), version="0.4.0")
+    assert app.version == "0.2.0" and app.source.branch == "dev"
+    with pytest.raises(FormatError) as caught:
+        load_app(path, namespace="ada", version="0.4.0", explicit=["version"])
+    assert "version: " in str(caught.value) and "--version says '0.4.0'" in str(caught.value)
+
+
+@needs_git
+def test_a_checkout_of_another_repository_fills_no_branch_or_commit(tmp_path: Path) -> None:
+    path = checkout(tmp_path, origin="https://github.com/fork/t", tag="1.0")
+    path.write_text(BARE_APP + "  url: https://github.com/upstream/t\n")
+    app = load_app(path, namespace="ada", checkout=checkout_of(path))
+    assert app.source.url == "https://github.com/upstream/t"
+    assert app.source.branch is None and app.source.git_commit is None
+    assert app.version == "1.0"  # the file's own history still tags it
+
+
+@needs_git
+def test_what_cannot_be_filled_is_named_with_what_to_do(tmp_path: Path) -> None:
+    path = checkout(tmp_path, origin=None, tag=None)
+    with pytest.raises(FormatError) as caught:
+        load_app(path, namespace="ada", checkout=checkout_of(path))
+    text = str(caught.value)
+    assert "source.url: missing" in text and "--source-url" in text and "no remote 'origin'" in text
+    assert "version: missing" in text and "git tag" in text and "--version" in text
+    outside = tmp_path / "loose" / "sage.yaml"
+    outside.parent.mkdir()
+    outside.write_text(BARE_APP)
+    assert checkout_of(outside) is None or checkout_of(outside).root != tmp_path / "loose"
+    app = load_app(outside, namespace="ada", source_url="https://github.com/ada/t", version="1.0")
+    assert (app.source.url, app.version) == ("https://github.com/ada/t", "1.0")
+
+
+def test_version_order() -> None:
+    ordered = ["0.2.1-rc1", "0.2.1", "0.10", "0.23.4", "0.23.4.13", "1", "1.0", "1.00", "1.0.1"]
+    assert sorted(reversed(ordered), key=version_key) == ordered
+
+
+def hivebus_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hivebus", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@needs_git
+def test_push_says_what_is_missing_without_a_traceback(tmp_path: Path) -> None:
+    path = checkout(tmp_path, origin=None, tag=None)
+    done = hivebus_cli("ecr", "push", str(path.parent), "--user", "ada", cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in out, out
+    assert "source.url: missing" in out and "--source-url" in out, out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = hivebus_cli("ecr", "push", str(empty), "--user", "ada", cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "no sage.yaml or sage.yml in this folder" in out, out
+
+
+@needs_git
+@pytest.mark.integration
+def test_push_a_folder_from_its_checkout(tmp_path: Path, nats_server: NatsServer) -> None:
+    path = checkout(tmp_path, origin="https://github.com/ada/plugin-tempest", tag="0.3.1")
+
+    async def scenario() -> subprocess.CompletedProcess[str]:
+        settings = Settings(nats_url=nats_server.url)
+        async with await Bus.connect(nats_server.url, settings=settings) as bus:
+            await bus.ensure_streams()
+            async with handlers(settings, bus):
+                return await asyncio.to_thread(
+                    hivebus_cli, "ecr", "push", str(path.parent), "--user", "ada",
+                    "--hub", nats_server.url, cwd=tmp_path,
+                )  # fmt: skip
+
+    done = asyncio.run(scenario())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "registered ada/plugin-tempest:0.3.1 (owner ada)" in done.stdout, done.stdout

@@ -22,7 +22,7 @@ from rich.table import Table
 from hivebus.bus.client import Bus
 from hivebus.cli.app import Hub, app, out, run, settings
 from hivebus.errors import FormatError, QueryError, RequestRejected
-from hivebus.formats import load_app
+from hivebus.formats import checkout_of, load_app
 from hivebus.schemas.ecr import (
     ArtifactRef,
     BundleApproved,
@@ -93,13 +93,47 @@ def _refused(answer: Answer) -> None:
         raise RequestRejected(answer.refused, [answer.refused])
 
 
+APP_FILES = ("sage.yaml", "sage.yml")
+
+
+def app_file(path: Path) -> Path:
+    """``path`` itself, or the app file in the folder ``path``."""
+    if not path.is_dir():
+        return path
+    for name in APP_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise FormatError(str(path), [(None, f"no {' or '.join(APP_FILES)} in this folder")])
+
+
 @ecr_app.command()
 def push(
-    file: Annotated[Path, typer.Argument(help="The app's sage.yaml.")],
+    file: Annotated[Path, typer.Argument(help="The app's sage.yaml, or the folder that holds it.")],
     user: User = None,
     namespace: Annotated[
         str | None,
         typer.Option(help="Namespace when sage.yaml names none (default: your user name)."),
+    ] = None,
+    source_url: Annotated[
+        str | None,
+        typer.Option(
+            "--source-url",
+            help="The repository, when sage.yaml has no source.url "
+            "(default: the git checkout's remote 'origin').",
+        ),
+    ] = None,
+    branch: Annotated[
+        str | None,
+        typer.Option(
+            help="The branch, when sage.yaml has no source.branch (default: the checkout's)."
+        ),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            "--version",
+            help="The version, when sage.yaml has none (default: git describe --tags).",
+        ),
     ] = None,
     artifacts: Annotated[
         list[Path] | None,
@@ -114,9 +148,32 @@ def push(
     hub: Hub = None,
     as_json: AsJson = False,
 ) -> None:
-    """Push an app version; prints its id when registered, every reason when rejected."""
+    """Push an app version; prints its id when registered, every reason when rejected.
+
+    What sage.yaml leaves out, as the Sage portal fills it in: source.url, source.branch and
+    the commit from the git checkout around the file, version from its latest tag.
+    """
     pusher = whoami(user)
-    spec = load_app(file, name=str(file), namespace=namespace or pusher.split("@")[0].lower())
+    path = app_file(file)
+    explicit = [
+        field
+        for field, value in (
+            ("source.url", source_url),
+            ("source.branch", branch),
+            ("version", version),
+        )
+        if value is not None
+    ]
+    spec = load_app(
+        path,
+        name=str(path),
+        namespace=namespace or pusher.split("@")[0].lower(),
+        checkout=checkout_of(path),
+        source_url=source_url,
+        branch=branch,
+        version=version,
+        explicit=explicit,
+    )
     payload = BundlePushed(
         app=spec, pusher=pusher, artifacts=[artifact(p) for p in artifacts or []]
     )
