@@ -185,8 +185,21 @@ def test_selector_that_no_node_matches() -> None:
         "selector gpu=true does not match",
     )
     has(
-        rejected(log.submit(job_spec(nodes=["W012"], selector={"zone": "core"}), job_id="j2")),
-        "unknown selector key 'zone'",
+        rejected(log.submit(job_spec(nodes=["W012"], selector={"colour": "red"}), job_id="j2")),
+        "unknown selector key 'colour'",
+    )
+
+
+def test_zone_selector_matches_the_nodes_zone_core_by_default() -> None:
+    """Sage's ``zone`` node label (core, agent, shield...): a hivebus node is one compute
+    unit, ``core`` unless its setting ``zone`` says otherwise."""
+    log = world()
+    out = log.submit(job_spec(nodes=["W012"], selector={"zone": "core"}))
+    assert out[0].type == "ses.job.scheduled"
+    log.by("operator", NodeConfigUpdated(node="W013", settings={"zone": "agent"}), "W013")
+    has(
+        rejected(log.submit(job_spec(nodes=["W013"], selector={"zone": "core"}), job_id="j2")),
+        "selector zone=core does not match",
     )
 
 

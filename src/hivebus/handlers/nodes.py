@@ -4,7 +4,9 @@ Folded from ``node.registered`` (the manifest), ``node.heartbeat`` (the offer: c
 memory, GPU, load, outbox backlog), ``node.online``/``node.offline`` and the hub's
 ``node.sensor.lost``/``restored`` (from the health handler), and ``node.config.updated``
 (tags, and who may run there: settings ``allow_users`` / ``allow_groups``, comma lists;
-a node with neither is open to every user).
+a node with neither is open to every user; ``allow_privileged: true`` lets plugins ask for
+``privileged: true``, which no node allows by default; ``zone``, the node's compute unit for
+a ``zone`` selector, ``core`` by default).
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ class NodeView:
             if sensor.name not in self.lost_sensors:
                 working |= {sensor.name, sensor.kind}
         return working
+
+    @property
+    def allows_privileged(self) -> bool:
+        return self.settings.get("allow_privileged", "").strip().lower() in ("true", "yes", "1")
 
     def allows(self, user: str, groups: frozenset[str]) -> bool:
         users = _names(self.settings.get("allow_users", ""))

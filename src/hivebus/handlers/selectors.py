@@ -3,7 +3,8 @@
 Keys, as Sage writes node labels: ``arch: linux/arm64``, ``gpu: true`` (or ``resource.gpu``),
 ``resource.<sensor>: true`` (a sensor of that name or kind in the manifest and not reported
 lost), ``node_class: <class>``, ``executor: docker``, ``vsn: W012``, ``tag: <tag>`` or
-``tag.<tag>: true``. An unknown key is refused at submit time rather than matching nothing.
+``tag.<tag>: true``, ``zone: core`` (Sage's compute unit of a node: a hivebus node is one
+unit, ``core`` unless its setting ``zone`` says otherwise). An unknown key is refused at submit time rather than matching nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Final
 
 from hivebus.handlers.nodes import NodeView
 
-_EXACT: Final = ("arch", "node_class", "executor", "vsn", "tag")
+_EXACT: Final = ("arch", "node_class", "executor", "vsn", "tag", "zone")
 _TRUTH: Final = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -25,7 +26,7 @@ def selector_problem(key: str, value: str) -> str | None:
         return None
     if key in _EXACT:
         return None
-    return f"unknown selector key {key!r} (known: arch, gpu, resource.<sensor>, node_class, executor, vsn, tag, tag.<tag>)"
+    return f"unknown selector key {key!r} (known: arch, gpu, resource.<sensor>, node_class, executor, vsn, tag, tag.<tag>, zone)"
 
 
 def selector_mismatch(selector: dict[str, str], node: NodeView) -> str | None:
@@ -47,6 +48,8 @@ def selector_mismatch(selector: dict[str, str], node: NodeView) -> str | None:
             ok = manifest is not None and manifest.node_class == value
         elif key == "executor":
             ok = manifest is not None and value in manifest.executors
+        elif key == "zone":
+            ok = node.settings.get("zone", "core") == value
         elif key == "vsn":
             ok = manifest is not None and manifest.vsn == value
         else:

@@ -297,6 +297,11 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
                 problems.append(
                     f"bundle {plugin.bundle_id} is built for {', '.join(plugin.architectures)}, the node is {node.arch}"
                 )
+            if plugin.spec.plugin_spec.privileged and not node.allows_privileged:
+                problems.append(
+                    "it asks for privileged: true and the node's policy does not allow it "
+                    "(node setting allow_privileged: true)"
+                )
             if not plugin.approved and not node.virtual:
                 problems.append(
                     f"bundle {plugin.bundle_id} is not approved (unapproved bundles run only on nodes tagged 'virtual')"
