@@ -31,6 +31,9 @@ from hivebus.formats import (
     parse_cpu,
     parse_duration,
 )
+from hivebus.handlers.ecr import EcrHandler
+from hivebus.handlers.ses import SesHandler
+from hivebus.handlers.testing import Log, app_spec, job_spec, manifest
 from hivebus.schemas import codec
 from hivebus.schemas.ecr import AppSpec, BundlePushed, version_key, version_problems
 from hivebus.schemas.envelope import Event
@@ -684,3 +687,52 @@ def test_push_a_folder_from_its_checkout(tmp_path: Path, nats_server: NatsServer
     done = asyncio.run(scenario())
     assert done.returncode == 0, done.stdout + done.stderr
     assert "registered ada/plugin-tempest:0.3.1 (owner ada)" in done.stdout, done.stdout
+
+
+# --- job files as Sage's scheduler decodes them ---------------------------------------------
+
+JOB = """\
+name: sampler
+plugins:
+- name: image-sampler
+  pluginSpec:
+    image: registry.sagecontinuum.org/theone/imagesampler:0.3.0
+    args: [-stream, bottom, -interval, 30, -ratio, 0.50, -on, true]
+    volume: {}
+    privileged: true
+nodes:
+  W023:
+scienceRules:
+- "schedule(image-sampler): cronjob('image-sampler', '* * * * *')"
+"""
+
+
+def test_job_args_are_the_words_written_and_volume_privileged_are_read() -> None:
+    job = load_job(JOB)
+    spec = job.plugins[0].plugin_spec
+    assert spec.args == ["-stream", "bottom", "-interval", "30", "-ratio", "0.50", "-on", "true"]
+    assert spec.volume == {} and spec.privileged is True
+    from_mapping = load_job(yaml.safe_load(JOB))  # no text to read: str() of each value
+    assert from_mapping.plugins[0].plugin_spec.args[3] == "30"
+
+
+@pytest.mark.parametrize("name", ["Image-Sampler", "image_sampler", "image.sampler"])
+def test_a_plugin_name_sage_refuses_is_refused_with_the_spelling_to_use(name: str) -> None:
+    with pytest.raises(FormatError) as caught:
+        load_job(JOB.replace("- name: image-sampler", f"- name: {name}"))
+    text = str(caught.value)
+    assert "plugins[0].name: plugin name" in text and "write 'image-sampler'" in text, text
+
+
+def test_the_scheduler_refuses_a_plugin_name_sage_refuses() -> None:
+    """A submission that did not come from a file (the Python API, a raw publish) meets the
+    same rule in the scheduler's decision."""
+    log = Log([EcrHandler(), SesHandler()])
+    log.push(app_spec(BME), "alice")
+    log.register_node(manifest("W012"))
+    out = log.submit(job_spec([("Bme_680", BME)], nodes=["W012"]))
+    assert [e.type for e in out] == ["ses.command.rejected"]
+    assert any("plugin name 'Bme_680'" in r and "'bme-680'" in r for r in out[0].data.reasons)
+
+
+BME = "waggle/plugin-bme680:0.2.1"

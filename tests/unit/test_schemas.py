@@ -245,7 +245,7 @@ job_specs = st.builds(
     rx(r"[a-z][a-z0-9 ._-]{0,15}[a-z0-9]"),
     opt(users),
     st.lists(
-        st.builds(JobPlugin, name=rx(r"[a-z0-9-]{1,12}"), plugin_spec=plugin_specs),
+        st.builds(JobPlugin, name=labels, plugin_spec=plugin_specs),
         min_size=1,
         max_size=3,
         unique_by=lambda p: p.name,

@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
+from hivebus.errors import FormatError
 from hivebus.formats.reading import Source, StrictLoader, read_document
-from hivebus.formats.validation import validate
-from hivebus.schemas.ses import JobSpec
+from hivebus.formats.validation import Problems, validate
+from hivebus.schemas.ses import JobSpec, plugin_name_problem
 
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 
@@ -76,7 +77,15 @@ def load_job(source: Source, *, name: str = "job.yaml") -> JobSpec:
     """A ``JobSpec`` from the scheduler's job YAML (``nodes`` map or ``nodeTags``, rules)."""
     file, doc, text = read_document(source, name)
     _args_as_written(doc, text)
-    return validate(JobSpec, file, doc, [])
+    job = validate(JobSpec, file, doc, [])
+    problems: Problems = [
+        (f"plugins[{i}].name", problem)
+        for i, plugin in enumerate(job.plugins)
+        if (problem := plugin_name_problem(plugin.name)) is not None
+    ]
+    if problems:
+        raise FormatError(file, problems)
+    return job
 
 
 __all__ = ["load_job", "written_args"]

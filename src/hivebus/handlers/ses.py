@@ -75,6 +75,7 @@ from hivebus.schemas.ses import (
     Placement,
     ResourceRequest,
     SesCommandRejected,
+    plugin_name_problem,
 )
 
 SOURCE: Final = "handler/ses"
@@ -226,6 +227,7 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
     if policy is None:
         reasons.append(f"unknown placement policy {plan.policy!r} (one of {', '.join(POLICIES)})")
     names = {p.name for p in spec.plugins}
+    reasons += [f"plugins: {why}" for n in sorted(names) if (why := plugin_name_problem(n))]
     rules, rule_reasons = check_rules(spec.science_rules, names)
     reasons += rule_reasons
     for i, criterion in enumerate(spec.success_criteria):

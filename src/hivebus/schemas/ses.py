@@ -8,6 +8,7 @@ chosen node one ``ses.goal.assigned`` per job, to-edge, with what that node has 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Final, Self
 
@@ -116,11 +117,22 @@ def _words(value: Any) -> Any:
 
 StrMap = Annotated[dict[str, str], BeforeValidator(_str_values)]
 Words = Annotated[list[str], BeforeValidator(_words)]
-PluginName = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[a-z0-9-]+$")
-]
+PLUGIN_NAME: Final = re.compile(r"[a-z0-9-]+")
 """A plugin's name within a job, by Sage's scheduler's rule: lower-case letters, digits, ``-``
-(it becomes a Kubernetes object name on the node)."""
+(it becomes a Kubernetes object name on the node). Checked where a job is submitted
+(``hivebus.formats.load_job``, the scheduler's decision), not when an event is read: a log
+written before the rule keeps decoding."""
+
+
+def plugin_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plugin name Sage's scheduler takes, or None."""
+    if PLUGIN_NAME.fullmatch(name):
+        return None
+    hint = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "my-plugin"
+    return (
+        f"plugin name {name!r} must be lower-case letters, digits and '-' (as Sage's "
+        f"scheduler requires): write {hint!r}"
+    )
 Image = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$")]
 
 
@@ -151,7 +163,7 @@ class PluginSpec(Part):
 
 
 class JobPlugin(Part):
-    name: PluginName
+    name: Label
     plugin_spec: PluginSpec = Field(validation_alias=AliasChoices("plugin_spec", "pluginSpec"))
 
 
@@ -339,6 +351,7 @@ class GoalRemoved(Payload):
 
 __all__ = [
     "DEFAULT_REGISTRY",
+    "PLUGIN_NAME",
     "GoalAssigned",
     "GoalPlugin",
     "GoalRemoved",
@@ -353,11 +366,11 @@ __all__ = [
     "JobSubmitted",
     "JobSuspended",
     "Placement",
-    "PluginName",
     "PluginSpec",
     "PluginState",
     "ResourceRequest",
     "SesCommandRejected",
     "bundle_from_image",
     "image_for_bundle",
+    "plugin_name_problem",
 ]
