@@ -105,7 +105,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        limit = self.uploads if path.startswith(self.upload_prefix) and scope.get("method") == "PUT" else self.limit
+        upload = scope.get("method") == "PUT" and "/" in path.removeprefix(self.upload_prefix) and path.startswith(self.upload_prefix)
+        limit = self.uploads if upload else self.limit
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:

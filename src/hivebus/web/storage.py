@@ -40,8 +40,13 @@ class Storage:
         self._position = 0
         self._last: dict[str, int] = {}  # bucket id -> last sequence on its subjects (rejections too)
         self._lock = asyncio.Lock()
+        self._reading = asyncio.Lock()  # one fold at a time: concurrent requests catch up in turn
 
     async def catch_up(self) -> rules.StorageState:
+        async with self._reading:
+            return await self._catch_up()
+
+    async def _catch_up(self) -> rules.StorageState:
         async for batch in self.bus.read(EVENTS, start_seq=self._position + 1, filter_subjects=[FILTER], stop_at_end=True):
             for message in batch:
                 self._position = max(self._position, message.seq)
