@@ -8,6 +8,7 @@ streams bytes into JetStream object stores. Everything is checked through HTTP a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,7 +82,10 @@ async def test_the_slides_session(nats_server: NatsServer, web: WebProcess, toke
         assert bob.get("/objects").json() == []
 
         grant = {"granteeType": "USER", "grantee": "bob", "permission": "READ"}
-        assert alice.put(f"/objects/{bucket_id}", params={"permissions": ""}, json=grant).status_code == 200
+        as_curl_sends_it = {"content-type": "application/x-www-form-urlencoded"}  # curl -d '{...}'
+        granted = alice.put(f"/objects/{bucket_id}", params={"permissions": ""}, content=json.dumps(grant),
+                            headers=as_curl_sends_it)
+        assert granted.status_code == 200 and granted.json() == grant
         read = bob.get(f"/objects/{bucket_id}/camera_picture1.jpg")
         assert read.status_code == 200 and read.content == picture
         assert [b["id"] for b in bob.get("/objects").json()] == [bucket_id]

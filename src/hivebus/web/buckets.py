@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
@@ -32,6 +32,7 @@ from hivebus.handlers import storage as rules
 from hivebus.schemas.storage import AclVerb, BucketType, Grant
 from hivebus.web import objects
 from hivebus.web.app import Face, WebFace
+from hivebus.web.data import json_body
 from hivebus.web.errors import ApiError
 from hivebus.web.multipart import upload_of
 from hivebus.web.storage import Refused
@@ -39,6 +40,7 @@ from hivebus.web.storage import Refused
 router = APIRouter(prefix="/objects", tags=["objects"])
 Authorization = Annotated[str | None, Header(description="sage <token>")]
 TOKEN_HINT = "send 'Authorization: sage <token>' (an admin issues tokens with `hivebus user add NAME`)"
+GRANT_HINT = 'e.g. {"granteeType": "USER", "grantee": "bob", "permission": "READ"}'
 STATUS = {"missing": 404, "forbidden": 403, "conflict": 409, "invalid": 400}
 
 
@@ -154,20 +156,28 @@ async def show_bucket(bucket: str, web: WebFace, authorization: Authorization = 
     return JSONResponse(bucket_doc(found))
 
 
-@router.put("/{bucket}")
-async def grant(bucket: str, web: WebFace, grant: Annotated[GrantBody, Body()], authorization: Authorization = None,
-                permissions: Annotated[str | None, Query()] = None) -> JSONResponse:
-    """Grant a permission (``?permissions``; to make a bucket public, READ to the group AllUsers)."""
+@router.put("/{bucket}", openapi_extra={
+    "requestBody": {"content": {"application/json": {"schema": GrantBody.model_json_schema()}}, "required": True}})
+async def grant_access(bucket: str, request: Request, web: WebFace, authorization: Authorization = None,
+                       permissions: Annotated[str | None, Query()] = None) -> JSONResponse:
+    """Grant a permission (``?permissions``; to make a bucket public, READ to the group AllUsers).
+
+    The body is JSON whatever the Content-Type says (``curl -d '{...}'``, as Sage's docs write it)."""
     if permissions is None:
         raise ApiError(400, "PUT on a bucket changes its permissions", "add ?permissions (uploads go to /objects/{bucket}/{key})")
     user = await _user(web, authorization, required=True)
     assert user is not None
     found = await _bucket(web, bucket, user)
     try:
+        grant = GrantBody.model_validate(await json_body(request))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ApiError(422, f"not a grant: {problems}", GRANT_HINT) from None
+    try:
         entry = Grant(grantee_type="user" if grant.granteeType.lower() == "user" else "group",
                       grantee=grant.grantee, permission=grant.permission)
     except ValidationError as exc:
-        raise ApiError(422, f"not a grant: {exc.errors()[0]['msg']}", 'e.g. {"granteeType": "USER", "grantee": "bob", "permission": "READ"}') from None
+        raise ApiError(422, f"not a grant: {exc.errors()[0]['msg']}", GRANT_HINT) from None
     await _act(web, rules.GrantAccess(user=user, bucket_id=found.bucket_id, grant=entry))
     return JSONResponse(grant.model_dump())
 
