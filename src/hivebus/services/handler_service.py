@@ -58,6 +58,7 @@ from hivebus.handlers.runtime import Driver, Step
 from hivebus.schemas import codec
 from hivebus.schemas.envelope import Event
 from hivebus.services.failpoints import crash, failpoint
+from hivebus.services.snapshots import Snapshot, SnapshotStore, code_version
 
 log = structlog.get_logger()
 
@@ -103,6 +104,8 @@ class HandlerService:
         ack_wait: float = 30.0,
         on_ready: Callable[[HandlerService], Awaitable[None]] | None = None,
         durable_suffix: str = "",
+        snapshots: bool = True,
+        snapshot_every: int = 20_000,
     ) -> None:
         self.handler = handler
         self.settings = settings
@@ -123,6 +126,15 @@ class HandlerService:
         """Command decisions JetStream refused because another decider acted first."""
         self.on_hub_clock = bool(getattr(handler, "on_hub_clock", False))
         """The handler reads a node's events at the time the hub stored them (see ``hub_timed``)."""
+        self.use_snapshots = snapshots
+        self.snapshots = SnapshotStore(bus)
+        self.version = code_version(handler)
+        self.snapshot_every = snapshot_every
+        """Refresh the snapshot in the background once the floor moved this many on."""
+        self.snapshot_seq = 0
+        self.history_read = 0
+        """Events of the log folded by the last resume (the tail after its snapshot)."""
+        self._refresh: asyncio.Task[int | None] | None = None
         self.decide_hold = float(os.environ.get("HIVEBUS_DECIDE_HOLD", "0") or 0)
         """Seconds between deciding a command and appending it (tests widen the race with it)."""
 
@@ -162,8 +174,13 @@ class HandlerService:
                 if self._broken is not None:
                     raise _Broken(str(self._broken))
                 await self.tick()
+                self._maybe_refresh()
         finally:
             await self._stop_consumer(consumer)
+            if self._refresh is not None and not self._refresh.done():
+                self._refresh.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._refresh
 
     async def _stop_consumer(self, consumer: asyncio.Task[None]) -> None:
         """Let the consumer finish its batch and leave between two fetches; cancel it only if
@@ -267,16 +284,20 @@ class HandlerService:
     # --- resuming ---------------------------------------------------------------------------
 
     async def resume(self) -> ConsumerSpec:
-        """Fold the log up to the ack floor, note the backlog; the consumer to start from."""
+        """Fold the log up to the ack floor (from a snapshot when one is valid), note the
+        backlog; the consumer to start from."""
         self._broken = None
         floor = await self._ack_floor()
-        driver: Driver[Any] = Driver(self.handler)
+        driver, start = await self._restored(floor)
+        self.history_read = 0
         pending: list[str] = []
         outputs: list[Event] = []
-        subjects = [*self.handler.inputs, *self.handler.outputs]
-        async for batch in self.bus.read(EVENTS, filter_subjects=subjects, stop_at_end=True):
+        snapshot: Snapshot | None = None
+        async for batch in self.bus.read(EVENTS, start_seq=start, filter_subjects=self._subjects, stop_at_end=True):
             for message in batch:
                 if message.seq > floor:
+                    if snapshot is None:  # the fold up to the floor is complete
+                        snapshot = self._snapshot_of(driver, floor)
                     # Beyond the floor only the handler's own outputs are needed whole; of
                     # the inputs, their ids (they will be delivered again and decoded then).
                     head = _envelope_head(message.data)
@@ -291,8 +312,14 @@ class HandlerService:
                     continue  # it was dead-lettered when it was delivered
                 if message.seq <= floor:
                     driver.history(self._timed(event, message.time_ns))
+                    self.history_read += 1
                 else:
                     outputs.append(event)
+        if snapshot is None:
+            snapshot = self._snapshot_of(driver, floor)
+        if snapshot is not None and floor >= start:  # something new was folded
+            await self.snapshots.save(self.durable, snapshot)
+            self.snapshot_seq = floor
         driver.backlog(pending, outputs)
         adjudicated = driver.take_adjudicated()
         if adjudicated:  # old requests under the floor that the stream holds no decision for
@@ -307,6 +334,8 @@ class HandlerService:
             "handler.resumed",
             handler=self.handler.name,
             ack_floor=floor,
+            from_snapshot=start - 1,
+            history=self.history_read,
             folded=driver.folded,
             pending=len(pending),
             recorded=sum(len(v) for v in driver.recorded.values()),
@@ -320,6 +349,55 @@ class HandlerService:
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if floor else DeliverPolicy.ALL,
             opt_start_seq=floor + 1 if floor else None,
         )
+
+    @property
+    def _subjects(self) -> list[str]:
+        return [*self.handler.inputs, *self.handler.outputs]
+
+    async def _restored(self, floor: int) -> tuple[Driver[Any], int]:
+        """A driver folded from the newest valid snapshot at or below ``floor``, and the
+        sequence to read on from; a fresh one and 1 without."""
+        if self.use_snapshots and floor > 0:
+            snapshot = await self.snapshots.load(self.durable, self.version)
+            if snapshot is not None and snapshot.seq <= floor:
+                self.snapshot_seq = snapshot.seq
+                return snapshot.driver(self.handler), snapshot.seq + 1
+        return Driver(self.handler), 1
+
+    def _snapshot_of(self, driver: Driver[Any], floor: int) -> Snapshot | None:
+        return Snapshot.of(driver, floor, self.version) if self.use_snapshots and floor > 0 else None
+
+    async def refresh_snapshot(self) -> int | None:
+        """Fold from the last snapshot up to the current ack floor on a driver of its own and
+        save it; the live state is not touched. The snapshot's sequence, or None."""
+        floor = await self._ack_floor()
+        driver, start = await self._restored(floor)
+        if floor < start:
+            return start - 1 if start > 1 else None  # the snapshot is at the floor already
+        async for batch in self.bus.read(EVENTS, start_seq=start, filter_subjects=self._subjects, stop_at_end=True):
+            for message in batch:
+                if message.seq > floor:
+                    break
+                try:
+                    event = codec.decode(message.data)
+                except DecodeError:
+                    continue
+                driver.history(self._timed(event, message.time_ns))
+            else:
+                continue
+            break
+        snapshot = self._snapshot_of(driver, floor)
+        if snapshot is None:
+            return None
+        await self.snapshots.save(self.durable, snapshot)
+        self.snapshot_seq = floor
+        return floor
+
+    def _maybe_refresh(self) -> None:
+        running = self._refresh is not None and not self._refresh.done()
+        if not self.use_snapshots or running or self.last_seq - self.snapshot_seq < self.snapshot_every:
+            return
+        self._refresh = asyncio.create_task(self.refresh_snapshot(), name=f"{self.durable}-snapshot")
 
     async def _ack_floor(self) -> int:
         try:
