@@ -198,3 +198,21 @@ def test_privileged_runs_only_where_the_node_allows_it() -> None:
             and "allow_privileged" in reason
             for reason in refused[0].data.reasons
         ), refused[0].data.reasons
+
+
+REFUSED = [case for case in CASES if verdict(case)[0] == "reject"]
+FIELDS = ("plugins[", "scienceRules[", "successcriteria[", "unknown field (did you mean '")
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=ids(REFUSED))
+def test_a_refusal_names_the_field_and_what_to_do(case: dict[str, Any]) -> None:
+    _, why, _ = verdict(case)
+    lines = why.split("; ") if "\n" not in why else why.splitlines()
+    for line in lines:
+        assert any(field in line for field in FIELDS) or "required field" in line, line
+
+
+def test_old_lower_case_keys_get_the_scheduler_spelling() -> None:
+    _, why, _ = verdict({"file": "jobs/edge-scheduler__data-jobs/traffic_old.yaml"})
+    assert "nodetags: unknown field (did you mean 'nodeTags'?)" in why, why
+    assert "sciencerules: unknown field (did you mean 'scienceRules'?)" in why, why

@@ -75,14 +75,24 @@ def _nested_models(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in getattr(annotation, "__args__", ()) for m in _nested_models(arg)]
 
 
+def _closest(field: str, known: set[str]) -> str | None:
+    """The known name ``field`` is closest to, ignoring case, in the spelling files use: of
+    ``node_tags`` and its alias ``nodeTags``, ``nodetags`` gets ``nodeTags``."""
+    spelled: dict[str, str] = {}
+    for name in sorted(known, key=lambda n: (n == n.lower(), n)):  # camelCase aliases first
+        spelled.setdefault(name.lower(), name)
+    close = difflib.get_close_matches(field.lower(), sorted(spelled), n=1)
+    return spelled[close[0]] if close else None
+
+
 def _message(error: Any, known: set[str]) -> str:
     kind, msg, given = error["type"], error["msg"], error.get("input")
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
         field = str(error["loc"][-1]) if error["loc"] else ""
-        close = difflib.get_close_matches(field, sorted(known), n=1)
-        return "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+        close = _closest(field, known)
+        return "unknown field" + (f" (did you mean {close!r}?)" if close else "")
     if kind == "string_type" and isinstance(given, bool | int | float):
         return f"expected a string, got {given!r} (quote it in YAML: '{given}')"
     if kind in ("value_error", "assertion_error"):
