@@ -17,7 +17,7 @@ from pydantic import ValidationError
 import hivebus.schemas  # noqa: F401 - registers the catalogue
 from hivebus.errors import DecodeError, SchemaError
 from hivebus.schemas import codec
-from hivebus.schemas.auth import UserAdded, UserRevoked
+from hivebus.schemas.auth import GroupMemberAdded, GroupMemberRemoved, RoleGranted, RoleRevoked, UserAdded, UserRevoked
 from hivebus.schemas.data import MIN_TIMESTAMP_NS, Reading
 from hivebus.schemas.ecr import (
     AppInput,
@@ -538,6 +538,10 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
         UserAdded, user=users, token_sha256=st.text("0123456789abcdef", min_size=64, max_size=64), by=users
     ),
     "auth.user.revoked": st.builds(UserRevoked, user=users, by=users),
+    "auth.role.granted": st.builds(RoleGranted, user=users, role=st.sampled_from(["reviewer", "admin"]), by=users),
+    "auth.role.revoked": st.builds(RoleRevoked, user=users, role=st.sampled_from(["reviewer", "admin"]), by=users),
+    "auth.group.member.added": st.builds(GroupMemberAdded, group=users, user=users, by=users),
+    "auth.group.member.removed": st.builds(GroupMemberRemoved, group=users, user=users, by=users),
 }
 
 any_payload = st.sampled_from(sorted(STRATEGIES)).flatmap(lambda t: STRATEGIES[t])
