@@ -17,7 +17,14 @@ from pydantic import ValidationError
 import hivebus.schemas  # noqa: F401 - registers the catalogue
 from hivebus.errors import DecodeError, SchemaError
 from hivebus.schemas import codec
-from hivebus.schemas.auth import GroupMemberAdded, GroupMemberRemoved, RoleGranted, RoleRevoked, UserAdded, UserRevoked
+from hivebus.schemas.auth import (
+    GroupMemberAdded,
+    GroupMemberRemoved,
+    RoleGranted,
+    RoleRevoked,
+    UserAdded,
+    UserRevoked,
+)
 from hivebus.schemas.data import MIN_TIMESTAMP_NS, Reading
 from hivebus.schemas.ecr import (
     AppInput,
