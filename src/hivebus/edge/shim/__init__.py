@@ -37,9 +37,7 @@ def container_mounts() -> dict[str, str]:
     """host path -> container path for the docker executor (bind them read-only)."""
     import nats
 
-    import hivebus
-
-    package = Path(hivebus.__file__).resolve().parent
+    package = Path(__file__).resolve().parents[2]  # src/hivebus (edge/ never imports the package root)
     return {
         str(waggle_shim_dir() / "waggle"): f"{CONTAINER_SHIM}/waggle",
         str(package / "__init__.py"): f"{CONTAINER_SDK}/hivebus/__init__.py",
