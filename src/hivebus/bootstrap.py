@@ -23,6 +23,7 @@ import structlog
 from hivebus.auth.hub import HubAuth
 from hivebus.auth.permissions import SERVICE
 from hivebus.bus.client import Bus
+from hivebus.bus.lifeline import spawn
 from hivebus.bus.server import NatsServer, ServerConfig
 from hivebus.config import Settings
 from hivebus.edge.uploads import ensure_bucket
@@ -146,7 +147,8 @@ class Platform:
         env = {**os.environ, "HIVEBUS_LOG_FORMAT": "json"}
         if self.auth is not None:
             env["HIVEBUS_NATS_CREDENTIALS"] = str(self._node_creds(node))
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        # spawn: the node gets SIGTERM from the kernel if this process dies, however it dies
+        proc = spawn(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.info("platform.node_started", node=node, pid=proc.pid)
         return proc
 
