@@ -1,6 +1,8 @@
 """hivebus: an event-sourced message bus for an edge-computing sensor network."""
 
-__version__ = "0.1.0"
+from hivebus.version import __version__
+
+__all__ = ["__version__", "connect"]
 
 
 def connect(url: str | None = None, *, name: str = "hivebus-api"):  # lazy import keeps `import hivebus` cheap

@@ -31,7 +31,6 @@ from typing import Any
 
 import structlog
 
-from hivebus import __version__
 from hivebus.config import Settings
 from hivebus.edge import housekeeping
 from hivebus.edge import state as node_state
@@ -71,6 +70,7 @@ from hivebus.schemas.node import (
     SensorRestored,
     TriggerFired,
 )
+from hivebus.version import __version__
 
 log = structlog.get_logger()
 
