@@ -42,6 +42,7 @@ COMMAND_MODULES = (
     "hivebus.cli.up",
     "hivebus.cli.access",
     "hivebus.cli.web",
+    "hivebus.cli.storage",
 )
 
 Hub = Annotated[
