@@ -347,7 +347,8 @@ class NatsServer:
         ports = self._resolved()
         host = probe_host(self._config.host)
         try:
-            status, _ = http_get(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=0.5)
+            probe = "/healthz?js-enabled-only=true" if self._config.jetstream else "/healthz"
+            status, _ = http_get(f"{self.monitor_url}{probe}", timeout=0.5)
             if status != 200:
                 return False
             info = read_info(host, ports.client, timeout=0.5)

@@ -46,6 +46,15 @@ class ServerConfig:
     is the body of the ``authorization { ... }`` block, pasted verbatim; ``include`` is a
     config file included at the top level (``hivebus.auth`` writes its users and their
     permissions there, and a ``reload`` picks up changes without a restart).
+
+    ``jetstream=False`` runs no JetStream at all: the form of a *site leaf* (``hivebus site
+    run``). A leaf without JetStream of its own forwards ``$JS.API.>`` and every publish over
+    its leafnode link. nats-server 2.15 does not let the plain ``$JS.API.>`` cross a leaf
+    link, only the domain's name for it ``$JS.<domain>.API.>``: so the hub runs with a
+    ``jetstream_domain`` and the leaf is given it as ``hub_jetstream_domain``, which renders
+    ``mappings { "$JS.API.>": "$JS.<domain>.API.>" }``. A node connected to the leaf then
+    talks to the hub's streams exactly as if it were connected to the hub (publish acks,
+    ``Nats-Msg-Id`` de-duplication, stream info, pull consumers) without knowing the domain.
     """
 
     store_dir: Path
@@ -62,6 +71,8 @@ class ServerConfig:
     leafnode_port: int | None = None
     leafnode_remotes: tuple[str, ...] = ()
     jetstream_domain: str | None = None
+    jetstream: bool = True
+    hub_jetstream_domain: str | None = None
     authorization: str | None = None
     include: Path | None = None
     debug: bool = False
@@ -80,6 +91,14 @@ class ServerConfig:
                 raise SetupError(f"{name}: {value} must be a byte count >= 0")
         if not self.server_name or any(c.isspace() for c in self.server_name):
             raise SetupError(f"server_name: {self.server_name!r} must be non-empty, without spaces")
+        if not self.jetstream and (self.cluster_name is not None or self.jetstream_domain):
+            raise SetupError(
+                "jetstream=False: a server without JetStream takes no cluster or jetstream_domain"
+            )
+        if self.hub_jetstream_domain is not None and (self.jetstream or not self.leafnode_remotes):
+            raise SetupError(
+                "hub_jetstream_domain is for a site leaf: jetstream=False and leafnode_remotes set"
+            )
         if (self.cluster_name is None) != (self.cluster_port is None):
             raise SetupError(
                 "cluster_name and cluster_port go together", hint="set both or neither"
@@ -127,18 +146,16 @@ def render_config(config: ServerConfig, ports: Ports) -> str:
         f"listen: {q(hostport(config.host, ports.client))}",
         f"http: {q(hostport(config.host, ports.http))}",
         f"pid_file: {q(str((config.store_dir / PID_FILE).resolve()))}",
-        "jetstream {",
-        f"  store_dir: {q(str(config.store_dir.resolve()))}",
     ]
-    if config.fsync == "always":
-        lines.append("  sync_interval: always  # fsync before every ack; see module docstring")
-    if config.max_file_store is not None:
-        lines.append(f"  max_file_store: {config.max_file_store}")
-    if config.max_memory_store is not None:
-        lines.append(f"  max_memory_store: {config.max_memory_store}")
-    if config.jetstream_domain is not None:
-        lines.append(f"  domain: {q(config.jetstream_domain)}")
-    lines.append("}")
+    if not config.jetstream:
+        lines.append(
+            "jetstream: disabled  # a site leaf: the hub's JetStream answers over the link"
+        )
+        if config.hub_jetstream_domain is not None:
+            target = f"$JS.{config.hub_jetstream_domain}.API.>"
+            lines += ["mappings {", f"  {q('$JS.API.>')}: {q(target)}", "}"]
+    else:
+        lines += _jetstream_block(config)
     if config.cluster_name is not None:
         lines += [
             "cluster {",
@@ -164,3 +181,18 @@ def render_config(config: ServerConfig, ports: Ports) -> str:
     if config.debug:
         lines.append("debug: true")
     return "\n".join(lines) + "\n"
+
+
+def _jetstream_block(config: ServerConfig) -> list[str]:
+    q = json.dumps
+    lines = ["jetstream {", f"  store_dir: {q(str(config.store_dir.resolve()))}"]
+    if config.fsync == "always":
+        lines.append("  sync_interval: always  # fsync before every ack; see module docstring")
+    if config.max_file_store is not None:
+        lines.append(f"  max_file_store: {config.max_file_store}")
+    if config.max_memory_store is not None:
+        lines.append(f"  max_memory_store: {config.max_memory_store}")
+    if config.jetstream_domain is not None:
+        lines.append(f"  domain: {q(config.jetstream_domain)}")
+    lines.append("}")
+    return lines
