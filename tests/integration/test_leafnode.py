@@ -10,6 +10,11 @@ the link because the leaf maps ``$JS.API.>`` to the hub's domain ``$JS.hub.API.>
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -163,3 +168,105 @@ async def _first(bus: Bus, spec: ConsumerSpec) -> Event:
         assert delivery.event is not None
         return delivery.event
     raise AssertionError("the consumer ended")
+
+
+# --- hivebus site hub / hivebus site run ----------------------------------------------------
+
+
+def start_cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1", "HIVEBUS_FSYNC": "interval"}
+    env.pop("HIVEBUS_NATS_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from hivebus.cli import main; main()", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 30) -> re.Match[str]:
+    """The first match of ``pattern`` in the process's output lines (everything read is kept)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if m := re.search(pattern, line):
+            return m
+    raise AssertionError(f"no {pattern!r} in the output:\n{''.join(seen)}")
+
+
+def stop_cli(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def test_site_run_links_a_leaf_that_nodes_publish_through_to_the_hub(
+    tmp_path: Path, server_binary: Path
+) -> None:
+    hub = start_cli(
+        "site",
+        "hub",
+        "--data-dir",
+        str(tmp_path / "hub"),
+        "--nats-port",
+        "0",
+        "--leafnode-port",
+        "0",
+        cwd=tmp_path,
+    )
+    leaf: subprocess.Popen[str] | None = None
+    try:
+        hub_url = read_until(hub, r"running at (nats://\S+)").group(1)
+        leaf_url_for_sites = read_until(hub, r"site run --hub (nats-leaf://\S+)").group(1)
+        leaf = start_cli(
+            "site",
+            "run",
+            "--hub",
+            leaf_url_for_sites,
+            "--data-dir",
+            str(tmp_path / "site"),
+            "--nats-port",
+            "0",
+            cwd=tmp_path,
+        )
+        site_url = read_until(leaf, r"site leaf running at (nats://\S+),").group(1)
+        read_until(leaf, r"link: up")
+
+        event = reading(1)
+        async with await Bus.connect(site_url) as node_bus:
+            await node_bus.publish(event)
+            again = await node_bus.publish(event)  # the hub's stream de-duplicates it
+            assert again == 1
+        async with await Bus.connect(hub_url) as hub_bus:
+            assert await hub_bus.last_seq(DATA) == 1
+            assert await stored_ids(hub_bus) == [event.id]
+    finally:
+        if leaf is not None:
+            stop_cli(leaf)
+        stop_cli(hub)
+
+
+async def stored_ids(bus: Bus) -> list[str | None]:
+    out: list[str | None] = []
+    async for batch in bus.read(DATA, filter_subjects=[data_filter(NODE)], stop_at_end=True):
+        out += [_identity(m.data)[1] for m in batch]
+    return out
+
+
+def test_site_run_refuses_a_client_url_and_says_what_to_write(tmp_path: Path) -> None:
+    proc = start_cli("site", "run", "--hub", "nats://127.0.0.1:4222", cwd=tmp_path)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert "not a leafnode URL" in output and "nats-leaf://HOST:PORT" in output
+    assert "Traceback" not in output

@@ -43,6 +43,7 @@ COMMAND_MODULES = (
     "hivebus.cli.access",
     "hivebus.cli.web",
     "hivebus.cli.storage",
+    "hivebus.cli.site",
 )
 
 Hub = Annotated[
