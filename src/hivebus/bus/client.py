@@ -98,8 +98,10 @@ class Bus:
             if "authorization violation" in text.lower():
                 refused.append(text)
             if m := _PERMISSION_VIOLATION.search(text):
+                # once per connection: a refused identity retrying must not flood the log
+                first = not denied
                 denied[m.group(2)] = text
-                log.warning("nats.permission_denied", action=m.group(1).lower(), subject=m.group(2), name=name)
+                (log.warning if first else log.debug)("nats.permission_denied", action=m.group(1).lower(), subject=m.group(2), name=name)
                 return
             log.debug("nats.error", error=text)
 

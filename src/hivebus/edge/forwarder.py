@@ -45,6 +45,7 @@ from hivebus.bus.streams import DATA, EVENTS
 from hivebus.bus.subjects import data_filter, fromedge_filter
 from hivebus.edge.outbox import Entry, Outbox
 from hivebus.edge.uplink import Uplink
+from hivebus.errors import PermissionDenied
 
 log = structlog.get_logger()
 
@@ -89,6 +90,8 @@ class Forwarder:
         self._probe = False  # after a failure: send the oldest event alone first
         self._check_failures = 0
         self.idle = asyncio.Event()
+        # why the hub refuses this node's events (no or a withdrawn credential), or None
+        self.unauthorized: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = self.options.retry_min
@@ -103,18 +106,49 @@ class Forwarder:
                 self._uncertain = True
                 self._probe = True
                 self.stats.failures += 1
-                log.warning(
-                    "forwarder.batch_failed", error=str(exc) or type(exc).__name__, retry_in=delay
-                )
+                error = str(exc) or type(exc).__name__
+                if isinstance(exc, PermissionDenied) or self._denied(bus):
+                    self._refused_by_hub(error)
+                elif self.unauthorized is None:
+                    log.warning("forwarder.batch_failed", error=error, retry_in=delay)
+                else:  # still refused: said once, loudly, in _refused_by_hub
+                    log.debug("forwarder.batch_failed", error=error, retry_in=delay)
                 await _sleep(stop, delay)
                 delay = min(delay * 2, self.options.retry_max)
                 continue
             delay = self.options.retry_min
+            if self.unauthorized is not None and sent:
+                log.info("forwarder.authorized", node=self._node)
+                self.unauthorized = None
             if not sent:
                 self.idle.set()
                 await self.outbox.wait_appended(self.options.idle_poll)
             else:
                 self.idle.clear()
+
+    def _denied(self, bus: Bus) -> bool:
+        """The hub refused this connection this node's own events or the stream API (a node
+        with its credential is refused neither)."""
+        own = (f"data.{self._node}.".lower(), f"fromedge.{self._node}.".lower(), "$js.api.")
+        return any(subject.startswith(own) for subject in bus.denied)
+
+    def _refused_by_hub(self, error: str) -> None:
+        if self.unauthorized is not None:
+            log.debug("forwarder.still_unauthorized", error=error)
+            return
+        self.unauthorized = error
+        node = self._node
+        log.error(
+            "forwarder.unauthorized",
+            node=node,
+            error=error,
+            hint=(
+                f"the hub does not accept this node's events without its credential: on the hub run "
+                f"`hivebus node add {node} --out {node}.creds`, copy the file here and restart with "
+                f"`hivebus node run --node-id {node} --credentials {node}.creds`; until then the node "
+                "keeps running its goals and buffers in its outbox (`hivebus node outbox`)"
+            ),
+        )
 
     async def _step(self, bus: Bus) -> int:
         """Send one batch; how many events it held (0 = the outbox is empty)."""
