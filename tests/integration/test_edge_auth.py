@@ -114,3 +114,24 @@ async def test_a_node_without_its_credential_says_once_what_to_run_then_delivers
             await until(delivered, 30, "the buffered readings at the hub")
     finally:
         stop(node)
+
+
+async def test_node_remove_cuts_the_nodes_open_connection_at_once(
+    hub: Hub,  # noqa: F811  (the fixture imported above)
+) -> None:
+    async with await hub.connect(hub.nodes["W002"]) as w2:
+        assert w2.nc.is_connected
+        done = subprocess.run(
+            [sys.executable, "-m", "hivebus", "node", "remove", "W002",
+             "--data-dir", str(hub.data_dir)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        async def cut() -> bool:
+            # The server closes it; nats-py then retries and is refused the withdrawn credential.
+            return not w2.nc.is_connected
+
+        await until(cut, 5, "the removed node's connection to be closed")
+        await asyncio.sleep(1.0)
+        assert not w2.nc.is_connected, "the removed node got back in"
