@@ -69,6 +69,7 @@ from hivebus.schemas.node import (
     ToEdgeApplied,
     TriggerFired,
 )
+from hivebus.schemas.offload import OffloadDecided, OffloadRanLocally, OffloadRequested
 from hivebus.schemas.registry import Registry, registry
 from hivebus.schemas.ses import (
     GoalAssigned,
@@ -439,6 +440,21 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
         success_criteria=texts,
     ),
     "ses.goal.removed": st.builds(GoalRemoved, node=node_ids, job_id=keys, reason=text),
+    "ses.offload.requested": st.builds(
+        OffloadRequested, node=node_ids, request_id=keys, bundle=bundle_ids, resources=str_maps
+    ),
+    "ses.offload.decided": st.builds(
+        OffloadDecided,
+        node=node_ids,
+        request_id=keys,
+        bundle=bundle_ids,
+        run_on=st.none() | node_ids,
+        scores=st.dictionaries(node_ids, st.floats(min_value=0, max_value=100), max_size=3),
+        reasons=st.lists(text, max_size=2),
+    ),
+    "ses.offload.ran_locally": st.builds(
+        OffloadRanLocally, node=node_ids, request_id=keys, bundle=bundle_ids, reason=text
+    ),
     "node.registered": st.builds(NodeRegistered, manifest=manifests, agent_version=opt(text)),
     "node.heartbeat": st.builds(
         NodeHeartbeat,

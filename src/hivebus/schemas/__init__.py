@@ -3,7 +3,7 @@
 Importing this package registers the whole catalogue (one module per area).
 """
 
-from hivebus.schemas import auth, data, ecr, node, ses, storage
+from hivebus.schemas import auth, data, ecr, node, offload, ses, storage
 from hivebus.schemas.envelope import Event, Payload
 from hivebus.schemas.registry import event, registry, upcaster
 
@@ -15,6 +15,7 @@ __all__ = [
     "ecr",
     "event",
     "node",
+    "offload",
     "registry",
     "ses",
     "storage",
