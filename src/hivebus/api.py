@@ -20,23 +20,29 @@ from-edge events and triggers live, or from a point in history (``since="-1h"``)
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import structlog
+from nats.errors import Error as NatsError
+
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import EVENTS
 from hivebus.bus.subjects import EVENTS_SUBJECTS, fromedge_filter, toedge_filter
 from hivebus.config import Settings, parse_duration
-from hivebus.errors import HivebusError, RequestRejected, SchemaError
+from hivebus.errors import BusError, HivebusError, PermissionDenied, RequestRejected, SchemaError
 from hivebus.schemas import Event, Payload, codec
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from hivebus.projections.client import QueryResult
+
+log = structlog.get_logger()
 
 
 def tail_subjects(to_edge: str | None = None, from_edge: str | None = None) -> list[str]:
@@ -137,15 +143,30 @@ class Hub:
         since: str | datetime | None = None,
     ) -> AsyncIterator[tuple[int, Event]]:
         start = parse_since(since) if isinstance(since, str) else since
-        reader = self.bus.read(EVENTS, filter_subjects=tail_subjects(to_edge, from_edge), start_time=start, new_only=start is None)
-        async for batch in reader:
-            for message in batch:
-                try:
-                    event = codec.decode(message.data)
-                except HivebusError:
-                    continue  # the projector records it in dead_letters
-                if fnmatch.fnmatchcase(event.type, type):
-                    yield message.seq, event
+        subjects = tail_subjects(to_edge, from_edge)
+        # The last stream sequence read: after a hub restart (the reader's consumer gone, the
+        # hub away for a while) the tail goes on from the next one, nothing lost or repeated.
+        last: int | None = await self.bus.last_seq(EVENTS) if start is None else None
+        while True:
+            if last is None:
+                reader = self.bus.read(EVENTS, filter_subjects=subjects, start_time=start)
+            else:
+                reader = self.bus.read(EVENTS, filter_subjects=subjects, start_seq=last + 1)
+            try:
+                async for batch in reader:
+                    for message in batch:
+                        last = message.seq
+                        try:
+                            event = codec.decode(message.data)
+                        except HivebusError:
+                            continue  # the projector records it in dead_letters
+                        if fnmatch.fnmatchcase(event.type, type):
+                            yield message.seq, event
+            except PermissionDenied:
+                raise
+            except (BusError, NatsError, TimeoutError) as exc:
+                log.info("tail.resuming", after_seq=last, error=str(exc) or exc.__class__.__name__)
+                await asyncio.sleep(0.5)
 
     subscribe = tail
 

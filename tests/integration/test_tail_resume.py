@@ -1,0 +1,58 @@
+"""``hub.tail`` goes on after a hub restart from the last event it yielded (issue 15, item 5)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from hivebus.api import Hub
+from hivebus.bus.client import Bus
+from hivebus.bus.server import NatsServer
+from hivebus.handlers.testing import resources
+from hivebus.schemas.envelope import Event
+from hivebus.schemas.node import NodeHeartbeat
+from tests.integration.test_handlers import by, until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+def beat(i: int) -> Event:
+    payload = NodeHeartbeat(node="W001", resources=resources(cpus=2), uptime_seconds=float(i))
+    return by("node/W001", payload, "W001")
+
+
+async def test_tail_resumes_after_a_hub_restart_from_the_last_event_it_yielded(
+    nats_server: NatsServer,
+) -> None:
+    seen: list[float] = []
+    async with await Bus.connect(nats_server.url) as bus:
+        await bus.ensure_streams()
+        hub = Hub(bus)
+
+        async def follow() -> None:
+            async for event in hub.tail(from_edge="*", type="node.heartbeat"):
+                seen.append(event.data.uptime_seconds)  # type: ignore[attr-defined]
+
+        follower = asyncio.create_task(follow())
+        await asyncio.sleep(1.0)  # the reader is in place (new events only)
+        for i in range(5):
+            await bus.publish(beat(i))
+        await until(lambda: asyncio.sleep(0, len(seen) >= 5), 10, "the first events")
+        nats_server.restart()  # same store dir and port
+        for i in range(5, 10):
+            await bus.publish(beat(i))
+        try:
+            await until(
+                lambda: asyncio.sleep(0, len(seen) >= 10 or follower.done()),
+                30,
+                "after the restart",
+            )
+            assert not follower.done(), f"tail ended: {follower.exception()!r}"
+            await asyncio.sleep(1.0)  # no duplicate arrives late
+        finally:
+            follower.cancel()
+    counts = Counter(seen)
+    assert sorted(counts) == [float(i) for i in range(10)]
+    assert [u for u, n in counts.items() if n > 1] == []
