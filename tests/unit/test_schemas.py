@@ -622,6 +622,7 @@ def test_routes_and_to_edge_payloads_name_their_node(type_: str) -> None:
         "ses.goal.assigned": "toedge",
         "ses.goal.removed": "toedge",
         "node.config.updated": "toedge",
+        "ses.offload.decided": "toedge",
     }
     assert model.route == expected.get(type_, "evt")
     if model.route == "toedge":

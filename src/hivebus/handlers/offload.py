@@ -24,10 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hivebus.handlers.base import Decision, Outputs
 from hivebus.handlers.fit import Demands, over, parse_request
 from hivebus.handlers.nodes import NodeView
 from hivebus.handlers.placement import Candidate, home_edge_score
 from hivebus.handlers.ses_state import SesState
+from hivebus.schemas.envelope import Event
 from hivebus.schemas.offload import OffloadDecided, OffloadRequested
 
 
@@ -97,3 +99,17 @@ def decide(state: SesState, request: OffloadRequested) -> OffloadDecided:
     """The decision for ``request`` on ``state`` (which it does not change)."""
     candidates, reasons = offload_candidates(state, request)
     return decide_offload(request, candidates, reasons)
+
+
+def decide_request(state: SesState, event: Event, source: str) -> Decision:
+    """The scheduler's answer to a node's ``ses.offload.requested``: one decided fact, to-edge.
+
+    Only the requester itself may ask for itself (``source`` ``node/<node>``); anything else
+    is ignored, as a node's other facts about another node are."""
+    request = event.data
+    assert isinstance(request, OffloadRequested)
+    if event.source != f"node/{request.node}":
+        return Decision()
+    out = Outputs(event, source)
+    out.emit(decide(state, request), request.node)
+    return out.decision()

@@ -40,6 +40,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from hivebus.errors import DecodeError, RuleSyntaxError
+from hivebus.handlers import offload
 from hivebus.handlers.base import (
     NOTHING,
     Decision,
@@ -59,6 +60,7 @@ from hivebus.handlers.ses_state import JobView, SesState, evolve, lifecycle_prob
 from hivebus.rules import Rule, Schedule, cron_period_seconds, parse_rule
 from hivebus.schemas.commands import command_of
 from hivebus.schemas.envelope import Event
+from hivebus.schemas.offload import OffloadRequested
 from hivebus.schemas.ses import (
     GoalAssigned,
     GoalPlugin,
@@ -512,6 +514,8 @@ def decide_command(state: SesState, command: Event) -> Decision:
 def decide(state: SesState, event: Event) -> Decision:
     if event.source == SOURCE:
         return NOTHING
+    if isinstance(event.data, OffloadRequested):
+        return offload.decide_request(state, event, SOURCE)
     spec = command_of(event)
     if spec is not None and spec.decider == "ses":
         return decide_command(state, event)
@@ -551,6 +555,7 @@ class SesHandler:
         "evt.node.>",
         "fromedge.*.node.registered",
         "fromedge.*.node.heartbeat",
+        "fromedge.*.ses.offload.requested",
         "toedge.*.node.config.updated",
         "toedge.*.ses.goal.>",
         *DIRECTORY_INPUTS,
@@ -559,6 +564,7 @@ class SesHandler:
         "evt.ses.job.rejected.>",
         "evt.ses.command.rejected.>",
         "evt.ses.job.completed.>",
+        "toedge.*.ses.offload.decided",
     )
     redelivered = frozenset(
         {

@@ -31,9 +31,12 @@ class OffloadRequested(Payload):
     """The execution's needs, as a job's plugin resources: ``{"cpu": "1", "memory": "512Mi"}``."""
 
 
-@event("ses.offload.decided")
+@event("ses.offload.decided", route="toedge")
 class OffloadDecided(Payload):
-    """Where the requested execution runs: ``run_on == node`` means "run locally"."""
+    """Where the requested execution runs: ``run_on == node`` means "run locally".
+
+    To-edge, to the requester: it arrives on ``toedge.<node>.ses.offload.decided`` (and in
+    the node's durable to-edge consumer)."""
 
     model_config = STRICT
 
