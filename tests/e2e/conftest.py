@@ -69,7 +69,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "hivebus", "up", "--virtual-nodes", "2", "--demo",
-             "--nats-port", str(port), "--data-dir", str(workdir / ".hivebus")],
+             "--nats-port", str(port), "--http-port", "0", "--data-dir", str(workdir / ".hivebus")],
             cwd=workdir, env=env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     running = RunningPlatform(url, workdir, env, process, log)
