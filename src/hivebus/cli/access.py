@@ -170,7 +170,7 @@ Members = Annotated[list[str], typer.Argument(help="User names.")]
 
 
 def _group_name(group: str) -> str:
-    if group in (ALL_USERS,):
+    if group == ALL_USERS:
         raise SetupError(f"{group} is built in and holds everyone", hint="choose another group name")
     return group
 

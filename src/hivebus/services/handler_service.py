@@ -292,12 +292,14 @@ class HandlerService:
         self.history_read = 0
         pending: list[str] = []
         outputs: list[Event] = []
+        # a snapshot when this start folds anything new, taken where the fold reaches the floor
+        to_capture = self.use_snapshots and 0 < start <= floor
         snapshot: Snapshot | None = None
         async for batch in self.bus.read(EVENTS, start_seq=start, filter_subjects=self._subjects, stop_at_end=True):
             for message in batch:
                 if message.seq > floor:
-                    if snapshot is None:  # the fold up to the floor is complete
-                        snapshot = self._snapshot_of(driver, floor)
+                    if to_capture:
+                        snapshot, to_capture = Snapshot.of(driver, floor, self.version), False
                     # Beyond the floor only the handler's own outputs are needed whole; of
                     # the inputs, their ids (they will be delivered again and decoded then).
                     head = _envelope_head(message.data)
@@ -315,9 +317,9 @@ class HandlerService:
                     self.history_read += 1
                 else:
                     outputs.append(event)
-        if snapshot is None:
-            snapshot = self._snapshot_of(driver, floor)
-        if snapshot is not None and floor >= start:  # something new was folded
+        if to_capture:  # the log ended at the floor
+            snapshot = Snapshot.of(driver, floor, self.version)
+        if snapshot is not None:
             await self.snapshots.save(self.durable, snapshot)
             self.snapshot_seq = floor
         driver.backlog(pending, outputs)
@@ -364,32 +366,23 @@ class HandlerService:
                 return snapshot.driver(self.handler), snapshot.seq + 1
         return Driver(self.handler), 1
 
-    def _snapshot_of(self, driver: Driver[Any], floor: int) -> Snapshot | None:
-        return Snapshot.of(driver, floor, self.version) if self.use_snapshots and floor > 0 else None
-
     async def refresh_snapshot(self) -> int | None:
         """Fold from the last snapshot up to the current ack floor on a driver of its own and
         save it; the live state is not touched. The snapshot's sequence, or None."""
+        if not self.use_snapshots:
+            return None
         floor = await self._ack_floor()
         driver, start = await self._restored(floor)
         if floor < start:
             return start - 1 if start > 1 else None  # the snapshot is at the floor already
         async for batch in self.bus.read(EVENTS, start_seq=start, filter_subjects=self._subjects, stop_at_end=True):
             for message in batch:
-                if message.seq > floor:
-                    break
-                try:
-                    event = codec.decode(message.data)
-                except DecodeError:
-                    continue
-                driver.history(self._timed(event, message.time_ns))
-            else:
-                continue
-            break
-        snapshot = self._snapshot_of(driver, floor)
-        if snapshot is None:
-            return None
-        await self.snapshots.save(self.durable, snapshot)
+                if message.seq <= floor:
+                    with contextlib.suppress(DecodeError):  # dead-lettered when it was delivered
+                        driver.history(self._timed(codec.decode(message.data), message.time_ns))
+            if batch and batch[-1].seq >= floor:
+                break
+        await self.snapshots.save(self.durable, Snapshot.of(driver, floor, self.version))
         self.snapshot_seq = floor
         return floor
 
