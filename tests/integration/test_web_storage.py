@@ -7,9 +7,11 @@ streams bytes into JetStream object stores. Everything is checked through HTTP a
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +160,45 @@ def test_bad_requests_are_refused_with_reasons(web: WebProcess, tokens: dict[str
         assert alice.get("/objects/no-such-bucket/").status_code == 404
         assert alice.put(f"/objects/{bucket_id}", params={"permissions": ""}, json={"grantee": "bob"}).status_code == 422
         assert alice.delete(f"/objects/{bucket_id}", params={"permissions": "", "grantee": "bob"}).status_code == 400
+
+
+async def test_a_refused_overwrite_keeps_the_older_object(nats_server: NatsServer, web: WebProcess,
+                                                           tokens: dict[str, str]) -> None:
+    """Bob's WRITE is revoked while his overwrite streams in: refused, and Alice's file is intact."""
+    original = os.urandom(200_000)
+    streaming, revoked = threading.Event(), threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield b"y" * 150_000
+        streaming.set()
+        assert revoked.wait(30)
+        yield b"y" * 150_000
+
+    with client(web, tokens["alice"]) as alice, client(web, tokens["bob"]) as bob:
+        bucket_id = alice.post("/objects", params={"type": "training-data", "name": "shared"}).json()["id"]
+        assert alice.put(f"/objects/{bucket_id}/model.bin", content=original).status_code == 200
+        write = {"granteeType": "USER", "grantee": "bob", "permission": "WRITE"}
+        assert alice.put(f"/objects/{bucket_id}", params={"permissions": ""}, json=write).status_code == 200
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            overwrite = pool.submit(bob.put, f"/objects/{bucket_id}/model.bin", content=slow_body())
+            assert streaming.wait(30)
+            gone = alice.delete(f"/objects/{bucket_id}", params={"permissions": "", "grantee": "USER:bob:WRITE"})
+            assert gone.status_code == 200
+            revoked.set()
+            refused = overwrite.result(60)
+        assert refused.status_code == 403 and "WRITE" in refused.json()["error"]
+        kept = alice.get(f"/objects/{bucket_id}/model.bin")
+        assert kept.status_code == 200 and kept.content == original
+        assert kept.headers["etag"] == f'"sha256:{hashlib.sha256(original).hexdigest()}"'
+
+        before = (await storage_facts(nats_server.url)).count("storage.command.rejected")
+        no_write = bob.put(f"/objects/{bucket_id}/other.bin", content=b"x")  # refused before a byte is read
+        assert no_write.status_code == 403 and no_write.json()["hint"]
+    facts = await storage_facts(nats_server.url)
+    assert facts.count("storage.command.rejected") == before + 1
+    async with await Bus.connect(nats_server.url) as bus:
+        store = await bus.js.object_store(f"sage-{bucket_id}")
+        info = await store.get_info("model.bin")
+        assert info.size == len(original)
+        stream = await bus.js.stream_info(f"OBJ_sage-{bucket_id}")
+        assert stream.state.messages == 2 + 1 + 0  # the original's two chunks and its info; the refused chunks purged

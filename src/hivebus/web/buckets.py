@@ -19,6 +19,7 @@ go to a JetStream object store per bucket, streamed both ways (``web.objects``).
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 import uuid
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ router = APIRouter(prefix="/objects", tags=["objects"])
 Authorization = Annotated[str | None, Header(description="sage <token>")]
 TOKEN_HINT = "send 'Authorization: sage <token>' (an admin issues tokens with `hivebus user add NAME`)"
 GRANT_HINT = 'e.g. {"granteeType": "USER", "grantee": "bob", "permission": "READ"}'
+NO_BYTES = f"sha256:{hashlib.sha256(b'').hexdigest()}"  # a put decided before its bytes
 STATUS = {"missing": 404, "forbidden": 403, "conflict": 409, "invalid": 400}
 
 
@@ -109,6 +111,15 @@ async def _act(web: Face, command: rules.Command) -> None:
         await web.storage.act(command)
     except Refused as exc:
         raise ApiError(STATUS[exc.refusal.kind], "; ".join(exc.refusal.reasons)) from None
+
+
+async def _check(web: Face, command: rules.Command) -> None:
+    """Refuse ``command`` now if the decider would (the refusal is a fact); append nothing if not."""
+    try:
+        await web.storage.check(command)
+    except Refused as exc:
+        hint = "the bucket's owner may grant it" if exc.refusal.kind == "forbidden" else None
+        raise ApiError(STATUS[exc.refusal.kind], "; ".join(exc.refusal.reasons), hint) from None
 
 
 # --- buckets -----------------------------------------------------------------------------
@@ -222,7 +233,6 @@ async def put_object(bucket: str, key: str, request: Request, web: WebFace, auth
     user = await _user(web, authorization, required=True)
     assert user is not None
     found = await _bucket(web, bucket, user)
-    _require(found, user, "WRITE")
     upload = await upload_of(request)
     if key == "" or key.endswith("/"):
         if not upload.filename:
@@ -231,16 +241,22 @@ async def put_object(bucket: str, key: str, request: Request, web: WebFace, auth
     if problem := rules.key_problem(key):
         raise ApiError(400, problem, "keys are path-like: parts separated by /, no empty, '.' or '..' part")
     content_type = upload.content_type or mimetypes.guess_type(key)[0]
+    # Decided before a byte is read (a refusal is a fact in the log) and again once the bytes
+    # are staged: the older object stays visible until the second decision accepts the new one.
+    await _check(web, rules.PutObject(user=user, bucket_id=found.bucket_id, key=key, size=0, digest=NO_BYTES,
+                                      content_type=content_type))
     try:
-        stored = await objects.put_stream(web.bus, found.bucket_id, key, upload.chunks, max_bytes=web.config.max_upload)
+        staged = await objects.stage_stream(web.bus, found.bucket_id, upload.chunks, max_bytes=web.config.max_upload)
     except objects.TooLarge as exc:
         raise ApiError(413, str(exc), "raise the server's --max-upload, or split the file") from None
+    stored = staged.stored
     try:
         await _act(web, rules.PutObject(user=user, bucket_id=found.bucket_id, key=key, size=stored.size,
                                         digest=stored.digest, content_type=content_type))
-    except ApiError:
-        await objects.delete_object(web.bus, found.bucket_id, key)  # refused meanwhile: keep no bytes
+    except BaseException:
+        await objects.discard(web.bus, staged)  # refused meanwhile: the older version stays as it was
         raise
+    await objects.publish_staged(web.bus, staged, key)
     return JSONResponse({"bucket-id": found.bucket_id, "key": key, "size": stored.size, "digest": stored.digest})
 
 

@@ -59,12 +59,30 @@ async def drop_store(bus: Bus, bucket_id: str) -> None:
         await bus.js.delete_object_store(store_name(bucket_id))
 
 
-async def put_stream(bus: Bus, bucket_id: str, key: str, chunks: AsyncIterator[bytes], *,
-                     max_bytes: int | None = None, replicas: int = 1) -> Stored:
-    """Store ``chunks`` as object ``key``; ``TooLarge`` past ``max_bytes`` (nothing is kept)."""
-    store = await ensure_store(bus, bucket_id, replicas=replicas)
+@dataclass(frozen=True)
+class Staged:
+    """An upload's chunks, stored but not yet visible: no ``ObjectInfo`` names them."""
+
+    bucket_id: str
+    nuid: str
+    size: int
+    chunks: int
+    sha256: bytes
+
+    @property
+    def stored(self) -> Stored:
+        return Stored(self.size, self.sha256.hex())
+
+
+async def stage_stream(bus: Bus, bucket_id: str, chunks: AsyncIterator[bytes], *,
+                       max_bytes: int | None = None, replicas: int = 1) -> Staged:
+    """Store ``chunks`` under a fresh nuid; ``TooLarge`` past ``max_bytes`` (nothing is kept).
+
+    Staging first and publishing the object's info only once the decider has accepted the put
+    (``publish_staged``) means a refused overwrite leaves the older object exactly as it was.
+    """
+    await ensure_store(bus, bucket_id, replicas=replicas)
     name = store_name(bucket_id)
-    stream = f"OBJ_{name}"
     nuid = bus.nc._nuid.next().decode()
     chunk_subject = f"$O.{name}.C.{nuid}"
     sha = hashlib.sha256()
@@ -84,26 +102,50 @@ async def put_stream(bus: Bus, bucket_id: str, key: str, chunks: AsyncIterator[b
                 pending = []
         if pending:
             await bus.publish_raw_many(pending, timeout=30)
-        try:
-            old = await store.get_info(key)
-        except (NotFoundError, ObjectNotFoundError):
-            old = None
-        digest = sha.digest()
-        info = api.ObjectInfo(
-            name=key, bucket=name, nuid=nuid, size=total, chunks=sent, mtime=datetime.now(UTC).isoformat(),
-            digest=f"SHA-256={base64.urlsafe_b64encode(digest).decode()}",
-            options=api.ObjectMetaOptions(max_chunk_size=CHUNK),
-        )
-        meta_subject = f"$O.{name}.M.{base64.urlsafe_b64encode(key.encode()).decode()}"
-        await bus.js.publish(meta_subject, json.dumps(info.as_dict()).encode(), headers={"Nats-Rollup": "sub"})
     except BaseException:
-        with contextlib.suppress(Exception):
-            await bus.js.purge_stream(stream, subject=chunk_subject)
+        await discard(bus, Staged(bucket_id, nuid, total, sent, b""))
         raise
-    if old is not None and not old.deleted and old.nuid:
+    return Staged(bucket_id, nuid, total, sent, sha.digest())
+
+
+async def publish_staged(bus: Bus, staged: Staged, key: str) -> None:
+    """Make ``staged`` the object ``key``, then drop the chunks of the version it replaces."""
+    store = await ensure_store(bus, staged.bucket_id)
+    name = store_name(staged.bucket_id)
+    try:
+        old = await store.get_info(key)
+    except (NotFoundError, ObjectNotFoundError):
+        old = None
+    info = api.ObjectInfo(
+        name=key, bucket=name, nuid=staged.nuid, size=staged.size, chunks=staged.chunks,
+        mtime=datetime.now(UTC).isoformat(),
+        digest=f"SHA-256={base64.urlsafe_b64encode(staged.sha256).decode()}",
+        options=api.ObjectMetaOptions(max_chunk_size=CHUNK),
+    )
+    meta_subject = f"$O.{name}.M.{base64.urlsafe_b64encode(key.encode()).decode()}"
+    await bus.js.publish(meta_subject, json.dumps(info.as_dict()).encode(), headers={"Nats-Rollup": "sub"})
+    if old is not None and not old.deleted and old.nuid and old.nuid != staged.nuid:
         with contextlib.suppress(Exception):
-            await bus.js.purge_stream(stream, subject=f"$O.{name}.C.{old.nuid}")
-    return Stored(total, digest.hex())
+            await bus.js.purge_stream(f"OBJ_{name}", subject=f"$O.{name}.C.{old.nuid}")
+
+
+async def discard(bus: Bus, staged: Staged) -> None:
+    """Drop a staged upload's chunks (refused, too large or cut off)."""
+    name = store_name(staged.bucket_id)
+    with contextlib.suppress(Exception):
+        await bus.js.purge_stream(f"OBJ_{name}", subject=f"$O.{name}.C.{staged.nuid}")
+
+
+async def put_stream(bus: Bus, bucket_id: str, key: str, chunks: AsyncIterator[bytes], *,
+                     max_bytes: int | None = None, replicas: int = 1) -> Stored:
+    """Store ``chunks`` as object ``key`` at once (no decision between staging and publishing)."""
+    staged = await stage_stream(bus, bucket_id, chunks, max_bytes=max_bytes, replicas=replicas)
+    try:
+        await publish_staged(bus, staged, key)
+    except BaseException:
+        await discard(bus, staged)
+        raise
+    return staged.stored
 
 
 async def _rechunked(chunks: AsyncIterator[bytes], buffer: bytearray) -> AsyncIterator[bytes]:

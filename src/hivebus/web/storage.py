@@ -10,7 +10,7 @@ appended as ``storage.command.rejected`` (every reason, for audit) and raised as
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Final, NoReturn
 
 import structlog
 
@@ -57,6 +57,19 @@ class Storage:
                     log.warning("storage.bad_event", seq=message.seq, error=str(exc))
         return self.state
 
+    async def check(self, command: rules.Command) -> None:
+        """``Refused`` (and a rejection in the log) if ``command`` would be refused now; no facts."""
+        async with self._lock:
+            await self.catch_up()
+            decision = rules.decide(self.state, command)
+            if isinstance(decision, rules.Refusal):
+                await self._reject(command, decision)
+
+    async def _reject(self, command: rules.Command, refusal: rules.Refusal) -> NoReturn:
+        rejected = Event.new(rules.rejection(command, refusal), source=SOURCE, subject=command.bucket_id or "-")
+        await self.bus.publish(rejected)
+        raise Refused(refusal)
+
     async def act(self, command: rules.Command, attempts: int = 5) -> list[Event]:
         """Decide ``command`` and append its facts; ``Refused`` says why not."""
         async with self._lock:
@@ -64,9 +77,7 @@ class Storage:
                 await self.catch_up()
                 decision = rules.decide(self.state, command)
                 if isinstance(decision, rules.Refusal):
-                    rejected = Event.new(rules.rejection(command, decision), source=SOURCE, subject=command.bucket_id or "-")
-                    await self.bus.publish(rejected)
-                    raise Refused(decision)
+                    await self._reject(command, decision)
                 expected = self._last.get(command.bucket_id, 0)
                 events = [Event.new(p, source=SOURCE, subject=command.bucket_id) for p in decision]
                 try:
