@@ -42,6 +42,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     "latency": ("latency.py", [], ["--quick"],
                 "publish -> queryable at a steady 2k events/s; peak RSS of projector and agent processes"),
     "batches": ("batches.py", [], ["--quick"], f"projector batch size sweep; draws `{PLOT}`"),
+    "ingest": ("ingest.py", ["-n", "50000", "-p", "200000", "--replay", "1000000"], ["--quick"],
+               "readings at fleet scale (issue 18): hub ingest with fsync=always batched vs one message per "
+               "reading, projection vs raw DuckDB Arrow insert, replay of readings"),
     "restart": ("restart.py", ["--sizes", "10000,1000000"], ["--sizes", "10000,100000"],
                 "scheduler start from a snapshot vs folding the whole log"),
 }

@@ -1,0 +1,247 @@
+"""Readings at fleet scale (issue 18): hub ingest with fsync=always, projection vs raw DuckDB, replay.
+
+1. ingest: ``-n`` ``data.reading`` events of one node sit in its outbox (SQLite, as the agent
+   leaves them); the hub runs with ``fsync=always`` (``sync_interval: always``, hivebus's
+   default: every stored message is fsync'ed before its ack). Time until the real
+   ``Forwarder`` has every reading acknowledged and deleted from the outbox, side by side
+   in the same run on the same server, alternating, best of two each:
+   - one message per reading (``ForwarderOptions(pack=1)``: what every node sent before
+     issue 18);
+   - batched (the default: up to 1,000 readings or 256 KiB per DATA message).
+   Every reading is checked to be in DATA exactly once (readings counted inside the
+   messages). Printed: readings stored per second and the ratio batched / unbatched.
+2. projection: ``-p`` readings of 20 nodes are put in DATA (as the forwarder sends them:
+   batched; and, for comparison, one message per reading), then, in the same run:
+   - the projector (all views) from an empty file until its DATA checkpoint is committed;
+   - raw DuckDB: the very rows it wrote (read back as Arrow) inserted into a fresh file's
+     ``readings`` table, 10,000 rows per transaction: the write path's ceiling, without
+     NATS or decoding. Best of two each; printed: both rates and the ratio.
+3. replay: ``--replay`` readings (batched) rebuilt into a fresh file by ``hivebus replay``'s
+   engine (``replay.build.Build``); readings per second.
+
+    python bench/ingest.py [-n 50000] [-p 200000] [--replay 1000000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from common import (
+    Timer,
+    duckdb_arrow_insert,
+    fresh_data_stream,
+    fresh_server,
+    node_readings,
+    projected_rows,
+    rate,
+    result,
+)
+from project import project
+
+from hivebus.bus.client import Bus
+from hivebus.bus.publisher import Outgoing
+from hivebus.bus.streams import DATA
+from hivebus.bus.subjects import subject_for
+from hivebus.edge.db import NodeDatabase
+from hivebus.edge.forwarder import Forwarder, ForwarderOptions
+from hivebus.edge.outbox import Outbox, OutboxLimits
+from hivebus.edge.uplink import Uplink
+from hivebus.projections.pump import PumpConfig
+from hivebus.projections.views import all_views
+from hivebus.replay.build import Build
+from hivebus.schemas import codec
+from hivebus.schemas.data import Reading
+from hivebus.schemas.envelope import Event
+
+try:  # the batch wire format (issue 18); absent before it
+    from hivebus.bus import batch as wire
+except ImportError:  # pragma: no cover - the baseline run before issue 18
+    wire = None  # type: ignore[assignment]
+
+NODE = "W042"
+LIMITS = OutboxLimits(max_bytes=8 << 30)
+BATCHED = wire is not None and "pack" in {f.name for f in fields(ForwarderOptions)}
+
+
+def one_node_readings(n: int) -> list[Event]:
+    t0 = time.time_ns() - n * 1000
+    meta = {"sensor": "bme680", "plugin": "waggle/plugin-bme680:0.2.1", "vsn": NODE}
+    return [
+        Event.new(Reading(name="env.temperature", value=20.0 + (i % 100) / 10, timestamp=t0 + i * 1000, meta=meta),
+                  source=f"node/{NODE}", subject=NODE)
+        for i in range(n)
+    ]
+
+
+async def fill_outbox(path: Path, n: int) -> None:
+    db = await NodeDatabase.open(path)
+    outbox = await Outbox.open(db, NODE, LIMITS)
+    events = one_node_readings(n)
+    await asyncio.gather(*(outbox.append_many(events[i : i + 2000]) for i in range(0, n, 2000)))
+    await outbox.close()
+    await db.close()
+
+
+async def drain(url: str, source: Path, work: Path, options: ForwarderOptions) -> tuple[float, int]:
+    """Seconds for a forwarder to empty a copy of ``source`` into the hub; events it held."""
+    path = work / "drain.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    shutil.copy(source, path)
+    db = await NodeDatabase.open(path)
+    outbox = await Outbox.open(db, NODE, LIMITS)
+    held = outbox.backlog_now()[0]
+    uplink = Uplink(url, name="bench-node")
+    forwarder = Forwarder(outbox, uplink, options)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(uplink.run(stop))]
+    await uplink.wait_online(stop)
+    with Timer() as t:
+        tasks.append(asyncio.create_task(forwarder.run(stop)))
+        while outbox.backlog_now()[0]:
+            await asyncio.sleep(0.002)
+    stop.set()
+    await asyncio.gather(*tasks)
+    await uplink.close()
+    await outbox.close()
+    await db.close()
+    return t.seconds, held
+
+
+async def stored_readings(bus: Bus) -> tuple[int, int]:
+    """(messages, readings) in DATA, every reading counted once by its nodeseq."""
+    messages, seqs = 0, set()
+    async for chunk in bus.read(DATA, stop_at_end=True, batch=5000):
+        for m in chunk:
+            messages += 1
+            bodies = wire.unpack(m.data) if wire is not None else [m.data]
+            for body in bodies:
+                seqs.add(codec.decode(body).nodeseq)
+    return messages, len(seqs)
+
+
+async def ingest(n: int, work: Path) -> None:
+    source = work / "outbox.db"
+    await fill_outbox(source, n)
+    sides: dict[str, ForwarderOptions] = {"one message per reading": ForwarderOptions(**({"pack": 1} if BATCHED else {}))}
+    if BATCHED:
+        sides["batched"] = ForwarderOptions()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    shape: dict[str, int] = {}
+    with fresh_server("always") as server:
+        async with await Bus.connect(server.url) as bus:
+            await bus.ensure_streams()
+            for _ in range(2):  # alternate, keep the best of each: fsyncs move with the machine
+                for name, options in sides.items():
+                    await fresh_data_stream(bus)
+                    seconds, held = await drain(server.url, source, work, options)
+                    messages, readings = await stored_readings(bus)
+                    assert held == n and readings == n, f"{name}: stored {readings} of {n} readings"
+                    times[name].append(seconds)
+                    shape[name] = messages
+    print(f"hub ingest of {n:,} readings from one node's outbox, server fsync=always")
+    best = {name: n / min(t) for name, t in times.items()}
+    for name, per_s in best.items():
+        print(f"  {name:<24}: {per_s:>9,.0f} readings/s  ({shape[name]:,} DATA messages)")
+    unbatched = best["one message per reading"]
+    if "batched" in best:
+        print(f"  ratio batched / unbatched : {best['batched'] / unbatched:.1f}")
+        result("hub ingest, fsync=always, batched vs one message per reading (readings/s)", best["batched"],
+               "readings/s", unbatched, "one DATA message per reading")
+    else:
+        result("hub ingest, fsync=always, one message per reading (readings/s)", unbatched, "readings/s")
+
+
+def wire_messages(events: list[Event], batched: bool) -> list[Outgoing]:
+    """DATA messages for ``events`` (with nodeseqs) as nodes send them."""
+    if not batched:
+        return [Outgoing(subject_for(e), codec.encode(e), e.id) for e in events]
+    assert wire is not None
+    by_node: dict[str, list[Event]] = {}
+    for e in events:
+        by_node.setdefault(e.node or "", []).append(e)
+    out = []
+    for node, evs in by_node.items():
+        for lo in range(0, len(evs), 1000):
+            part = evs[lo : lo + 1000]
+            bodies = [codec.encode(e) for e in part]
+            out.append(Outgoing(wire.batch_subject(node), wire.pack(bodies), wire.batch_id(node, [e.id for e in part])))
+    return out
+
+
+async def projection(n: int, work: Path) -> None:
+    events = node_readings(n)
+    formats = ["batched", "one message per reading"] if BATCHED else ["one message per reading"]
+    figures: dict[str, tuple[float, float]] = {}
+    with fresh_server("interval") as server:
+        async with await Bus.connect(server.url) as bus:
+            await bus.ensure_streams()
+            for fmt in formats:
+                await fresh_data_stream(bus)
+                messages = wire_messages(events, fmt == "batched")
+                for lo in range(0, len(messages), 5000):
+                    await bus.publish_raw_many(messages[lo : lo + 5000])
+                ends = {DATA: len(messages)}
+                ours, raw = [], []
+                for i in range(2):  # alternate, keep the best of each
+                    db = work / f"views-{fmt[:3]}-{i}.duckdb"
+                    ours.append(await project(bus, db, ends))
+                    rows = projected_rows(db)
+                    assert rows.num_rows == n, f"the projector wrote {rows.num_rows} readings of {n}"
+                    raw.append(duckdb_arrow_insert(rows, work / f"arrow-{fmt[:3]}-{i}.duckdb", PumpConfig().batch_size))
+                figures[fmt] = (n / min(ours), n / min(raw))
+    print(f"projection of {n:,} readings (20 nodes) into DuckDB (all views), same server, same run")
+    for fmt, (ours_rate, raw_rate) in figures.items():
+        print(f"  {fmt}: projector {ours_rate:>9,.0f}/s, raw DuckDB Arrow insert {raw_rate:>9,.0f}/s, "
+              f"ratio {ours_rate / raw_rate:.3f}")
+    for fmt, (ours_rate, raw_rate) in figures.items():
+        result(f"projection of readings ({fmt}) vs raw DuckDB Arrow insert (readings/s)", ours_rate, "readings/s",
+               raw_rate, "raw DuckDB Arrow insert, 10k rows/txn, same rows")
+
+
+async def replay(n: int, work: Path) -> None:
+    events = node_readings(n)
+    with fresh_server("interval") as server:
+        async with await Bus.connect(server.url) as bus:
+            await bus.ensure_streams()
+            messages = wire_messages(events, BATCHED)
+            del events
+            for lo in range(0, len(messages), 5000):
+                await bus.publish_raw_many(messages[lo : lo + 5000])
+            build = Build(bus, work / "replay.duckdb", all_views())
+            with Timer() as t:
+                await build.run_to({DATA: len(messages)})
+            await build.close(keep=False)
+    how = "batched" if BATCHED else "one message each"
+    print(f"replay of {n:,} readings ({how}, {len(messages):,} DATA messages) into a fresh file: "
+          f"{rate(n, t.seconds)} ({t.seconds:.1f} s)")
+    result(f"replay of {n:,} readings into a fresh file (s)", t.seconds, "s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=50_000, help="readings for the ingest benchmark")
+    ap.add_argument("-p", type=int, default=200_000, help="readings for the projection benchmark")
+    ap.add_argument("--replay", type=int, default=1_000_000, help="readings to replay (0: skip)")
+    ap.add_argument("--quick", action="store_true", help="n=10,000, p=30,000, replay 100,000")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.p, args.replay = 10_000, 30_000, 100_000
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hivebus-bench-ingest-") as d:
+        work = Path(d)
+        asyncio.run(ingest(args.n, work))
+        asyncio.run(projection(args.p, work))
+        if args.replay:
+            asyncio.run(replay(args.replay, work))
+    print(f"(total {time.monotonic() - started:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
