@@ -152,7 +152,7 @@ def beat(node: str = "W012", mem_avail: int = 4 << 30) -> NodeHeartbeat:
 
 def test_every_view_has_a_unique_name_a_version_and_ddl_for_its_tables() -> None:
     views = all_views()
-    assert len({v.name for v in views}) == len(views) == 13
+    assert len({v.name for v in views}) == len(views) == 16
     public = {name for v in views for name in v.public}
     assert public >= {"events", "bundles", "bundle_permissions", "profiles", "jobs", "assignments", "nodes",
                       "node_sensors", "plugin_runs", "readings", "triggers", "dead_letters", "rejections"}
@@ -164,7 +164,7 @@ def test_every_view_has_a_unique_name_a_version_and_ddl_for_its_tables() -> None
 
 def test_select_views_accepts_public_names_and_refuses_unknown_ones() -> None:
     assert [v.name for v in select_views(["profile_runs"])] == ["profiles"]
-    assert len(select_views(None)) == 13
+    assert len(select_views(None)) == 16
     with pytest.raises(SetupError, match="unknown view 'nope'"):
         select_views(["nope"])
 

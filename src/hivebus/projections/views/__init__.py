@@ -21,6 +21,8 @@ from hivebus.projections.views.plugin_runs import PluginRunsView
 from hivebus.projections.views.profiles import ProfilesView
 from hivebus.projections.views.readings import ReadingsView
 from hivebus.projections.views.rejections import RejectionsView
+from hivebus.projections.views.storage import BucketPermissionsView as StoragePermissionsView
+from hivebus.projections.views.storage import BucketsView, ObjectsView
 from hivebus.projections.views.triggers import TriggersView
 
 VIEW_CLASSES: tuple[type[View], ...] = (
@@ -37,6 +39,9 @@ VIEW_CLASSES: tuple[type[View], ...] = (
     TriggersView,
     DeadLettersView,
     RejectionsView,
+    BucketsView,
+    ObjectsView,
+    StoragePermissionsView,
 )
 
 

@@ -1,7 +1,8 @@
 """``rejections``: users' commands the ECR or the scheduler refused, with every reason.
 
 One row per refused command (keyed by its id, ``command_id``; the facts it caused carry it as
-``causationid``): ``ecr.command.rejected`` and ``ses.command.rejected``, and from logs written
+``causationid``): ``ecr.command.rejected`` and ``ses.command.rejected``, the object store's ``storage.command.rejected`` (``target``: the
+bucket; its ``data`` is NULL), and from logs written
 before commands existed the answers that refused a request, ``ecr.bundle.rejected`` (a push)
 and ``ses.job.rejected`` (a submission; who asked is not in it, ``requested_by`` is NULL). ``target`` is
 the bundle, namespace or job the command was about. Audit only: no state view changes with a
@@ -19,12 +20,13 @@ ECR_REJECTED = "ecr.command.rejected"
 SES_REJECTED = "ses.command.rejected"
 PUSH_REJECTED = "ecr.bundle.rejected"
 SUBMIT_REJECTED = "ses.job.rejected"
-TYPES = frozenset({ECR_REJECTED, SES_REJECTED, PUSH_REJECTED, SUBMIT_REJECTED})
+STORAGE_REJECTED = "storage.command.rejected"
+TYPES = frozenset({ECR_REJECTED, SES_REJECTED, PUSH_REJECTED, SUBMIT_REJECTED, STORAGE_REJECTED})
 
 
 class RejectionsView(FoldView):
     name = "rejections"
-    version = 1
+    version = 2
     stream = EVENTS
     public = ("rejections",)
     scope_columns = ("command_id",)
@@ -59,6 +61,8 @@ class RejectionsView(FoldView):
         if kind in (ECR_REJECTED, SES_REJECTED):
             command, by, payload = data.command, data.by, json.dumps(data.data, sort_keys=True)
             target = data.target if kind == ECR_REJECTED else data.job_id
+        elif kind == STORAGE_REJECTED:
+            command, by, payload, target = data.command, data.by, None, data.bucket_id
         elif kind == PUSH_REJECTED:
             command, by, payload, target = "ecr.push", data.pusher, None, data.bundle_id
         else:
