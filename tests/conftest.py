@@ -86,3 +86,6 @@ def _stop_each(servers: list[NatsServer]) -> None:
             server.stop(timeout=5.0)
         except Exception:
             server.kill()
+
+
+pytest_plugins = ("tests.docker_engine",)  # the docker_engine session fixture

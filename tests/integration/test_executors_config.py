@@ -101,7 +101,10 @@ def test_the_upload_dir_is_mounted_at_the_same_path() -> None:
         "bind": "/var/lib/hivebus/uploads/incoming",
         "mode": "rw",
     }
-    assert "/var/lib/hivebus/uploads/incoming:/var/lib/hivebus/uploads/incoming:rw" in host_config(config)["Binds"]
+    assert (
+        "/var/lib/hivebus/uploads/incoming:/var/lib/hivebus/uploads/incoming:rw"
+        in host_config(config)["Binds"]
+    )
 
 
 def test_the_waggle_shim_and_the_sdk_are_mounted_read_only_first_on_the_path() -> None:
@@ -110,7 +113,9 @@ def test_the_waggle_shim_and_the_sdk_are_mounted_read_only_first_on_the_path() -
     config = container_config(spec(env={"PYTHONPATH": "/app/lib"}))
     shim = str(waggle_shim_dir() / "waggle")
     assert config["volumes"][shim] == {"bind": f"{CONTAINER_SHIM}/waggle", "mode": "ro"}
-    assert all(Path(host).exists() and mount["mode"] == "ro" for host, mount in config["volumes"].items())
+    assert all(
+        Path(host).exists() and mount["mode"] == "ro" for host, mount in config["volumes"].items()
+    )
     assert config["environment"]["PYTHONPATH"] == "/run/hivebus/shim:/run/hivebus/sdk:/app/lib"
 
 
@@ -145,6 +150,99 @@ def test_engine_states_become_reasons() -> None:
         2,
     ) and "boom" in failed.message
     assert outcome({"OOMKilled": True}, 137, "timeout").reason == "oom"  # the engine's verdict wins
+    assert (
+        outcome({}, 137, "oom").reason == "oom"
+    )  # killed by the executor at the engine's oom event
+
+
+def test_oom_killed_needs_exit_137_because_cgroup_v1_sets_it_for_a_child_too() -> None:
+    survived = outcome({"OOMKilled": True}, 0)
+    assert (survived.state, survived.reason) == ("completed", None)
+    assert (
+        "a process in it was killed for exceeding the memory limit of 64.0 MiB" in survived.message
+    )
+    failed = outcome({"OOMKilled": True}, 1)
+    assert (failed.state, failed.reason, failed.exit_code) == ("failed", "exit", 1)
+    assert outcome({}, 0, "oom").state == "completed"  # the kill came after it had exited by itself
+
+
+def test_a_memory_error_under_a_limit_is_oom_and_a_missing_command_not_found() -> None:
+    def tail(code: int, *lines: str):  # type: ignore[no-untyped-def]
+        return classify(
+            {},
+            code,
+            kill_reason=None,
+            kill_message="",
+            memory_limit=64 * MIB,
+            perf=Perf(),
+            log_tail=lines,
+        )
+
+    assert tail(1, "Traceback (most recent call last):", "MemoryError").reason == "oom"
+    missing = tail(127, "hivebus-plugin: 1: exec: nope-xyz: not found")
+    assert (missing.reason, missing.message) == (
+        "not_found",
+        "command not found in the image: 1: exec: nope-xyz: not found",
+    )
+
+
+def test_output_is_merged_through_a_shell_with_the_images_own_program() -> None:
+    from hivebus.edge.executors.docker import MERGE_WRAPPER
+
+    own = container_config(
+        spec(args=()),
+        merge_output=True,
+        image_config={"Entrypoint": ["/app/run"], "Cmd": ["--fast"]},
+    )
+    assert own["entrypoint"] == list(MERGE_WRAPPER) and own["command"] == ["/app/run", "--fast"]
+    given = container_config(
+        spec(command=("python3", "main.py")),
+        merge_output=True,
+        image_config={"Entrypoint": ["/app/run"], "Cmd": ["--fast"]},
+    )
+    assert given["command"] == [
+        "python3",
+        "main.py",
+        "--interval",
+        "30",
+    ]  # an entrypoint resets CMD
+    assert container_config(spec(args=()), merge_output=True, image_config={})["entrypoint"] is None
+
+
+def test_run_cgroup_accounting_is_read_from_v1_and_v2_layouts(tmp_path: Path) -> None:
+    from hivebus.edge.executors.cgroups import RunCgroup, parent_of
+
+    parent = parent_of("01H/RUN")
+    assert parent == "/hivebus/01H_RUN"
+    v1 = tmp_path / "v1"
+    for ctrl, files in {
+        "cpuacct": {"cpuacct.usage": "1500000000"},
+        "memory": {
+            "memory.max_usage_in_bytes": str(100 * MIB),
+            "memory.stat": f"cache 0\ntotal_inactive_file {4 * MIB}\n",
+        },
+    }.items():
+        (v1 / ctrl / "hivebus" / "01H_RUN").mkdir(parents=True)
+        for name, text in files.items():
+            (v1 / ctrl / "hivebus" / "01H_RUN" / name).write_text(text)
+    found = RunCgroup.find(parent, root=v1)
+    assert found is not None and found.version == 1
+    got = found.read()
+    assert got is not None and (got.cpu_seconds, got.peak_bytes) == (1.5, 96 * MIB)
+    v2 = tmp_path / "v2"
+    (v2 / "hivebus" / "01H_RUN").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu memory\n")
+    for name, text in {
+        "cpu.stat": "usage_usec 250000\nuser_usec 200000\n",
+        "memory.peak": str(50 * MIB),
+        "memory.stat": f"anon 1\ninactive_file {2 * MIB}\n",
+    }.items():
+        (v2 / "hivebus" / "01H_RUN" / name).write_text(text)
+    found = RunCgroup.find(parent, root=v2)
+    assert found is not None and found.version == 2
+    got = found.read()
+    assert got is not None and (got.cpu_seconds, got.peak_bytes) == (0.25, 48 * MIB)
+    assert RunCgroup.find("/hivebus/other", root=v2) is None
 
 
 def test_perf_from_cgroup_v2_and_v1_stats() -> None:

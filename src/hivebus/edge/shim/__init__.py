@@ -42,6 +42,7 @@ def container_mounts() -> dict[str, str]:
         str(waggle_shim_dir() / "waggle"): f"{CONTAINER_SHIM}/waggle",
         str(package / "__init__.py"): f"{CONTAINER_SDK}/hivebus/__init__.py",
         str(package / "errors.py"): f"{CONTAINER_SDK}/hivebus/errors.py",
+        str(package / "version.py"): f"{CONTAINER_SDK}/hivebus/version.py",  # hivebus/__init__ imports it
         str(package / "plugin"): f"{CONTAINER_SDK}/hivebus/plugin",
         str(Path(nats.__file__).resolve().parent): f"{CONTAINER_SDK}/nats",
     }
