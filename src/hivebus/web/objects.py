@@ -136,18 +136,6 @@ async def discard(bus: Bus, staged: Staged) -> None:
         await bus.js.purge_stream(f"OBJ_{name}", subject=f"$O.{name}.C.{staged.nuid}")
 
 
-async def put_stream(bus: Bus, bucket_id: str, key: str, chunks: AsyncIterator[bytes], *,
-                     max_bytes: int | None = None, replicas: int = 1) -> Stored:
-    """Store ``chunks`` as object ``key`` at once (no decision between staging and publishing)."""
-    staged = await stage_stream(bus, bucket_id, chunks, max_bytes=max_bytes, replicas=replicas)
-    try:
-        await publish_staged(bus, staged, key)
-    except BaseException:
-        await discard(bus, staged)
-        raise
-    return staged.stored
-
-
 async def _rechunked(chunks: AsyncIterator[bytes], buffer: bytearray) -> AsyncIterator[bytes]:
     async for piece in chunks:
         buffer += piece

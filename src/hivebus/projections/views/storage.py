@@ -13,12 +13,17 @@ from typing import Any, ClassVar
 
 from hivebus.projections.views.base import EVENTS, FoldView, Item, Row, Scope, Table, utc
 from hivebus.schemas.commands import is_decided
+from hivebus.schemas.storage import ALL_USERS
 
 CREATED = "storage.bucket.created"
 DELETED = "storage.bucket.deleted"
 PUT = "storage.object.put"
 REMOVED = "storage.object.deleted"
 ACL = "storage.acl.changed"
+
+
+def _public(acl: list[Any]) -> bool:
+    return any(g.grantee == ALL_USERS and g.permission == "READ" for g in acl)
 
 
 class _BucketFold(FoldView):
@@ -58,7 +63,7 @@ class BucketsView(_BucketFold):
         if event.type == CREATED:
             if rows:
                 return None
-            public = any(g.grantee == "AllUsers" and g.permission == "READ" for g in data.acl)
+            public = _public(data.acl)
             return [{"bucket_id": data.bucket_id, "name": data.name, "type": data.type, "owner": data.owner,
                      "public": public, "created_at": when, "updated_at": when,
                      "seq": item.seq}]
@@ -67,7 +72,7 @@ class BucketsView(_BucketFold):
         if event.type == DELETED:
             return []
         row = rows[0]
-        row["public"] = any(g.grantee == "AllUsers" and g.permission == "READ" for g in data.acl)
+        row["public"] = _public(data.acl)
         row["updated_at"], row["seq"] = when, item.seq
         return [row]
 
