@@ -45,6 +45,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     "ingest": ("ingest.py", ["-n", "50000", "-p", "200000", "--replay", "1000000"], ["--quick"],
                "readings at fleet scale (issue 18): hub ingest with fsync=always batched vs one message per "
                "reading, projection vs raw DuckDB Arrow insert, replay of readings"),
+    "objects": ("objects.py", [], ["--mib", "128", "--rounds", "1"],
+                "the SAGE object store over HTTP (issue 16): 1 GiB up and down through `hivebus web` vs nats-py "
+                "ObjectStore put/get, the web process's peak RSS"),
     "restart": ("restart.py", ["--sizes", "10000,1000000"], ["--sizes", "10000,100000"],
                 "scheduler start from a snapshot vs folding the whole log"),
 }

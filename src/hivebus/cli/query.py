@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -118,18 +116,9 @@ def projector_command(
     hub: Hub = None,
 ) -> None:
     """Run the projector alone: project EVENTS, DATA and DEADLETTERS into DuckDB and serve hivebus.query."""
-    from hivebus.projections.runner import Projector
+    from hivebus.projections.runner import Projector, run_until_signalled
 
-    config = settings(hub)
+    def announce(projector: Projector) -> None:
+        err.print(f"projector: {projector.db_path} <- {projector.settings.nats_url} (Ctrl-C stops)")
 
-    async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with await Bus.connect(config.nats_url, name="hivebus-projector", settings=config) as bus:
-            projector = Projector(config, bus, db)
-            err.print(f"projector: {projector.db_path} <- {config.nats_url} (Ctrl-C stops)")
-            await projector.run(stop)
-
-    run(go())
+    run(run_until_signalled(settings(hub), db, announce))

@@ -372,3 +372,18 @@ async def running(
     finally:
         stop.set()
         await task
+
+
+async def run_until_signalled(settings: Settings, db_path: Path | str | None,
+                              announce: Callable[[Projector], None]) -> None:
+    """The projector as a process: connected as ``hivebus-projector``, until SIGINT or SIGTERM."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with await Bus.connect(settings.nats_url, name="hivebus-projector", settings=settings) as bus:
+        projector = Projector(settings, bus, db_path)
+        announce(projector)
+        await projector.run(stop)
