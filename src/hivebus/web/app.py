@@ -8,7 +8,8 @@ FastStream's AsyncAPI of the subjects declared on the router at ``/asyncapi``.
 
 Routes: ``web.data`` (``POST /api/v1/query``, ``POST /api/v1/sql``), ``web.buckets`` (the
 object store, sage-storage-api's shape), ``web.stream`` (``GET /api/v1/stream``,
-Server-Sent Events). Errors are JSON (``web.errors``).
+Server-Sent Events), ``web.read`` (``GET /api/v1/nodes``, ``/jobs``, ``/apps``,
+``/dead-letters``: the views as paged JSON). Errors are JSON (``web.errors``).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def nats_router(settings: Settings) -> NatsRouter:
 
 
 def create_app(config: WebConfig) -> FastAPI:
-    from hivebus.web import buckets, data, stream
+    from hivebus.web import buckets, data, read, stream
 
     router = nats_router(config.settings)
 
@@ -109,6 +110,7 @@ def create_app(config: WebConfig) -> FastAPI:
     app.include_router(data.router, prefix=API)
     app.include_router(buckets.router, prefix=API)
     app.include_router(stream.router, prefix=API)
+    app.include_router(read.router, prefix=API)
     install(app)
     app.add_middleware(BodyLimit, limit=config.max_body, uploads=config.max_upload)
     return app

@@ -1,0 +1,172 @@
+"""The read API for dashboards and scripts: nodes, jobs, apps and dead letters as JSON.
+
+    GET /nodes[?status=online|offline&tag=T]       the ``nodes`` view
+    GET /nodes/{node}[?runs=N]                      the node, its sensors, its recent plugin runs
+
+Rows are the views' rows, read through the projector's query service exactly as ``POST
+/api/v1/sql`` reads them (``projections.client.query``); JSON columns (``attributes``,
+``spec``...) are parsed into objects. ``status`` is the view's: a node goes offline when the
+hub's health handler says so (``node.offline``, by the hub's clock), not by the browser's.
+
+Lists are paged: ``?limit=`` (default 100, at most 1000) and ``?cursor=``, the opaque
+``next`` of the previous page; every answer is ``{"items": [...], "next": <cursor or
+null>}``. The order is the view's key (``node_id``...), and a cursor is the key of the last
+row sent, so a page goes on after it even when rows were added or changed in between: every
+row present throughout is seen exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Header, Query
+
+from hivebus.projections.client import query
+from hivebus.web.app import Face, WebFace
+from hivebus.web.errors import ApiError
+
+router = APIRouter(tags=["read"])
+
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
+RECENT_RUNS: Final = 20
+LimitParam = Annotated[str | None, Query(description=f"rows per page, 1..{MAX_LIMIT} (default {DEFAULT_LIMIT})")]
+CursorParam = Annotated[str | None, Query(description="the `next` of the previous page")]
+RunsParam = Annotated[str | None, Query(description=f"how many recent plugin runs (default {RECENT_RUNS})")]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One paged list: its name (in its cursors), the view and the key it is ordered by."""
+
+    name: str
+    view: str
+    key: tuple[str, ...]
+
+
+NODES = Listing("nodes", "nodes", ("node_id",))
+JSON_COLUMNS: Final = frozenset({"attributes", "spec", "inputs", "metadata", "artifacts", "provenance", "data"})
+
+
+async def viewer(web: WebFace, authorization: Annotated[str | None, Header(description="sage <token>")] = None,
+                 ) -> str | None:
+    """The token's user, None for anonymous; a bad token is a 401 on every route."""
+    return await web.identities.user_of(authorization)
+
+
+Viewer = Annotated[str | None, Depends(viewer)]
+
+
+def count(text: str | None, name: str, default: int) -> int:
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LIMIT:
+        raise ApiError(400, f"{name} must be a whole number from 1 to {MAX_LIMIT}, not {text!r}",
+                       f"e.g. ?{name}={DEFAULT_LIMIT}")
+    return value
+
+
+def encode_cursor(listing: Listing, key: Sequence[Any]) -> str:
+    raw = json.dumps([listing.name, list(key)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(listing: Listing, text: str) -> list[Any]:
+    bad = ApiError(400, "the cursor is not one this list gave out",
+                   f"pass the `next` of the previous page of /{listing.name} unchanged, or leave cursor out")
+    try:
+        name, key = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, TypeError, binascii.Error):
+        raise bad from None
+    if name != listing.name or not isinstance(key, list) or len(key) != len(listing.key):
+        raise bad
+    if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in key):
+        raise bad
+    return key
+
+
+def plain(row: dict[str, Any], json_columns: frozenset[str] = JSON_COLUMNS) -> dict[str, Any]:
+    """A view row as JSON: its JSON-typed columns parsed (they arrive as text)."""
+    for column in json_columns & row.keys():
+        value = row[column]
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):  # not JSON after all: the text stays
+                row[column] = json.loads(value)
+    return row
+
+
+async def rows(web: Face, sql: str, params: list[Any], limit: int | None = None) -> list[dict[str, Any]]:
+    result = await query(web.bus, sql, params, limit=limit)
+    return [plain(r) for r in result.records()]
+
+
+async def page(web: Face, listing: Listing, *, where: Sequence[str] = (), params: Sequence[Any] = (),
+               limit: str | None, cursor: str | None) -> dict[str, Any]:
+    """One page of ``listing`` (``where`` conditions use ``?`` parameters)."""
+    size = count(limit, "limit", DEFAULT_LIMIT)
+    conditions, values = list(where), list(params)
+    if cursor:
+        after = decode_cursor(listing, cursor)
+        columns = ", ".join(listing.key)
+        marks = ", ".join("?" for _ in after)
+        conditions.append(f"({columns}) > ({marks})" if len(after) > 1 else f"{columns} > {marks}")
+        values += after
+    sql = f"SELECT * FROM {listing.view}"
+    if conditions:
+        sql += " WHERE " + " AND ".join(f"({c})" for c in conditions)
+    sql += f" ORDER BY {', '.join(listing.key)} LIMIT {size + 1}"
+    found = await rows(web, sql, values, limit=size + 1)
+    items = found[:size]
+    more = len(found) > size
+    next_cursor = encode_cursor(listing, [items[-1][k] for k in listing.key]) if more else None
+    return {"items": items, "next": next_cursor}
+
+
+def one_of(value: str | None, name: str, allowed: Sequence[str]) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise ApiError(400, f"{name} must be one of {', '.join(allowed)}, not {value!r}", f"e.g. ?{name}={allowed[0]}")
+    return value
+
+
+# --- nodes ---------------------------------------------------------------------------------
+
+
+@router.get("/nodes")
+async def list_nodes(web: WebFace, _: Viewer, limit: LimitParam = None, cursor: CursorParam = None,
+                     status: Annotated[str | None, Query(description="online | offline")] = None,
+                     tag: Annotated[str | None, Query(description="only nodes with this tag")] = None) -> dict[str, Any]:
+    """Every node the hub knows, by node id: status, last heartbeat, resources, backlog."""
+    where, params = [], []
+    if one_of(status, "status", ("online", "offline")):
+        where.append("status = ?")
+        params.append(status)
+    if tag:
+        where.append("list_contains(tags, ?)")
+        params.append(tag)
+    return await page(web, NODES, where=where, params=params, limit=limit, cursor=cursor)
+
+
+@router.get("/nodes/{node}")
+async def show_node(node: str, web: WebFace, _: Viewer, runs: RunsParam = None) -> dict[str, Any]:
+    """One node with its sensors (``lost`` true for a lost one) and its latest plugin runs."""
+    found = await rows(web, "SELECT * FROM nodes WHERE node_id = ?", [node])
+    if not found:
+        raise ApiError(404, f"no node {node!r}", "GET /api/v1/nodes lists the nodes the hub knows")
+    sensors = await rows(web, "SELECT * FROM node_sensors WHERE node = ? ORDER BY sensor", [node])
+    for sensor in sensors:
+        sensor["lost"] = sensor["status"] == "lost"
+    recent = await rows(web, "SELECT * FROM plugin_runs WHERE node = ? ORDER BY updated_at DESC, run_id LIMIT ?",
+                        [node, count(runs, "runs", RECENT_RUNS)])
+    return {"node": found[0], "sensors": sensors, "runs": recent}
