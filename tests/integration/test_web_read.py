@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,33 @@ from hivebus.auth.tokens import digest, new_token
 from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer
 from hivebus.config import Settings
-from hivebus.handlers.testing import manifest, resources
+from hivebus.handlers.testing import app_spec, job_spec, manifest, resources
 from hivebus.projections.client import query
 from hivebus.projections.runner import Projector, running
 from hivebus.replay.build import stream_ends
-from hivebus.schemas.auth import UserAdded
+from hivebus.schemas.auth import GroupMemberAdded, RoleGranted, UserAdded
+from hivebus.schemas.ecr import BundleApproved, BundlePushed, PermissionGranted
 from hivebus.schemas.envelope import Event, Payload
-from hivebus.schemas.node import NodeHeartbeat, NodeOffline, NodeRegistered, SensorLost
+from hivebus.schemas.node import (
+    NodeHeartbeat,
+    NodeOffline,
+    NodeRegistered,
+    Perf,
+    PluginStatus,
+    SensorLost,
+    TriggerFired,
+)
+from hivebus.schemas.ses import JobSubmitted, JobSuspended
+from hivebus.services.requests import Answer, decide
 from hivebus.web.read import JSON_COLUMNS
 from tests.integration.test_agent import NODE, agent_config, goal, python_plugin, until
 from tests.integration.test_agent import running as agent_running
-from tests.integration.test_handlers import handlers
+from tests.integration.test_handlers import handlers, register_nodes
 from tests.integration.test_web import WebProcess, web_process
 
 pytestmark = pytest.mark.integration
 
-USERS = ("alice", "bob")
+USERS = ("alice", "bob", "carol", "dave")
 OTHERS = [f"N{i:03d}" for i in range(1, 7)]
 
 
@@ -76,6 +88,10 @@ async def hub(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Hub]:
         for user, token in tokens.items():
             await bus.publish(Event.new(UserAdded(user=user, token_sha256=digest(token), by="admin"),
                                         source="user/admin", subject=user))
+        await bus.publish(Event.new(RoleGranted(user="carol", role="reviewer", by="admin"),
+                                    source="user/admin", subject="carol"))
+        await bus.publish(Event.new(GroupMemberAdded(group="lab", user="dave", by="admin"),
+                                    source="user/admin", subject="lab"))
         async with running(bus, tmp_path / "views.duckdb") as projector, handlers(settings, bus):
             with web_process(nats_server.url, tmp_path) as web:
                 yield Hub(bus, projector, web, tokens, tmp_path)
@@ -160,3 +176,90 @@ async def test_nodes_as_the_views_hold_them(hub: Hub) -> None:
         assert (await anyone.get("/nodes", params={"cursor": first[:-2]})).status_code == 400
         bad_token = await anyone.get("/nodes", headers={"Authorization": "sage hbt_not-a-token"})
         assert bad_token.status_code == 401 and "token" in bad_token.json()["error"]
+
+
+# --- the ECR and the scheduler's history: bundles, grants, jobs, refusals --------------------
+
+A1 = "alice/plugin-a:1.0"
+A2 = "alice/plugin-a:1.1"
+SHARED = "alice/plugin-shared:0.1"  # private, READ granted to the group lab (dave)
+B1 = "bob/plugin-b:1.0"  # public
+JOB_NODES = ["W020", "W021"]
+
+
+async def command(bus: Bus, who: str, payload: Payload, subject: str) -> Answer:
+    return Answer.of_reply(await decide(bus, Event.new(payload, source=f"user/{who}", subject=subject)))
+
+
+async def history(hub: Hub) -> None:
+    bus = hub.bus
+    for who, bundle in (("alice", A1), ("alice", A2), ("alice", SHARED), ("bob", B1)):
+        pushed = await command(bus, who, BundlePushed(app=app_spec(bundle), pusher=who), bundle)
+        assert pushed.rejection is None, pushed.reasons
+    assert (await command(bus, "admin", BundleApproved(bundle_id=A1, by="admin"), A1)).rejection is None
+    for resource, group in ((B1, "AllUsers"), (SHARED, "lab")):
+        owner = resource.split("/")[0]
+        granted = await command(bus, owner, PermissionGranted(
+            resource=resource, grantee_type="group", grantee=group, permission="READ", by=owner), resource)
+        assert granted.rejection is None, granted.reasons
+    await register_nodes(bus, JOB_NODES)
+    for i in range(1, 6):
+        job = f"job-{i}"
+        spec = job_spec((("a", A1),), nodes=JOB_NODES if i != 5 else JOB_NODES[:1], name=job)
+        answer = await command(bus, "alice", JobSubmitted(job_id=job, user="alice", spec=spec), job)
+        assert answer.rejection is None, answer.reasons
+    refused = await command(bus, "bob", JobSubmitted(job_id="bob-1", user="bob", spec=job_spec((("a", A1),), nodes=JOB_NODES)), "bob-1")
+    assert refused.rejection is not None  # alice's bundle is private
+    assert (await command(bus, "bob", JobSuspended(job_id="job-1", by="bob"), "job-1")).rejection is not None
+    assert (await command(bus, "alice", JobSuspended(job_id="job-2", by="alice", reason="field work"), "job-2")).rejection is None
+    await bus.publish_many([
+        node_event("W020", PluginStatus(node="W020", job_id="job-1", plugin="a", bundle_id=A1, run_id=f"run-{i}",
+                                        state=state, exit_code=0 if state == "completed" else None,
+                                        perf=Perf(cpu_seconds=0.5 * i, max_rss_bytes=2**20 * i, wall_seconds=1.0)
+                                        if state == "completed" else None))
+        for i in (1, 2) for state in ("running", "completed")
+    ] + [node_event("W020", TriggerFired(node="W020", job_id="job-1", rule="publish(heat.alert): v('t') > 35",
+                                         name="heat.alert", value=36.0 + i, time=datetime.now(UTC)))
+         for i in range(3)])
+
+    async def profiled() -> bool:
+        return bool(await hub.view("SELECT 1 FROM profiles WHERE bundle_id = ? AND runs = 2", [A1]))
+
+    await until(profiled, 30, "the ECR to record both runs' profiles")
+    await hub.settled()
+
+
+async def test_jobs_with_goals_runs_refusals_and_triggers(hub: Hub) -> None:
+    await history(hub)
+    async with hub.client("bob") as bob:
+        everything = await hub.view("SELECT * FROM jobs ORDER BY job_id")
+        assert [r["job_id"] for r in everything] == [f"job-{i}" for i in range(1, 6)]
+        assert await walk(bob, "/jobs", 2) == everything
+        assert isinstance(everything[0]["spec"], dict) and everything[0]["science_rules"]
+        suspended = await walk(bob, "/jobs", 10, state="Suspended")
+        assert suspended == [r for r in everything if r["state"] == "Suspended"] and len(suspended) == 1
+        assert await walk(bob, "/jobs", 10, user="bob") == []
+        on_w021 = await walk(bob, "/jobs", 10, node="W021")
+        assert [r["job_id"] for r in on_w021] == [r["job_id"] for r in everything if "W021" in r["placed_nodes"]]
+        assert "job-5" not in {r["job_id"] for r in on_w021}
+
+        shown = (await bob.get("/jobs/job-1")).json()
+        assert shown["job"] == everything[0]
+        goals = await hub.view("SELECT a.*, n.status AS node_status FROM assignments a LEFT JOIN nodes n "
+                               "ON n.node_id = a.node WHERE a.job_id = 'job-1' ORDER BY a.node, a.plugin")
+        assert shown["goals"] == goals and {g["node"] for g in goals} == set(JOB_NODES)
+        assert shown["runs"] == await hub.view("SELECT * FROM plugin_runs WHERE job_id = 'job-1' "
+                                               "ORDER BY updated_at DESC, run_id")
+        assert {r["run_id"] for r in shown["runs"]} == {"run-1", "run-2"}
+        assert shown["triggers"] == await hub.view("SELECT * FROM triggers WHERE job_id = 'job-1' ORDER BY seq DESC")
+        assert len(shown["triggers"]) == 3
+        [refusal] = shown["rejections"]
+        assert refusal["requested_by"] == "bob" and refusal["command"] == "ses.suspend" and refusal["reasons"]
+        assert len((await bob.get("/jobs/job-1", params={"runs": "1"})).json()["triggers"]) == 1
+
+        never = (await bob.get("/jobs/bob-1")).json()
+        assert never["job"] is None and never["goals"] == []
+        assert never["rejections"][0]["requested_by"] == "bob" and "alice/plugin-a:1.0" in " ".join(never["rejections"][0]["reasons"])
+        missing = await bob.get("/jobs/no-such-job")
+        assert missing.status_code == 404 and "no-such-job" in missing.json()["error"]
+        assert (await bob.get("/jobs", params={"state": "running"})).status_code == 400

@@ -2,11 +2,17 @@
 
     GET /nodes[?status=online|offline&tag=T]       the ``nodes`` view
     GET /nodes/{node}[?runs=N]                      the node, its sensors, its recent plugin runs
+    GET /jobs[?state=Running&user=U&node=N]        the ``jobs`` view
+    GET /jobs/{job}[?runs=N]                        the job, its goals per node, runs, refusals, triggers
 
 Rows are the views' rows, read through the projector's query service exactly as ``POST
 /api/v1/sql`` reads them (``projections.client.query``); JSON columns (``attributes``,
 ``spec``...) are parsed into objects. ``status`` is the view's: a node goes offline when the
 hub's health handler says so (``node.offline``, by the hub's clock), not by the browser's.
+
+Jobs are listed for everyone, as ``hivebus job status`` and ``hivebus query`` show every job
+to anyone who asks (a job's spec names only public facts: bundles, nodes, rules); ``?user=``
+narrows the list to one submitter's jobs.
 
 Lists are paged: ``?limit=`` (default 100, at most 1000) and ``?cursor=``, the opaque
 ``next`` of the previous page; every answer is ``{"items": [...], "next": <cursor or
@@ -51,6 +57,8 @@ class Listing:
 
 
 NODES = Listing("nodes", "nodes", ("node_id",))
+JOBS = Listing("jobs", "jobs", ("job_id",))
+JOB_STATES: Final = ("Created", "Submitted", "Running", "Completed", "Suspended", "Removed")
 JSON_COLUMNS: Final = frozenset({"attributes", "spec", "inputs", "metadata", "artifacts", "provenance", "data"})
 
 
@@ -170,3 +178,45 @@ async def show_node(node: str, web: WebFace, _: Viewer, runs: RunsParam = None) 
     recent = await rows(web, "SELECT * FROM plugin_runs WHERE node = ? ORDER BY updated_at DESC, run_id LIMIT ?",
                         [node, count(runs, "runs", RECENT_RUNS)])
     return {"node": found[0], "sensors": sensors, "runs": recent}
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+@router.get("/jobs")
+async def list_jobs(web: WebFace, _: Viewer, limit: LimitParam = None, cursor: CursorParam = None,
+                    state: Annotated[str | None, Query(description=" | ".join(JOB_STATES))] = None,
+                    user: Annotated[str | None, Query(description="only jobs this user submitted")] = None,
+                    node: Annotated[str | None, Query(description="only jobs placed on (or aimed at) this node")] = None,
+                    ) -> dict[str, Any]:
+    """Every job the scheduler decided, by job id: state, user, targets, rules, placement."""
+    where, params = [], []
+    if one_of(state, "state", JOB_STATES):
+        where.append("state = ?")
+        params.append(state)
+    if user:
+        where.append("user = ?")
+        params.append(user)
+    if node:
+        where.append("list_contains(placed_nodes, ?) OR list_contains(nodes, ?)")
+        params += [node, node]
+    return await page(web, JOBS, where=where, params=params, limit=limit, cursor=cursor)
+
+
+@router.get("/jobs/{job}")
+async def show_job(job: str, web: WebFace, _: Viewer, runs: RunsParam = None) -> dict[str, Any]:
+    """One job: the ``jobs`` row, its goal per node x plugin (``assignments``, with the node's
+    status), its latest plugin runs and triggers, and the commands about it the scheduler
+    refused, with their reasons (a job refused outright has ``job`` null and its refusal)."""
+    recent = count(runs, "runs", RECENT_RUNS)
+    found = await rows(web, "SELECT * FROM jobs WHERE job_id = ?", [job])
+    refused = await rows(web, "SELECT * FROM rejections WHERE decider = 'ses' AND target = ? ORDER BY seq", [job])
+    if not found and not refused:
+        raise ApiError(404, f"no job {job!r}", "GET /api/v1/jobs lists the jobs; views follow the log within moments")
+    goals = await rows(web, "SELECT a.*, n.status AS node_status FROM assignments a LEFT JOIN nodes n ON n.node_id = a.node "
+                            "WHERE a.job_id = ? ORDER BY a.node, a.plugin", [job])
+    last_runs = await rows(web, "SELECT * FROM plugin_runs WHERE job_id = ? ORDER BY updated_at DESC, run_id LIMIT ?",
+                           [job, recent])
+    fired = await rows(web, "SELECT * FROM triggers WHERE job_id = ? ORDER BY seq DESC LIMIT ?", [job, recent])
+    return {"job": found[0] if found else None, "goals": goals, "runs": last_runs, "rejections": refused,
+            "triggers": fired}
