@@ -5,7 +5,9 @@ executor runs it with this interpreter (``python3`` means the agent's Python), t
 executor in the plugin base image, built locally from the host's own python3 in a private
 engine (tests/docker_engine.py; no registry). Docker cases skip with the reason where no
 engine can run, and fail instead under ``HIVEBUS_REQUIRE_DOCKER=1`` (CI); the process cases
-always run, on real subprocesses.
+always run, on real subprocesses. The ``wasm`` executor runs WASI modules, not Python: its
+cases (the same outcomes, with the example modules of ``examples/wasm`` and the test modules
+of ``tests/integration/wasm``) are at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hivebus.bus.server import NatsServer
 from hivebus.edge.executors import EXECUTORS, Executor, Limits, RunResult, RunSpec, make_executor
 from hivebus.schemas.ids import new_ulid
 from tests.docker_engine import BASE_IMAGE, DockerEngine
@@ -28,9 +31,13 @@ pytestmark = pytest.mark.integration
 
 MIB = 2**20
 IMAGE = BASE_IMAGE  # the process executor ignores it when the spec gives a command
+PYTHON_EXECUTORS = tuple(name for name in EXECUTORS if name != "wasm")  # they run python3 -c
+REPO = Path(__file__).resolve().parents[2]
+WASM_EXAMPLES = REPO / "examples" / "wasm"
+WASM_TESTS = Path(__file__).resolve().parent / "wasm"
 
 
-@pytest.fixture(params=EXECUTORS)
+@pytest.fixture(params=PYTHON_EXECUTORS)
 async def executor(request: pytest.FixtureRequest) -> AsyncIterator[Executor]:
     if request.param == "docker":
         request.applymarker(pytest.mark.docker)
@@ -367,3 +374,201 @@ async def test_log_files_are_written_per_run_when_asked(tmp_path: Path) -> None:
     assert result.state == "completed"
     text = (tmp_path / "logs" / f"{spec.run_id}.log").read_text()
     assert text.startswith("line 0\n") and "log file limit reached" in text
+
+
+# --- wasm: the same outcomes for WASI modules ------------------------------------------------
+
+
+@pytest.fixture
+def wasm() -> Executor:
+    ex = make_executor("wasm", kill_grace=1.0)
+    why_not = ex.available()
+    if why_not is not None:
+        pytest.fail(f"wasmtime is a dependency of hivebus: {why_not}")
+    return ex
+
+
+def module(
+    path: Path | str, *args: str, limits: Limits | None = None, env: dict[str, str] | None = None
+) -> RunSpec:
+    return RunSpec(
+        run_id=new_ulid(),
+        node="W012",
+        job_id="job-1",
+        plugin="probe",
+        bundle_id="hivebus-test/probe:1.0.0",
+        image=IMAGE,
+        command=(str(path), *args),
+        env=env or {},
+        limits=limits or Limits(),
+    )
+
+
+async def test_wasm_a_module_gets_its_arguments_and_the_run_environment(wasm: Executor) -> None:
+    spec = module(
+        WASM_TESTS / "echo.wat",
+        "--interval",
+        "5",
+        env={"HIVEBUS_VSN": "W012", "HIVEBUS_NODE": "spoofed", "COLOR": "blue"},
+    )
+    result = await run(wasm, spec)
+    assert (result.state, result.reason, result.exit_code) == ("completed", None, 0), result.message
+    lines = list(result.log_tail)
+    assert lines[:3] == ["echo.wat", "--interval", "5"]
+    env = dict(line.split("=", 1) for line in lines[3:])
+    assert env == {
+        "COLOR": "blue",
+        "HIVEBUS_NODE": "W012",  # identity comes from the spec, not from a job's env
+        "HIVEBUS_JOB": "job-1",
+        "HIVEBUS_TASK": "probe",
+        "HIVEBUS_PLUGIN": "hivebus-test/probe:1.0.0",
+        "HIVEBUS_RUN_ID": spec.run_id,
+        "HIVEBUS_VSN": "W012",
+        "TMPDIR": "/tmp",  # nothing of the host (PATH, HOME, the agent's settings) reaches it
+    }
+    assert 0 < result.perf.max_rss_bytes <= 64 * 1024  # its one page of linear memory
+
+
+async def test_wasm_readings_reach_the_node_local_bus_as_a_python_plugins_do(
+    wasm: Executor, nats_server: NatsServer
+) -> None:
+    import nats
+
+    nc = await nats.connect(nats_server.url)
+    got: list[tuple[str, dict[str, object]]] = []
+
+    async def take(msg: object) -> None:
+        got.append((msg.subject, json.loads(msg.data)))  # type: ignore[attr-defined]
+
+    await nc.subscribe("local.publish.>", cb=take)
+    await nc.flush()
+    try:
+        spec = module(
+            WASM_EXAMPLES / "plugin-wasm-counter" / "main.wat",
+            env={"HIVEBUS_LOCAL_BUS": nats_server.url, "HIVEBUS_VSN": "W012"},
+        )
+        result = await run(wasm, spec)
+        assert result.state == "completed", result.log_tail
+        assert result.log_tail[-1] == "published 3 readings of wasm.counter"
+        for _ in range(100):
+            if len(got) >= 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    assert [subject for subject, _ in got] == ["local.publish.wasm.counter"] * 3
+    assert [body["value"] for _, body in got] == [1.0, 2.0, 3.0]
+    meta = got[0][1]["meta"]
+    assert isinstance(meta, dict)
+    assert (meta["node"], meta["job"], meta["task"], meta["plugin"]) == (
+        "W012",
+        "job-1",
+        "probe",
+        "hivebus-test/probe:1.0.0",
+    )
+
+
+async def test_wasm_a_non_zero_exit_fails_with_its_code_and_its_log(wasm: Executor) -> None:
+    result = await run(wasm, module(WASM_TESTS / "fail.wat"))
+    assert (result.state, result.reason, result.exit_code) == ("failed", "exit", 3)
+    assert result.log_tail[-2:] == ("working", "giving up")
+    assert "code 3" in result.message
+
+
+async def test_wasm_growing_past_the_memory_limit_fails_with_oom(wasm: Executor) -> None:
+    limit = 4 * MIB
+    result = await run(wasm, module(WASM_EXAMPLES / "grow.wat", limits=Limits(memory_bytes=limit)))
+    assert (result.state, result.reason) == ("failed", "oom"), result.message
+    assert "4.0 MiB limit" in result.message and "memory.grow was refused" in result.message
+    assert limit - 64 * 1024 <= result.perf.max_rss_bytes <= limit
+    assert "memory.grow refused" in result.log_tail
+
+
+async def test_wasm_an_initial_memory_over_the_limit_is_oom(wasm: Executor, tmp_path: Path) -> None:
+    big = tmp_path / "big.wat"
+    big.write_text('(module (memory (export "memory") 100) (func (export "_start")))')  # 6.25 MiB
+    result = await run(wasm, module(big, limits=Limits(memory_bytes=4 * MIB)))
+    assert (result.state, result.reason) == ("failed", "oom"), result.message
+    assert "initial memory" in result.message
+
+
+async def test_wasm_a_trap_far_from_the_limit_is_an_exit_not_oom(wasm: Executor) -> None:
+    result = await run(wasm, module(WASM_TESTS / "trap.wat", limits=Limits(memory_bytes=64 * MIB)))
+    assert (result.state, result.reason) == ("failed", "exit"), result.message
+    assert "unreachable" in result.message
+
+
+async def test_wasm_a_module_that_spins_is_interrupted_at_its_wall_time(wasm: Executor) -> None:
+    result = await run(wasm, module(WASM_EXAMPLES / "spin.wat", limits=Limits(wall_seconds=1.0)))
+    assert (result.state, result.reason) == ("failed", "timeout"), result.message
+    assert "1 s wall-time limit" in result.message
+    assert result.perf.wall_seconds >= 1.0
+    assert result.log_tail[0] == "spinning"
+
+
+async def test_wasm_a_cpu_budget_stops_a_module_that_spins(wasm: Executor) -> None:
+    result = await run(
+        wasm, module(WASM_EXAMPLES / "spin.wat", limits=Limits(cpu=0.5, wall_seconds=4.0))
+    )
+    assert (result.state, result.reason) == ("failed", "timeout"), result.message
+    assert "CPU-time budget of 2 s" in result.message
+    assert result.perf.cpu_seconds >= 2.0
+
+
+async def test_wasm_stop_on_request_interrupts_a_spinning_module(wasm: Executor) -> None:
+    handle = await wasm.start(module(WASM_EXAMPLES / "spin.wat"))
+    for _ in range(200):
+        if await wasm.logs(handle, 5) == ["spinning"]:
+            break
+        await asyncio.sleep(0.05)
+    assert await wasm.logs(handle, 5) == ["spinning"]
+    await wasm.stop(handle)
+    result = await asyncio.wait_for(wasm.wait(handle), 30)
+    assert (result.state, result.reason) == ("failed", "stopped"), result.message
+    assert "SIGKILL" not in result.message  # interrupted by SIGTERM, not killed after the grace
+
+
+async def test_wasm_what_is_not_a_module_is_not_found_or_refused(
+    wasm: Executor, tmp_path: Path
+) -> None:
+    missing = await run(wasm, module(tmp_path / "nope.wasm"))
+    assert (missing.state, missing.reason) == ("failed", "not_found")
+    assert "nope.wasm" in missing.message
+    python = await run(wasm, module("python3", "-c", "print(1)"))
+    assert (python.state, python.reason) == ("failed", "not_found")
+    assert "not a WebAssembly module" in python.message
+    broken = tmp_path / "broken.wat"
+    broken.write_text('(module (func (export "_start") (i32.add)))')
+    invalid = await run(wasm, module(broken))
+    assert (invalid.state, invalid.reason) == ("failed", "exit")
+    assert "not a valid WebAssembly module" in invalid.message
+
+
+async def test_wasm_a_bundle_runs_from_the_plugin_path(wasm: Executor, tmp_path: Path) -> None:
+    spec = RunSpec(
+        **{
+            **bundle_spec("hivebus-examples/plugin-wasm-counter:0.1.0").__dict__,
+            "env": {"HIVEBUS_OFFLINE_LOG": str(tmp_path / "run.ndjson")},
+        }
+    )
+    module_path, _ = wasm.resolve(spec)  # type: ignore[attr-defined]
+    assert module_path == WASM_EXAMPLES / "plugin-wasm-counter" / "main.wat"
+    result = await run(wasm, spec)
+    assert result.state == "completed", result.log_tail
+    values = [
+        json.loads(line)["value"] for line in (tmp_path / "run.ndjson").read_text().splitlines()
+    ]
+    assert values == [1.0, 2.0, 3.0]
+    other = await run(wasm, bundle_spec("hivebus-examples/plugin-wasm-counter:9.9.9"))
+    assert (other.state, other.reason) == ("failed", "not_found")
+    assert "found only hivebus-examples/plugin-wasm-counter:0.1.0" in other.message
+
+
+async def test_wasm_runs_are_concurrent_and_logged_per_run(tmp_path: Path) -> None:
+    ex = make_executor("wasm", log_dir=tmp_path / "logs")
+    specs = [module(WASM_TESTS / "fail.wat") for _ in range(3)]
+    handles = [await ex.start(s) for s in specs]
+    results = await asyncio.wait_for(asyncio.gather(*(ex.wait(h) for h in handles)), 60)
+    assert [r.exit_code for r in results] == [3, 3, 3]
+    for spec in specs:
+        assert (tmp_path / "logs" / f"{spec.run_id}.log").read_text() == "working\ngiving up\n"

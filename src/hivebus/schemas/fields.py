@@ -90,7 +90,9 @@ ARCHITECTURES: Final = (
     "linux/ppc64le",
     "linux/s390x",
     "linux/riscv64",
+    "wasi/wasm",  # Docker's name for WebAssembly (WASI) builds: nodes with the wasm executor run them
 )
+WASM_PLATFORM: Final = "wasi/wasm"
 
 
 def architecture_problem(name: object) -> str | None:

@@ -1,9 +1,9 @@
-"""Executors: how a node runs a plugin (``process`` by default, ``docker``, room for ``wasm``).
+"""Executors: how a node runs a plugin (``process`` by default, ``docker``, ``wasm``).
 
 ``make_executor("process", log_dir=...)`` builds one by name; ``executor_availability()``
 tells which can run on this machine and, for those that cannot, why (for the manifest, the
 heartbeat and ``hivebus node`` commands). Importing this package starts nothing and imports
-neither docker-py nor psutil until an executor is built.
+neither docker-py, wasmtime nor psutil until an executor is built.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from hivebus.edge.executors.base import (
 from hivebus.edge.executors.gate import Admission, Capacity, ResourceGate, Usage
 from hivebus.errors import ExecutorError
 
-EXECUTORS: Final = ("process", "docker")
+EXECUTORS: Final = ("process", "docker", "wasm")
 DEFAULT_EXECUTOR: Final = "process"
 
 
@@ -44,6 +44,10 @@ def make_executor(name: str = DEFAULT_EXECUTOR, **options: Any) -> Executor:
         from hivebus.edge.executors.docker import DockerExecutor
 
         factory = DockerExecutor
+    elif name == "wasm":
+        from hivebus.edge.executors.wasm import WasmExecutor
+
+        factory = WasmExecutor
     else:
         raise ExecutorError(f"unknown executor {name!r}", hint=f"known executors: {', '.join(EXECUTORS)}")
     try:

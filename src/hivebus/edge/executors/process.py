@@ -239,26 +239,8 @@ class ProcessExecutor:
         A directory whose sage.yaml names another namespace, name or version is skipped (a
         run must execute the version it reports), and the error lists what was found instead.
         """
-        namespace, _, rest = bundle_id.partition("/")
-        name, _, version = rest.partition(":")
-        if not (namespace and name and version):
-            raise NotRunnable(f"{bundle_id!r} is not a bundle id (namespace/name:version)")
         roots = self.plugin_path if self.plugin_path is not None else default_plugin_path()
-        mismatches: list[str] = []
-        for root in roots:
-            for candidate in (root / namespace / name, root / name):
-                if not (candidate / "main.py").is_file():
-                    continue
-                problem, inputs = _read_metadata(candidate, namespace, name, version)
-                if problem is None:
-                    return candidate, inputs
-                mismatches.append(problem)
-        searched = ", ".join(str(r) for r in roots) or "an empty plugin path"
-        found = f"; found only {', '.join(mismatches)}" if mismatches else ""
-        raise NotRunnable(
-            f"bundle {bundle_id}: no {name}/main.py on the plugin path ({searched}){found}"
-            f" (set {PLUGIN_PATH_ENV} or give the job a pluginSpec entrypoint)"
-        )
+        return find_bundle(roots, bundle_id, ("main.py",))
 
     # --- launching ----------------------------------------------------------------------
 
@@ -575,6 +557,33 @@ def _run_of(handle: RunHandle) -> _Run:
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
+
+
+def find_bundle(
+    roots: Sequence[Path], bundle_id: str, entries: Sequence[str]
+) -> tuple[Path, list[AppInput]]:
+    """The first ``<root>/[<namespace>/]<name>`` holding one of ``entries`` whose sage.yaml (if
+    any) is that very bundle, and its declared inputs; ``NotRunnable`` says where it looked."""
+    namespace, _, rest = bundle_id.partition("/")
+    name, _, version = rest.partition(":")
+    if not (namespace and name and version):
+        raise NotRunnable(f"{bundle_id!r} is not a bundle id (namespace/name:version)")
+    mismatches: list[str] = []
+    for root in roots:
+        for candidate in (root / namespace / name, root / name):
+            if not any((candidate / entry).is_file() for entry in entries):
+                continue
+            problem, inputs = _read_metadata(candidate, namespace, name, version)
+            if problem is None:
+                return candidate, inputs
+            mismatches.append(problem)
+    searched = ", ".join(str(r) for r in roots) or "an empty plugin path"
+    found = f"; found only {', '.join(mismatches)}" if mismatches else ""
+    wanted = " or ".join(f"{name}/{entry}" for entry in entries)
+    raise NotRunnable(
+        f"bundle {bundle_id}: no {wanted} on the plugin path ({searched}){found}"
+        f" (set {PLUGIN_PATH_ENV} or give the job a pluginSpec entrypoint)"
+    )
 
 
 def _read_metadata(directory: Path, namespace: str, name: str, version: str) -> tuple[str | None, list[AppInput]]:

@@ -1,0 +1,15 @@
+;; Test module: a line on stdout, "giving up" on stderr, then exit code 3.
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "working\n")
+  (data (i32.const 80) "giving up\n")
+  (func $print (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start")
+    (call $print (i32.const 1) (i32.const 64) (i32.const 8))
+    (call $print (i32.const 2) (i32.const 80) (i32.const 10))
+    (call $proc_exit (i32.const 3))))
