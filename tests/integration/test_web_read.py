@@ -263,3 +263,57 @@ async def test_jobs_with_goals_runs_refusals_and_triggers(hub: Hub) -> None:
         missing = await bob.get("/jobs/no-such-job")
         assert missing.status_code == 404 and "no-such-job" in missing.json()["error"]
         assert (await bob.get("/jobs", params={"state": "running"})).status_code == 400
+
+
+async def test_apps_are_filtered_by_the_ecrs_read_rule(hub: Hub) -> None:
+    await history(hub)
+    bundles = {r["bundle_id"]: r for r in await hub.view("SELECT * FROM bundles")}
+    assert set(bundles) == {A1, A2, SHARED, B1}
+
+    def apps(*ids: str) -> list[dict[str, Any]]:
+        """The list items for these bundle ids, as the views hold them."""
+        out: dict[str, dict[str, Any]] = {}
+        for bid in sorted(ids):
+            row = bundles[bid]
+            app = out.setdefault(f"{row['namespace']}/{row['name']}", {
+                "id": f"{row['namespace']}/{row['name']}", "namespace": row["namespace"], "name": row["name"],
+                "versions": []})
+            app["versions"].append(row)
+        for app in out.values():
+            app["versions"].sort(key=lambda r: (r["registered_at"], r["version"]))
+        return [out[k] for k in sorted(out)]
+
+    expected = {"alice": apps(A1, A2, SHARED, B1), "bob": apps(B1), "dave": apps(SHARED, B1),
+                "carol": apps(A1, A2, SHARED, B1), None: apps(B1)}
+    for viewer, sees in expected.items():
+        async with hub.client(viewer) as client:
+            assert await walk(client, "/apps", 1) == sees, viewer
+            assert await walk(client, "/apps", 1000) == sees, viewer
+
+    async with hub.client("alice") as alice, hub.client("bob") as bob, hub.client() as anyone, \
+            hub.client("dave") as dave:
+        assert await walk(alice, "/apps", 10, state="approved") == apps(A1)
+        assert await walk(alice, "/apps", 10, namespace="bob") == apps(B1)
+
+        mine = (await alice.get("/apps/alice/plugin-a")).json()
+        assert [v["bundle_id"] for v in mine["versions"]] == [A1, A2]
+        first = mine["versions"][0]
+        assert {k: first[k] for k in bundles[A1]} == bundles[A1]
+        assert first["approved"] is True and first["approved_by"] == "admin" and first["state"] == "approved"
+        assert first["profiles"] == await hub.view("SELECT * FROM profiles WHERE bundle_id = ? ORDER BY arch", [A1])
+        assert first["profiles"][0]["runs"] == 2 and mine["versions"][1]["profiles"] == []
+        assert first["permissions"] == []  # hers, with READ_ACP: no grants on it
+
+        for stranger in (bob, anyone):
+            hidden = await stranger.get("/apps/alice/plugin-a")
+            assert hidden.status_code == 404 and "alice/plugin-a" in hidden.json()["error"]
+            assert (await stranger.get("/apps/alice/plugin-shared")).status_code == 404
+        shared = (await dave.get("/apps/alice/plugin-shared")).json()
+        assert [v["bundle_id"] for v in shared["versions"]] == [SHARED]
+        assert shared["versions"][0]["permissions"] is None  # READ, not READ_ACP
+
+        public = (await bob.get("/apps/bob/plugin-b")).json()["versions"][0]
+        grants = await hub.view("SELECT * FROM bundle_permissions WHERE resource = ?", [B1])
+        assert public["permissions"] == grants and grants[0]["grantee"] == "AllUsers"
+        assert (await anyone.get("/apps/bob/plugin-b")).json()["versions"][0]["permissions"] is None
+        assert (await anyone.get("/apps", params={"state": "pending"})).status_code == 400

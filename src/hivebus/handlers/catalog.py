@@ -179,6 +179,10 @@ class Catalog:
     def can(self, user: str, verb: str, resource: str) -> bool:
         return verb in self.verbs(user, resource)
 
+    def may_read(self, user: str | None, resource: str) -> bool:
+        """The ECR's read rule for a viewer: anonymous (None) reads public bundles only."""
+        return self.is_public(resource) if user is None else self.can(user, "READ", resource)
+
     def is_public(self, resource: str) -> bool:
         namespace = resource.split("/", 1)[0]
         return any(

@@ -25,6 +25,7 @@ from faststream.security import BaseSecurity
 from hivebus.auth.credentials import Credential
 from hivebus.bus.client import Bus
 from hivebus.config import Settings
+from hivebus.web.catalog import Access
 from hivebus.web.errors import BodyLimit, install
 from hivebus.web.identity import Identities
 from hivebus.web.storage import Storage
@@ -57,6 +58,7 @@ class Face:
     bus: Bus
     identities: Identities
     storage: Storage
+    access: Access
 
 
 def face(request: Request) -> Face:
@@ -97,7 +99,8 @@ def create_app(config: WebConfig) -> FastAPI:
     @router.after_startup
     async def _connected(app: FastAPI) -> None:
         bus = Bus(router.broker.connection, settings=config.settings)
-        app.state.face = Face(config=config, bus=bus, identities=Identities(bus), storage=Storage(bus))
+        app.state.face = Face(config=config, bus=bus, identities=Identities(bus), storage=Storage(bus),
+                             access=Access(bus))
         log.info("web.connected", nats=config.settings.nats_url)
 
     app = FastAPI(

@@ -4,6 +4,8 @@
     GET /nodes/{node}[?runs=N]                      the node, its sensors, its recent plugin runs
     GET /jobs[?state=Running&user=U&node=N]        the ``jobs`` view
     GET /jobs/{job}[?runs=N]                        the job, its goals per node, runs, refusals, triggers
+    GET /apps[?namespace=NS&state=approved]        the apps you may read, each with its versions
+    GET /apps/{namespace}/{name}                    every version: review, provenance, grants, profiles
 
 Rows are the views' rows, read through the projector's query service exactly as ``POST
 /api/v1/sql`` reads them (``projections.client.query``); JSON columns (``attributes``,
@@ -13,6 +15,13 @@ hub's health handler says so (``node.offline``, by the hub's clock), not by the 
 Jobs are listed for everyone, as ``hivebus job status`` and ``hivebus query`` show every job
 to anyone who asks (a job's spec names only public facts: bundles, nodes, rules); ``?user=``
 narrows the list to one submitter's jobs.
+
+Apps are filtered by viewer, with the ECR's own rule (``web.catalog.Access``, the catalog
+folded here with the ECR's ``evolve``; ``Catalog.may_read``): a private bundle shows only to
+its owner, its namespace's owner, users and groups granted READ on it or its namespace, and
+reviewers; anonymous sees public bundles only. An app no version of which you may read is a
+404, as if it did not exist. A version's grants (``permissions``) show only to those holding
+READ_ACP on it (the object store's rule), ``null`` to others.
 
 Lists are paged: ``?limit=`` (default 100, at most 1000) and ``?cursor=``, the opaque
 ``next`` of the previous page; every answer is ``{"items": [...], "next": <cursor or
@@ -58,6 +67,10 @@ class Listing:
 
 NODES = Listing("nodes", "nodes", ("node_id",))
 JOBS = Listing("jobs", "jobs", ("job_id",))
+APPS = Listing("apps", "(SELECT namespace, name FROM bundles WHERE list_contains(?::VARCHAR[], bundle_id) "
+                       "AND (state = ? OR (? IS NULL AND state <> 'deleted')) GROUP BY namespace, name) apps",
+                ("namespace", "name"))
+BUNDLE_STATES: Final = ("registered", "approved", "frozen", "deleted")
 JOB_STATES: Final = ("Created", "Submitted", "Running", "Completed", "Suspended", "Removed")
 JSON_COLUMNS: Final = frozenset({"attributes", "spec", "inputs", "metadata", "artifacts", "provenance", "data"})
 
@@ -119,10 +132,11 @@ async def rows(web: Face, sql: str, params: list[Any], limit: int | None = None)
 
 
 async def page(web: Face, listing: Listing, *, where: Sequence[str] = (), params: Sequence[Any] = (),
-               limit: str | None, cursor: str | None) -> dict[str, Any]:
-    """One page of ``listing`` (``where`` conditions use ``?`` parameters)."""
+               limit: str | None, cursor: str | None, source_params: Sequence[Any] = ()) -> dict[str, Any]:
+    """One page of ``listing`` (``where`` conditions use ``?`` parameters, after the view's own
+    ``source_params`` when its view is a subquery)."""
     size = count(limit, "limit", DEFAULT_LIMIT)
-    conditions, values = list(where), list(params)
+    conditions, values = list(where), [*source_params, *params]
     if cursor:
         after = decode_cursor(listing, cursor)
         columns = ", ".join(listing.key)
@@ -220,3 +234,66 @@ async def show_job(job: str, web: WebFace, _: Viewer, runs: RunsParam = None) ->
     fired = await rows(web, "SELECT * FROM triggers WHERE job_id = ? ORDER BY seq DESC LIMIT ?", [job, recent])
     return {"job": found[0] if found else None, "goals": goals, "runs": last_runs, "rejections": refused,
             "triggers": fired}
+
+
+# --- apps ----------------------------------------------------------------------------------
+
+
+def app_doc(namespace: str, name: str, versions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": f"{namespace}/{name}", "namespace": namespace, "name": name, "versions": versions}
+
+
+@router.get("/apps")
+async def list_apps(web: WebFace, viewer: Viewer, limit: LimitParam = None, cursor: CursorParam = None,
+                    namespace: Annotated[str | None, Query(description="only this namespace's apps")] = None,
+                    state: Annotated[str | None, Query(description=" | ".join(BUNDLE_STATES) +
+                                                       " (default: every state but deleted)")] = None,
+                    ) -> dict[str, Any]:
+    """The apps (``namespace/name``) you may read, by id, each with its versions (``bundles`` rows)."""
+    state = one_of(state, "state", BUNDLE_STATES)
+    readable = await web.access.readable(viewer)
+    where, params = [], []
+    if namespace:
+        where.append("namespace = ?")
+        params.append(namespace)
+    found = await page(web, APPS, where=where, params=params, limit=limit, cursor=cursor,
+                       source_params=[readable, state, state])
+    ids = [f"{a['namespace']}/{a['name']}" for a in found["items"]]
+    versions = await rows(web, "SELECT * FROM bundles WHERE list_contains(?::VARCHAR[], bundle_id) "
+                               "AND list_contains(?::VARCHAR[], namespace || '/' || name) "
+                               "AND (state = ? OR (? IS NULL AND state <> 'deleted')) "
+                               "ORDER BY namespace, name, registered_at, version", [readable, ids, state, state])
+    by_app: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    for version in versions:
+        by_app[f"{version['namespace']}/{version['name']}"].append(version)
+    found["items"] = [app_doc(a["namespace"], a["name"], by_app[f"{a['namespace']}/{a['name']}"])
+                      for a in found["items"]]
+    return found
+
+
+@router.get("/apps/{namespace}/{name}")
+async def show_app(namespace: str, name: str, web: WebFace, viewer: Viewer) -> dict[str, Any]:
+    """Every version of one app you may read (deleted ones too): the ``bundles`` row (review
+    state, provenance, artifacts), its grants (``permissions``, with READ_ACP), its measured
+    ``profiles`` per hardware class and the ECR's refusals about it."""
+    catalog = await web.access.catch_up()
+    readable = [bid for bid in await web.access.readable(viewer) if bid.startswith(f"{namespace}/{name}:")]
+    versions = await rows(web, "SELECT * FROM bundles WHERE list_contains(?::VARCHAR[], bundle_id) "
+                               "ORDER BY registered_at, version", [readable])
+    if not versions:
+        raise ApiError(404, f"no app {namespace}/{name} you may read",
+                       "GET /api/v1/apps lists the apps you may read; a private one needs its owner's grant")
+    ids = [v["bundle_id"] for v in versions]
+    grants = await rows(web, "SELECT * FROM bundle_permissions WHERE resource = ? OR list_contains(?::VARCHAR[], resource) "
+                             "ORDER BY resource, grantee_type, grantee, permission", [namespace, ids])
+    profiles = await rows(web, "SELECT * FROM profiles WHERE list_contains(?::VARCHAR[], bundle_id) "
+                               "ORDER BY bundle_id, arch, gpu NULLS FIRST, node_class NULLS FIRST", [ids])
+    refused = await rows(web, "SELECT * FROM rejections WHERE decider = 'ecr' AND list_contains(?::VARCHAR[], target) "
+                              "ORDER BY seq", [ids])
+    for version in versions:
+        bid = version["bundle_id"]
+        may_see_grants = viewer is not None and catalog.can(viewer, "READ_ACP", bid)
+        version["permissions"] = [g for g in grants if g["resource"] in (bid, namespace)] if may_see_grants else None
+        version["profiles"] = [p for p in profiles if p["bundle_id"] == bid]
+        version["rejections"] = [r for r in refused if r["target"] == bid]
+    return app_doc(namespace, name, versions)
