@@ -21,6 +21,7 @@ import pytest
 
 from hivebus.auth.tokens import digest, new_token
 from hivebus.bus.client import Bus
+from hivebus.bus.publisher import Outgoing
 from hivebus.bus.server import NatsServer
 from hivebus.config import Settings
 from hivebus.handlers.testing import app_spec, job_spec, manifest, resources
@@ -49,7 +50,7 @@ from tests.integration.test_web import WebProcess, web_process
 
 pytestmark = pytest.mark.integration
 
-USERS = ("alice", "bob", "carol", "dave")
+USERS = ("alice", "bob", "carol", "dave", "erin", "admin")
 OTHERS = [f"N{i:03d}" for i in range(1, 7)]
 
 
@@ -90,6 +91,8 @@ async def hub(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Hub]:
                                         source="user/admin", subject=user))
         await bus.publish(Event.new(RoleGranted(user="carol", role="reviewer", by="admin"),
                                     source="user/admin", subject="carol"))
+        await bus.publish(Event.new(RoleGranted(user="erin", role="admin", by="admin"),
+                                    source="user/admin", subject="erin"))
         await bus.publish(Event.new(GroupMemberAdded(group="lab", user="dave", by="admin"),
                                     source="user/admin", subject="lab"))
         async with running(bus, tmp_path / "views.duckdb") as projector, handlers(settings, bus):
@@ -317,3 +320,29 @@ async def test_apps_are_filtered_by_the_ecrs_read_rule(hub: Hub) -> None:
         assert public["permissions"] == grants and grants[0]["grantee"] == "AllUsers"
         assert (await anyone.get("/apps/bob/plugin-b")).json()["versions"][0]["permissions"] is None
         assert (await anyone.get("/apps", params={"state": "pending"})).status_code == 400
+
+
+async def test_dead_letters_are_for_admins(hub: Hub) -> None:
+    junk = [Outgoing("evt.node.heartbeat.W001", b"{not json", "junk-1"),
+            Outgoing("data.W001.env.temperature", b"\x00\x01 not a reading", "junk-2"),
+            Outgoing("fromedge.W001.plugin.status", json.dumps({"type": "plugin.status"}).encode(), "junk-3")]
+    await hub.bus.publish_raw_many(junk)
+
+    async def recorded() -> bool:
+        letters = await hub.view("SELECT DISTINCT stream, seq FROM dead_letters")
+        return len(letters) >= len(junk)
+
+    await until(recorded, 30, "the projector to record the dead letters")
+    await hub.settled()
+    letters = await hub.view("SELECT * FROM dead_letters ORDER BY stream, seq, consumer")
+    async with hub.client("admin") as admin, hub.client("erin") as erin, hub.client("bob") as bob, \
+            hub.client() as anyone:
+        assert await walk(admin, "/dead-letters", 1) == letters
+        assert await walk(erin, "/dead-letters", 2) == letters  # given the admin role
+        assert {r["stream"] for r in letters} == {"EVENTS", "DATA"} and all(r["reason"] for r in letters)
+        assert await walk(admin, "/dead-letters", 10, stream="DATA") == [r for r in letters if r["stream"] == "DATA"]
+        refused = await bob.get("/dead-letters")
+        assert refused.status_code == 403 and "admin" in refused.json()["hint"]
+        assert (await anyone.get("/dead-letters")).status_code == 401
+        other_cursor = (await admin.get("/dead-letters", params={"limit": "1"})).json()["next"]
+        assert (await admin.get("/nodes", params={"cursor": other_cursor})).status_code == 400  # not its list's

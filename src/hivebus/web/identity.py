@@ -7,11 +7,13 @@ working at once. A token never reaches a log line or an error message.
 
 from __future__ import annotations
 
+from hivebus.auth.permissions import ADMIN
 from hivebus.bus.client import Bus
 from hivebus.services.gateway import Gateway
 from hivebus.web.errors import ApiError
 
 SCHEMES = ("sage", "bearer")
+ADMIN_ROLES = frozenset({"admin"})
 HINT = "send 'Authorization: sage <token>'; an admin issues tokens with `hivebus user add NAME`"
 
 
@@ -31,3 +33,8 @@ class Identities:
         if user is None:
             raise ApiError(401, "the token is unknown, rotated or revoked", "ask an admin for a new one (`hivebus user add NAME`)")
         return user
+
+    def is_admin(self, user: str) -> bool:
+        """The hub's own ``admin`` user, or one an admin gave the role (``hivebus user role U admin``);
+        as of the last ``user_of`` (which catches up on the ``auth.*`` facts)."""
+        return user == ADMIN or self._book.directory.holds(user, ADMIN_ROLES)

@@ -6,6 +6,7 @@
     GET /jobs/{job}[?runs=N]                        the job, its goals per node, runs, refusals, triggers
     GET /apps[?namespace=NS&state=approved]        the apps you may read, each with its versions
     GET /apps/{namespace}/{name}                    every version: review, provenance, grants, profiles
+    GET /dead-letters[?stream=EVENTS&consumer=C]   the ``dead_letters`` view (admins only)
 
 Rows are the views' rows, read through the projector's query service exactly as ``POST
 /api/v1/sql`` reads them (``projections.client.query``); JSON columns (``attributes``,
@@ -22,6 +23,13 @@ its owner, its namespace's owner, users and groups granted READ on it or its nam
 reviewers; anonymous sees public bundles only. An app no version of which you may read is a
 404, as if it did not exist. A version's grants (``permissions``) show only to those holding
 READ_ACP on it (the object store's rule), ``null`` to others.
+
+Dead letters are for admins only: the hub's ``admin`` user or a user given the ``admin`` role
+(``hivebus user role NAME admin``); anonymous is a 401, anyone else a 403. A dead letter holds
+the raw bytes of a message no consumer could read, whatever they carried (any node's readings,
+any user's command), so it belongs with the operator who repairs the platform, the one
+identity the auth model already trusts with everything (it alone publishes ``evt.auth.>``).
+``payload`` is base64, as ``/sql`` answers BLOBs.
 
 Lists are paged: ``?limit=`` (default 100, at most 1000) and ``?cursor=``, the opaque
 ``next`` of the previous page; every answer is ``{"items": [...], "next": <cursor or
@@ -70,6 +78,7 @@ JOBS = Listing("jobs", "jobs", ("job_id",))
 APPS = Listing("apps", "(SELECT namespace, name FROM bundles WHERE list_contains(?::VARCHAR[], bundle_id) "
                        "AND (state = ? OR (? IS NULL AND state <> 'deleted')) GROUP BY namespace, name) apps",
                 ("namespace", "name"))
+DEAD_LETTERS = Listing("dead-letters", "dead_letters", ("stream", "seq", "consumer"))
 BUNDLE_STATES: Final = ("registered", "approved", "frozen", "deleted")
 JOB_STATES: Final = ("Created", "Submitted", "Running", "Completed", "Suspended", "Removed")
 JSON_COLUMNS: Final = frozenset({"attributes", "spec", "inputs", "metadata", "artifacts", "provenance", "data"})
@@ -297,3 +306,27 @@ async def show_app(namespace: str, name: str, web: WebFace, viewer: Viewer) -> d
         version["profiles"] = [p for p in profiles if p["bundle_id"] == bid]
         version["rejections"] = [r for r in refused if r["target"] == bid]
     return app_doc(namespace, name, versions)
+
+
+# --- dead letters --------------------------------------------------------------------------
+
+
+@router.get("/dead-letters")
+async def list_dead_letters(web: WebFace, viewer: Viewer, limit: LimitParam = None, cursor: CursorParam = None,
+                            stream: Annotated[str | None, Query(description="EVENTS | DATA")] = None,
+                            consumer: Annotated[str | None, Query(description="the consumer that gave up on it")] = None,
+                            ) -> dict[str, Any]:
+    """Messages no consumer could read, by (stream, seq, consumer), with the reason (admins only)."""
+    if viewer is None:
+        raise ApiError(401, "dead letters are for admins", "send 'Authorization: sage <token>' of an admin")
+    if not web.identities.is_admin(viewer):
+        raise ApiError(403, f"{viewer} is not an admin; dead letters are for admins",
+                       f"an admin gives the role: hivebus user role {viewer} admin")
+    where, params = [], []
+    if stream:
+        where.append("stream = ?")
+        params.append(stream)
+    if consumer:
+        where.append("consumer = ?")
+        params.append(consumer)
+    return await page(web, DEAD_LETTERS, where=where, params=params, limit=limit, cursor=cursor)
