@@ -38,6 +38,9 @@ class Settings:
     # Unset: the hub's admin credential if this machine has one (the operator on the hub
     # machine), else none (the public identity: queries, commands with a user token).
     nats_credentials: Path | None = None
+    # The hub's CA (PEM file) for a connection over TLS without a credential that embeds it.
+    # Unset: the CA in the credential, else <data_dir>/tls/ca.pem if this machine is the hub.
+    tls_ca: Path | None = None
     data_dir: Path = Path(".hivebus")
     nats_port: int = 4222
     # JetStream
@@ -68,6 +71,12 @@ class Settings:
             return self.nats_credentials
         admin = self.data_dir / "auth" / "admin.creds"
         return admin if admin.exists() else None
+
+    def tls_ca_file(self) -> Path | None:
+        if self.tls_ca is not None:
+            return self.tls_ca
+        own = self.data_dir / "tls" / "ca.pem"
+        return own if own.exists() else None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -5,6 +5,9 @@
 - ``service.creds`` and ``admin.creds`` (mode 0600): the platform's own credentials,
   used by the processes ``hivebus up`` starts and by the operator's CLI on the hub machine.
 
+With TLS (``hivebus up --tls``, ``auth.tls``) every credential carries the hub's CA, so a node
+given its file connects over TLS to that hub and no other.
+
 A node's password exists only in what ``add_node`` returns: ``hivebus node add`` prints it
 once (or writes it to the file the operator asked for). Every change rewrites the config
 and asks the running server to reload it: new connections get the new rules at once
@@ -28,6 +31,7 @@ import structlog
 
 from hivebus.auth import permissions
 from hivebus.auth.credentials import Credential
+from hivebus.auth.tls import CA_FILE, TLS_DIR
 from hivebus.bus.server import reload_server
 from hivebus.errors import SetupError
 
@@ -64,6 +68,11 @@ class HubAuth:
     def creds_path(self, user: str) -> Path:
         return self.dir / f"{user}.creds"
 
+    def ca(self) -> str | None:
+        """The CA (PEM) of the hub's TLS, when this data dir has one (``auth.tls``)."""
+        path = self.dir.parent / TLS_DIR / CA_FILE
+        return path.read_text() if path.exists() else None
+
     # --- reading ----------------------------------------------------------------------
 
     def users(self) -> dict[str, str]:
@@ -78,13 +87,18 @@ class HubAuth:
     # --- changing ---------------------------------------------------------------------
 
     def ensure(self) -> HubAuth:
-        """Create the service, admin and public identities (and their creds files) if missing."""
+        """Create the service, admin and public identities (and their creds files) if missing;
+        the creds files carry the hub's current CA."""
+        ca = self.ca()
         with self._locked() as users:
             for user in (permissions.SERVICE, permissions.ADMIN):
-                if user not in users or not self.creds_path(user).exists():
+                path = self.creds_path(user)
+                if user not in users or not path.exists():
                     password = new_password()
                     users[user] = hash_password(password)
-                    Credential(user=user, password=password, inbox_prefix=permissions.inbox_prefix(user)).save(self.creds_path(user))
+                    Credential(user=user, password=password, inbox_prefix=permissions.inbox_prefix(user), ca=ca).save(path)
+                elif (held := Credential.load(path)).ca != ca:
+                    held.with_ca(ca).save(path)
             # Nobody logs in as public with a password: it is the identity of connections without one.
             users.setdefault(permissions.PUBLIC, hash_password(new_password()))
         return self
@@ -104,7 +118,7 @@ class HubAuth:
             password = new_password()
             users[user] = hash_password(password)
         log.info("auth.node_added", node=node, rotated=rotate)
-        return Credential(user=user, password=password, inbox_prefix=permissions.inbox_prefix(user))
+        return Credential(user=user, password=password, inbox_prefix=permissions.inbox_prefix(user), ca=self.ca())
 
     def remove_node(self, node: str) -> bool:
         user = permissions.node_user(node)
@@ -116,7 +130,8 @@ class HubAuth:
         """A credential file for a node this machine runs itself (``hivebus up``'s virtual
         nodes): kept at ``path`` and reused while the hub still knows it."""
         if path.exists() and permissions.node_user(node) in self.users():
-            return path
+            held = Credential.load(path)
+            return path if held.ca == self.ca() else held.with_ca(self.ca()).save(path)
         return self.add_node(node, rotate=True).save(path)
 
     def reload(self, store_dir: Path) -> bool:

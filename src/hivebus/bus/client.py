@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -48,6 +50,7 @@ from hivebus.errors import (
     PermissionDenied,
     PublishError,
     RequestTimeout,
+    SetupError,
 )
 from hivebus.schemas import codec
 from hivebus.schemas.envelope import Event
@@ -90,13 +93,18 @@ class Bus:
         creds = settings.credentials_file()
         if creds is not None and "user" not in options:
             options = {**Credential.load(creds).connect_options(), **options}
+        if "tls" not in options and (ca := settings.tls_ca_file()) is not None:
+            options["tls"] = tls_context_from(ca)
         denied: dict[str, str] = {}
         refused: list[str] = []
+        untrusted: list[str] = []
 
         async def on_error(exc: Exception) -> None:
             text = str(exc) or type(exc).__name__
             if "authorization violation" in text.lower():
                 refused.append(text)
+            if isinstance(exc, ssl.SSLError):
+                untrusted.append(text)
             if m := _PERMISSION_VIOLATION.search(text):
                 # once per connection: a refused identity retrying must not flood the log
                 first = not denied
@@ -134,6 +142,13 @@ class Bus:
             )
         except (AuthorizationError, TimeoutError, NoServersError, OSError) as exc:
             await _close_quietly(nc)
+            if untrusted:
+                raise ConnectError(
+                    f"NATS at {', '.join(urls)} requires TLS and its certificate is not trusted here ({untrusted[-1]})",
+                    hint="give this machine the hub's CA: a credential from `hivebus node add` carries it, or set "
+                    "HIVEBUS_TLS_CA to a copy of the hub's <data-dir>/tls/ca.pem; connect by a name the hub's "
+                    "certificate holds (`hivebus up --tls-host NAME` adds one)",
+                ) from None
             if refused or isinstance(exc, AuthorizationError):
                 raise ConnectError(
                     f"NATS at {', '.join(urls)} refused the credentials"
@@ -362,3 +377,14 @@ async def _unsubscribe_quietly(sub: Any) -> None:
         await sub.unsubscribe()
     except Exception as exc:
         log.debug("nats.unsubscribe_failed", error=str(exc))
+
+
+def tls_context_from(ca_file: Path) -> ssl.SSLContext:
+    """A client context trusting only the hub's CA in ``ca_file`` (``HIVEBUS_TLS_CA``)."""
+    from hivebus.auth.tls import client_context
+
+    try:
+        return client_context(Path(ca_file).read_text())
+    except OSError as exc:
+        raise SetupError(f"HIVEBUS_TLS_CA: cannot read {ca_file} ({exc.strerror})",
+                         hint="copy the hub's <data-dir>/tls/ca.pem here, or use a credential from `hivebus node add`") from None

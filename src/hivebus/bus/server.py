@@ -134,8 +134,9 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        """Client URL, ``nats://127.0.0.1:<port>``."""
-        return f"nats://{hostport(probe_host(self._config.host), self.port)}"
+        """Client URL, ``nats://127.0.0.1:<port>`` (``tls://`` when the client port requires TLS)."""
+        scheme = "tls" if self._config.tls is not None else "nats"
+        return f"{scheme}://{hostport(probe_host(self._config.host), self.port)}"
 
     @property
     def route_url(self) -> str:

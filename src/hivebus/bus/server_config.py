@@ -74,6 +74,7 @@ class ServerConfig:
     jetstream: bool = True
     hub_jetstream_domain: str | None = None
     authorization: str | None = None
+    tls: str | None = None  # the body of a ``tls { ... }`` block: TLS required on the client port
     include: Path | None = None
     debug: bool = False
 
@@ -172,6 +173,8 @@ def render_config(config: ServerConfig, ports: Ports) -> str:
             remotes = ", ".join(f"{{url: {q(url)}}}" for url in config.leafnode_remotes)
             lines.append(f"  remotes: [{remotes}]")
         lines.append("}")
+    if config.tls is not None:
+        lines += ["tls {", config.tls, "}"]
     if config.authorization is not None:
         lines += ["authorization {", config.authorization, "}"]
     if config.include is not None:

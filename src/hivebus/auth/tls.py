@@ -1,0 +1,197 @@
+"""TLS on the hub's client port: a CA of the hub's own in ``<data-dir>/tls/``, or the operator's.
+
+``HubTLS.ensure(data_dir)`` creates, once, a private CA (``ca.pem``, ``ca.key``) and a server
+certificate it signs (``server.pem``, ``server.key``) for this machine's names: localhost,
+127.0.0.1, ::1, the host name and any ``hosts`` the operator adds (``--tls-host hub.example.org``);
+a later start with a new name re-issues the server certificate from the same CA, so clients
+that trust the CA keep working. Keys are EC P-256, readable by their owner only.
+
+Clients verify the hub against the CA and nothing else (``client_context``): the public trust
+store is not consulted, so a certificate some other CA issued for the hub's name is refused.
+The CA reaches clients inside their credential file (``hivebus node add`` embeds it; see
+``auth.credentials``) or as ``HIVEBUS_TLS_CA=<file>`` for connections without credentials.
+
+Why the hub does not ask nodes for certificates (nats-server's ``verify_and_map``): measured
+on nats-server 2.15, with ``verify_and_map`` every connection must present a certificate and
+its identity comes from the certificate alone -- a password user is refused ("user found in
+connect proto, but user required from cert") and connections without credentials (the public
+identity: queries, user commands) are refused at the handshake. Per-node x509 therefore needs
+every identity, users' laptops included, to hold a certificate, or an auth callout that checks
+the certificate against the claimed identity; both are left for later (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hivebus.errors import SetupError
+
+TLS_DIR: Final = "tls"
+CA_FILE: Final = "ca.pem"
+_CA_KEY: Final = "ca.key"
+_SERVER_CERT: Final = "server.pem"
+_SERVER_KEY: Final = "server.key"
+_CA_YEARS: Final = 10
+_SERVER_DAYS: Final = 825  # what browsers and most TLS stacks accept for a leaf
+
+
+def default_hosts() -> list[str]:
+    return ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+
+
+@dataclass(frozen=True)
+class HubTLS:
+    """The files nats-server's ``tls { }`` block names, and the CA clients trust."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    @classmethod
+    def ensure(cls, data_dir: Path, hosts: Sequence[str] = ()) -> HubTLS:
+        """The hub's CA and server certificate in ``<data_dir>/tls``, made or completed now."""
+        directory = Path(data_dir) / TLS_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        names = list(dict.fromkeys([*default_hosts(), *hosts]))
+        ca_file, ca_key = directory / CA_FILE, directory / _CA_KEY
+        if not ca_file.exists() or not ca_key.exists():
+            _write_pair(ca_file, ca_key, *_new_ca())
+        cert_file, key_file = directory / _SERVER_CERT, directory / _SERVER_KEY
+        if not cert_file.exists() or not key_file.exists() or not _covers(cert_file, ca_file, names):
+            _write_pair(cert_file, key_file, *_new_server_cert(ca_file, ca_key, names))
+        return cls(cert_file, key_file, ca_file)
+
+    @classmethod
+    def provided(cls, cert: Path, key: Path, ca: Path) -> HubTLS:
+        """The operator's own certificate, key and the CA that issued the certificate."""
+        for what, path in (("certificate", cert), ("key", key), ("CA", ca)):
+            if not Path(path).is_file():
+                raise SetupError(f"TLS {what} file {path} does not exist", hint="give PEM files: --tls-cert, --tls-key, --tls-ca")
+        return cls(Path(cert), Path(key), Path(ca))
+
+    def ca_pem(self) -> str:
+        return self.ca_file.read_text()
+
+    def server_block(self) -> str:
+        """The body of nats-server's ``tls { }`` block: TLS required on the client port."""
+        q = json.dumps
+        return (f"  cert_file: {q(str(self.cert_file.resolve()))}\n"
+                f"  key_file: {q(str(self.key_file.resolve()))}\n"
+                "  timeout: 5")
+
+
+def hub_ca(data_dir: Path) -> Path | None:
+    """The CA file of the hub whose data dir this is, if it runs with TLS."""
+    path = Path(data_dir) / TLS_DIR / CA_FILE
+    return path if path.exists() else None
+
+
+def client_context(ca_pem: str) -> ssl.SSLContext:
+    """A client context that trusts ``ca_pem`` only and checks the hub's name."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cadata=ca_pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise SetupError(f"the hub's CA is not a PEM certificate ({exc})",
+                         hint="use the hub's <data-dir>/tls/ca.pem, or a credential from `hivebus node add`") from None
+    return context
+
+
+# --- certificates --------------------------------------------------------------
+
+
+def _new_ca() -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hivebus"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, f"hivebus hub CA ({socket.gethostname()})")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365 * _CA_YEARS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return _pem(cert), _key_pem(key)
+
+
+def _new_server_cert(ca_file: Path, ca_key_file: Path, hosts: Sequence[str]) -> tuple[bytes, bytes]:
+    ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise SetupError(f"{ca_key_file} is not the EC key hivebus made", hint=f"remove {ca_file.parent} to start a new CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "hivebus hub")]))
+        .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=_SERVER_DAYS))
+        .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _pem(cert), _key_pem(key)
+
+
+def _covers(cert_file: Path, ca_file: Path, hosts: Sequence[str]) -> bool:
+    """Whether the server certificate is this CA's, still valid for a month, and names every host."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+        cert.verify_directly_issued_by(ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except Exception:  # anything unreadable or foreign is re-issued
+        return False
+    if cert.not_valid_after_utc < dt.datetime.now(dt.UTC) + dt.timedelta(days=30):
+        return False
+    present = {str(n.value) for n in names}
+    return all(str(_general_name(h).value) in present for h in hosts)
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _write_pair(cert_path: Path, key_path: Path, cert: bytes, key: bytes) -> None:
+    for path, data, mode in ((key_path, key, 0o600), (cert_path, cert, 0o644)):
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
