@@ -26,7 +26,6 @@ from hivebus.bus.client import Bus
 from hivebus.bus.lifeline import spawn
 from hivebus.bus.server import NatsServer, ServerConfig
 from hivebus.config import Settings
-from hivebus.edge.uploads import ensure_bucket
 
 log = structlog.get_logger()
 
@@ -105,7 +104,6 @@ class Platform:
         try:
             self.bus = await Bus.connect(url, name="hivebus-up", settings=self.settings)
             await self.bus.ensure_streams()
-            await ensure_bucket(self.bus.js, replicas=self.settings.replicas)
             projector = Projector(self.settings, self.bus, self.options.db_path)
             tasks = [
                 asyncio.create_task(projector.run(stop), name="projector"),

@@ -26,6 +26,7 @@ from hivebus.edge.outbox import DROPPED_FULL, OutboxLimits
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.node import NodeConfigUpdated, SensorSpec
 from hivebus.schemas.ses import GoalAssigned, GoalPlugin, GoalRemoved
+from hivebus.services.uploads import UploadDecider
 
 pytestmark = pytest.mark.integration
 
@@ -444,11 +445,19 @@ async def test_a_plugin_upload_is_kept_offline_and_shipped_to_the_hub_store(
             (await plugin.request("local.upload", json.dumps(request).encode(), timeout=10)).data
         )
         await plugin.close()
-        assert reply["ref"].startswith("uploads/") and not snapshot.exists()
+        assert reply["ref"].startswith(f"upload-{agent.node}/") and not snapshot.exists()
         await asyncio.to_thread(nats_server.start)
         async with await Bus.connect(nats_server.url) as hub:
-            await until(has(hub, "storage.object.put"), 30, "the upload to reach the hub")
-            store = await hub.js.object_store("uploads")
+            decider = await UploadDecider(hub).serve()  # the hub's upload service (run_handlers)
+
+            async def recorded() -> bool:
+                facts = [e async for _, e in hub.events(EVENTS, filter_subjects=["evt.storage.object.put.>"],
+                                                         stop_at_end=True)]
+                return len(facts) == 1
+
+            await until(recorded, 30, "the upload to be recorded in the node's bucket")
+            await decider.close()
+            store = await hub.js.object_store(f"sage-upload-{agent.node}")
             stored = await store.get(reply["ref"].split("/", 1)[1])
             assert stored.data == b"\xff\xd8 not really a jpeg " * 1000
             await until(lambda: _drained(agent), 20, "the upload reading")

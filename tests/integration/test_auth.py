@@ -28,7 +28,6 @@ from hivebus.bus.publisher import Outgoing
 from hivebus.bus.server import NatsServer
 from hivebus.bus.streams import DATA, EVENTS, ensure_consumer, toedge_consumer
 from hivebus.config import Settings
-from hivebus.edge.uploads import ensure_bucket
 from hivebus.errors import ConnectError, PermissionDenied, RequestRejected, Unauthorized
 from hivebus.handlers.testing import app_spec
 from hivebus.schemas import codec
@@ -71,7 +70,6 @@ async def hub(nats_server_factory: NatsServerFactory, tmp_path: Path) -> AsyncIt
     service = Settings(nats_credentials=auth.creds_path(SERVICE), data_dir=tmp_path)
     async with await Bus.connect(server.url, settings=service) as bus:
         await bus.ensure_streams()
-        await ensure_bucket(bus.js)
         for node in nodes:
             await ensure_consumer(bus.js, toedge_consumer(node))
     yield Hub(server, auth, tmp_path, service, nodes)

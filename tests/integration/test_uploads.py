@@ -1,5 +1,6 @@
-"""Uploads: a plugin's file accepted on the node, kept while offline, shipped to the hub's
-JetStream object store when online, reported as ``storage.object.put`` + an ``upload`` reading.
+"""Uploads: a plugin's file accepted on the node, kept while offline, shipped to the node's
+``upload-<node>`` bucket on the hub when online, recorded there as ``storage.object.put`` (by the
+hub's upload service) and reported as an ``upload`` reading.
 
 Real servers: one nats-server as the node-local bus, one JetStream hub; plugins run through
 the process executor. The outbox is a list here (the agent's outbox is tested with the agent).
@@ -25,10 +26,13 @@ from hivebus.schemas.data import Reading
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.ids import new_ulid
 from hivebus.schemas.storage import ObjectPut
+from hivebus.services.uploads import UploadDecider
+from hivebus.web.objects import store_name
 
 pytestmark = pytest.mark.integration
 
 NODE = "W012"
+BUCKET = f"upload-{NODE}"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
 TS = 1_800_000_000_000_000_000
 
@@ -81,8 +85,11 @@ class Node:
             while self.service.counters["transferred"] < n:
                 await asyncio.sleep(0.05)
 
-    def reports(self) -> tuple[list[ObjectPut], list[Reading]]:
-        puts = [e.data for e in self.outbox if isinstance(e.data, ObjectPut)]
+    async def reports(self) -> tuple[list[ObjectPut], list[Reading]]:
+        """The hub's ``storage.object.put`` facts and the node's ``upload`` readings."""
+        assert self.hub is not None
+        puts = [e.data for _, e in [x async for x in self.hub.events("EVENTS", stop_at_end=True,
+                                                                     filter_subjects=["evt.storage.object.put.>"])]]
         readings = [e.data for e in self.outbox if isinstance(e.data, Reading)]
         return puts, readings
 
@@ -91,8 +98,11 @@ class Node:
 async def hub(nats_server_factory) -> AsyncIterator[Bus]:
     server = nats_server_factory("hub")
     bus = await Bus.connect(server.url)
+    await bus.ensure_streams()
+    decider = await UploadDecider(bus).serve()
     bus.server = server  # type: ignore[attr-defined]
     yield bus
+    await decider.close()
     await bus.close()
 
 
@@ -106,7 +116,7 @@ async def node(nats_server_factory, hub: Bus, tmp_path: Path) -> AsyncIterator[N
 
 
 async def object_bytes(hub: Bus, key: str) -> bytes:
-    store = await hub.js.object_store("uploads")
+    store = await hub.js.object_store(store_name(BUCKET))
     return (await store.get(key)).data
 
 
@@ -142,9 +152,10 @@ async def test_a_plugins_upload_reaches_the_hub_object_store_and_is_reported(
     result = await asyncio.wait_for(executor.wait(handle), 60)
     assert result.state == "completed", result.log_tail
     await node.transferred(1)
-    (put,), (reading,) = node.reports()
-    assert reading.name == "upload" and reading.value == f"uploads/{put.key}"
-    assert put.key.startswith(f"{NODE}/snapshot/") and put.key.endswith(".pgm")
+    (put,), (reading,) = await node.reports()
+    assert reading.name == "upload" and reading.value == f"{BUCKET}/{put.key}"
+    assert put.bucket_id == BUCKET
+    assert put.key.startswith("job-cam/snapshot/") and put.key.endswith(".pgm")
     assert (
         reading.meta["filename"].startswith("snapshot-") and reading.meta["camera"] == "simulated"
     )
@@ -191,10 +202,10 @@ async def test_files_wait_on_the_node_while_offline_and_go_when_online(
     node.online = True
     await node.transferred(1)
     assert (
-        await object_bytes(hub, f"{NODE}/sampler/{TS}-sample.txt")
+        await object_bytes(hub, f"job-cam/sampler/{TS}-sample.txt")
         == b"recorded while the uplink was down"
     )
-    (put,), (reading,) = node.reports()
+    (put,), (reading,) = await node.reports()
     assert reading.timestamp == TS and reading.meta["kind"] == "sample"
     assert put.size == len(b"recorded while the uplink was down")
 
@@ -211,7 +222,7 @@ async def test_accepted_files_survive_an_agent_restart(
     reply = await first.request(
         {"path": str(source), "meta": {"task": "audio"}, "timestamp": TS, "keep": True}
     )
-    assert reply == {"ref": f"uploads/{NODE}/audio/{TS}-clip.wav"}
+    assert reply == {"ref": f"{BUCKET}/nojob/audio/{TS}-clip.wav"}
     await first.stop()  # the agent goes away before the hub was reachable
     second = Node(local.url, hub, tmp_path / "agent")
     await second.start()
@@ -219,7 +230,7 @@ async def test_accepted_files_survive_an_agent_restart(
         await second.transferred(1)
     finally:
         await second.stop()
-    assert await object_bytes(hub, f"{NODE}/audio/{TS}-clip.wav") == source.read_bytes()
+    assert await object_bytes(hub, f"nojob/audio/{TS}-clip.wav") == source.read_bytes()
     assert source.exists()  # keep=True
 
 
@@ -239,7 +250,7 @@ async def test_a_hub_outage_holds_files_until_the_hub_returns(
     assert len(node.service.pending()) == 1 and node.outbox == []
     server.start()
     await node.transferred(1, timeout=60)
-    assert await object_bytes(hub, f"{NODE}/cam/{TS}-frame.jpg") == b"\xff\xd8" + bytes(5000)
+    assert await object_bytes(hub, f"nojob/cam/{TS}-frame.jpg") == b"\xff\xd8" + bytes(5000)
 
 
 async def test_a_container_plugin_stages_its_file_in_the_shared_upload_dir(
@@ -269,7 +280,7 @@ async def test_a_container_plugin_stages_its_file_in_the_shared_upload_dir(
     assert result.state == "completed", result.log_tail
     assert result.log_tail[-1] == "left behind: False"
     await node.transferred(1)
-    assert await object_bytes(hub, f"{NODE}/table/{TS}-result.csv") == b"a,b\n1,2\n"
+    assert await object_bytes(hub, f"job-cam/table/{TS}-result.csv") == b"a,b\n1,2\n"
     assert list(shared.iterdir()) == []  # the staged copy was taken by the node
 
 
@@ -378,5 +389,5 @@ async def test_reporting_an_upload_twice_gives_the_same_event_ids(
     (staged,) = node.service.pending()
     first, again = node.service.report_events(staged), node.service.report_events(staged)
     assert [e.id for e in first] == [e.id for e in again]
-    assert [e.type for e in first] == ["storage.object.put", "data.reading"]
+    assert [e.type for e in first] == ["data.reading"]  # the hub decides storage.object.put
     assert all(e.source == f"node/{NODE}" for e in first)

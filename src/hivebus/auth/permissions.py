@@ -18,12 +18,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from hivebus.bus.streams import DATA, DEADLETTERS, EVENTS
+from hivebus.schemas.storage import UPLOAD_SUBJECT, upload_bucket
 
 SERVICE: Final = "service"
 ADMIN: Final = "admin"
 PUBLIC: Final = "public"
 NODE_PREFIX: Final = "node-"
-UPLOAD_BUCKET: Final = "uploads"
 # What the public identity may request (request/reply services).
 PUBLIC_SERVICES: Final = ("hivebus.query", "hivebus.cmd", "hivebus.ses.dryrun", "hivebus.projector.status")
 HANDLER_DURABLES: Final = ("handler-ecr", "handler-ses", "handler-health")
@@ -51,11 +51,11 @@ def full() -> Permissions:
     return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
 
 
-def node_permissions(node: str, *, bucket: str = UPLOAD_BUCKET) -> Permissions:
+def node_permissions(node: str) -> Permissions:
     api = "$JS.API"
     toedge = f"toedge-{node}"
     reconcile = reconcile_consumer(node)
-    objects = f"OBJ_{bucket}"
+    store = f"sage-{upload_bucket(node)}"  # its upload bucket's object store (web.objects.store_name)
     publish = [
         f"data.{node}.>",
         f"fromedge.{node}.>",
@@ -72,12 +72,11 @@ def node_permissions(node: str, *, bucket: str = UPLOAD_BUCKET) -> Permissions:
         f"{api}.CONSUMER.CREATE.{DATA}.{reconcile}.data.{node}.>",
         f"{api}.CONSUMER.CREATE.{EVENTS}.{reconcile}.fromedge.{node}.>",
         *(f"{api}.CONSUMER.{verb}.{stream}.{reconcile}" for verb in ("INFO", "MSG.NEXT", "DELETE") for stream in (DATA, EVENTS)),
-        # uploads into the object store (see edge.uploads)
-        f"$O.{bucket}.C.>",
-        f"$O.{bucket}.M.>",
-        f"{api}.STREAM.INFO.{objects}",
-        f"{api}.STREAM.MSG.GET.{objects}",
-        f"{api}.DIRECT.GET.{objects}.>",
+        # uploads (see edge.uploads): chunks into its own bucket's object store, never an
+        # object's info (the hub publishes it once its upload service has checked the chunks
+        # and the storage decider recorded the put), and requests to that service for itself
+        f"$O.{store}.C.>",
+        f"{UPLOAD_SUBJECT}.{node}",
     ]
     return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(node_user(node))}.>"]}}
 

@@ -16,7 +16,6 @@ from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer, ServerConfig
 from hivebus.cli.app import app, out, run, settings
 from hivebus.config import Settings
-from hivebus.edge.uploads import ensure_bucket
 
 
 @app.command()
@@ -46,7 +45,6 @@ def server(
 async def _create_streams(url: str, config: Settings) -> None:
     async with await Bus.connect(url, settings=config) as bus:
         await bus.ensure_streams()
-        await ensure_bucket(bus.js, replicas=config.replicas)
 
 
 async def _wait_for_signal() -> None:

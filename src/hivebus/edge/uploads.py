@@ -7,17 +7,24 @@ A plugin calls ``upload_file(path)``; the SDK asks ``local.upload`` on the node-
    (``<data_dir>/uploads/<id>/data`` with ``meta.json``), fsyncs both and renames the
    directory into place, and only then answers ``{"ref": "<bucket>/<key>"}`` — an accepted
    file survives a crash of the agent. With ``keep`` false the plugin's file is removed.
-2. **transfers** staged files, oldest first, to the hub's JetStream object store (bucket
-   ``uploads``, created if missing) whenever ``hub_bus_provider()`` returns a connected bus,
-   retrying with backoff while the node is offline or the hub refuses. The object's digest
-   is checked against the file's before the local copy is deleted.
-3. **reports** each transfer through the outbox, as pywaggle's upload agent does: a
-   ``storage.object.put`` event and an ``upload`` reading whose value is the reference and
-   whose meta is the plugin's (with ``filename``, ``node``, ``job``, ``task``...). Event ids
-   are derived from the upload, so reporting twice after a crash yields the same ids.
+2. **transfers** staged files, oldest first, to the node's bucket of type ``upload`` on the
+   hub (``upload-<node>``, ``schemas.storage.upload_bucket``) whenever ``hub_bus_provider()``
+   returns a connected bus, retrying with backoff while the node is offline or the hub
+   refuses. The node publishes the file's chunks into the bucket's object store, then asks the
+   hub's upload service (``hivebus.storage.upload.<node>``, ``services.uploads``) to record
+   it: the hub reads the chunks back, checks size and SHA-256, and the storage decider appends
+   ``storage.object.put`` (and, the first time, ``storage.bucket.created``; READ for the job's
+   submitter). The digest the hub computed is checked against the file's before the local copy
+   is deleted.
+3. **reports** each transfer through the outbox, as pywaggle's upload agent does: an
+   ``upload`` reading whose value is the reference ``upload-<node>/<key>`` and whose meta is
+   the plugin's (with ``filename``, ``node``, ``job``, ``task``...). Its event id is derived
+   from the upload, so reporting twice after a crash yields the same id; asking the hub twice
+   records one object.
 
-The object key is ``<node>/<task>/<timestamp>-<filename>`` (``task`` is the plugin's name in
-its job; ``plugin`` when absent), so a hub user lists a node's or a task's uploads by prefix.
+The object key is ``<job>/<task>/<timestamp>-<filename>`` (``task`` is the plugin's name in
+its job; ``plugin`` when absent, ``job`` is ``nojob`` outside a job), so a hub user lists a
+job's or a task's uploads on a node by prefix (``hivebus storage ls upload-W012 <job>/``).
 
 Security: the agent reads the path a plugin sends. ``allowed_roots`` confines uploads to
 directories (e.g. the executors' upload and scratch dirs); only regular files are taken, up
@@ -45,17 +52,19 @@ from typing import Any, Final
 
 import structlog
 
+from hivebus.bus.publisher import Outgoing
 from hivebus.errors import UploadError
 from hivebus.schemas.data import MIN_TIMESTAMP_NS, Reading
 from hivebus.schemas.envelope import Event, derived_id
-from hivebus.schemas.storage import ObjectPut
+from hivebus.schemas.storage import UPLOAD_SUBJECT, upload_bucket
 
 log = structlog.get_logger()
 
 SUBJECT: Final = "local.upload"
-BUCKET: Final = "uploads"
 PRODUCER: Final = "edge/uploads"
 _CHUNK: Final = 1 << 20
+OBJECT_CHUNK: Final = 128 * 1024  # the object store chunk size the hub's web face uses too
+WINDOW: Final = 8  # chunks in flight at once
 
 OutboxAppend = Callable[[Event], Awaitable[Any] | Any]
 HubBusProvider = Callable[[], Any]  # -> a connected hivebus Bus (or anything with ``.js``), or None
@@ -99,7 +108,6 @@ class UploadService:
         outbox_append: OutboxAppend,
         hub_bus_provider: HubBusProvider,
         *,
-        bucket: str = BUCKET,
         allowed_roots: Sequence[str | os.PathLike[str]] | None = None,
         max_file_bytes: int = 1 << 30,
         max_bytes: int | None = None,
@@ -112,7 +120,7 @@ class UploadService:
         self.node = node
         self.outbox_append = outbox_append
         self.hub_bus_provider = hub_bus_provider
-        self.bucket = bucket
+        self.bucket = upload_bucket(node)
         self.allowed_roots = [Path(r).resolve() for r in allowed_roots] if allowed_roots is not None else None
         self.max_file_bytes = max_file_bytes
         self.max_bytes = max_bytes
@@ -122,7 +130,7 @@ class UploadService:
         self.counters = {"accepted": 0, "refused": 0, "transferred": 0, "transfer_failures": 0}
         self._arrived = asyncio.Event()
         self.ready = asyncio.Event()  # set once ``local.upload`` is answered
-        self._stores: dict[int, Any] = {}
+        self._opened: dict[int, str] = {}  # id(bus) -> the bucket's object store name
         self._lock = asyncio.Lock()  # one transfer pass at a time
 
     # --- running --------------------------------------------------------------------------
@@ -253,9 +261,10 @@ class UploadService:
             upload_id = f"{timestamp}-{sha[:16]}"
             filename = _safe_filename(meta["filename"])
             task = meta.get("task") or meta.get("plugin", "").rsplit("/", 1)[-1].split(":", 1)[0] or "unknown"
+            job = meta.get("job") or "nojob"
             record = {
                 "upload_id": upload_id,
-                "key": f"{self.node}/{_safe_filename(task)}/{timestamp}-{filename}",
+                "key": f"{_safe_filename(job)}/{_safe_filename(task)}/{timestamp}-{filename}",
                 "filename": filename,
                 "size": size,
                 "sha256": sha,
@@ -314,14 +323,16 @@ class UploadService:
     async def _transfer(self, bus: Any, upload: StagedUpload) -> None:
         record = json.loads((upload.directory / "meta.json").read_text())
         if not record.get("reported"):
-            store = await self._store(bus)
-            from nats.js.api import ObjectMeta
-
-            description = json.dumps(upload.meta, separators=(",", ":"), sort_keys=True)
-            with open(upload.data, "rb") as data:
-                info = await store.put(upload.key, data, meta=ObjectMeta(name=upload.key, description=description[:4096]))
-            if info.size != upload.size or _digest_hex(info.digest) != upload.sha256:
-                raise UploadError(f"the hub stored {info.size} bytes with digest {info.digest}; expected {upload.size} bytes sha256:{upload.sha256}")
+            store = await self._open(bus)
+            nuid, chunks = await self._send_chunks(bus, store, upload)
+            reply = await self._ask(bus, {
+                "op": "put", "key": upload.key, "nuid": nuid, "size": upload.size, "chunks": chunks,
+                "sha256": upload.sha256, "content_type": mimetypes.guess_type(upload.filename)[0],
+                "job": upload.meta.get("job"),
+            })
+            if reply.get("size") != upload.size or reply.get("digest") != f"sha256:{upload.sha256}":
+                raise UploadError(f"the hub recorded {reply.get('size')} bytes with digest {reply.get('digest')}; "
+                                  f"expected {upload.size} bytes sha256:{upload.sha256}")
             for event in self.report_events(upload):
                 result = self.outbox_append(event)
                 if inspect.isawaitable(result):
@@ -333,30 +344,57 @@ class UploadService:
         log.info("uploads.transferred", key=upload.key, size=upload.size)
 
     def report_events(self, upload: StagedUpload) -> list[Event]:
-        """``storage.object.put`` and the ``upload`` reading, with ids derived from the upload."""
-        source = f"node/{self.node}"
-        content_type = mimetypes.guess_type(upload.filename)[0]
-        put = ObjectPut(
-            bucket_id=self.bucket, key=upload.key, size=upload.size, digest=f"sha256:{upload.sha256}",
-            content_type=content_type, by=f"node-{self.node}",
-        )
+        """The ``upload`` reading, with an id derived from the upload (the hub decides the
+        ``storage.object.put`` fact itself)."""
         reading = Reading(name="upload", value=upload.ref(self.bucket), timestamp=upload.timestamp, meta=upload.meta, scope="all")
         return [
-            Event.new(put, source=source, subject=f"{self.bucket}/{upload.key}",
-                      id=derived_id(PRODUCER, upload.upload_id, 0, upload.accepted), time=upload.accepted),
-            Event.new(reading, source=source, subject=self.node,
+            Event.new(reading, source=f"node/{self.node}", subject=self.node,
                       id=derived_id(PRODUCER, upload.upload_id, 1, upload.accepted), time=upload.accepted),
         ]
 
-    async def _store(self, bus: Any) -> Any:
-        """The hub's object store bucket, created on first use."""
-        store = self._stores.get(id(bus))
-        if store is not None:
-            return store
-        js = bus.js if hasattr(bus, "js") else bus.jetstream()
-        store = await ensure_bucket(js, self.bucket, replicas=self.replicas)
-        self._stores = {id(bus): store}
+    async def _ask(self, bus: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """One request to the hub's upload service; ``UploadError`` with its reason if refused."""
+        subject = f"{UPLOAD_SUBJECT}.{self.node}"
+        nc = getattr(bus, "nc", bus)
+        try:
+            reply = await nc.request(subject, json.dumps(body).encode(), timeout=60)
+        except Exception as exc:
+            if hasattr(bus, "raise_if_denied"):
+                bus.raise_if_denied(subject)
+            raise UploadError(f"the hub's upload service did not answer ({type(exc).__name__})",
+                              hint="is `hivebus up` (or `hivebus handlers`) running on the hub?") from None
+        answer = json.loads(reply.data)
+        if not isinstance(answer, dict) or "error" in answer:
+            error = answer.get("error") if isinstance(answer, dict) else answer
+            raise UploadError(f"the hub refused {body.get('key') or 'the upload bucket'}: {error}")
+        return answer
+
+    async def _open(self, bus: Any) -> str:
+        """The node's bucket on the hub (created there on first use); its object store's name."""
+        store = self._opened.get(id(bus))
+        if store is None:
+            store = str((await self._ask(bus, {"op": "open"}))["store"])
+            self._opened = {id(bus): store}
         return store
+
+    async def _send_chunks(self, bus: Any, store: str, upload: StagedUpload) -> tuple[str, int]:
+        """Publish the file's chunks on ``$O.<store>.C.<nuid>``, ``WINDOW`` at a time; not yet
+        an object: the hub makes it one once it has checked them."""
+        nc = getattr(bus, "nc", bus)
+        nuid = nc._nuid.next().decode()
+        subject = f"$O.{store}.C.{nuid}"
+        sent = 0
+        pending: list[Outgoing] = []
+        with open(upload.data, "rb") as data:
+            while piece := data.read(OBJECT_CHUNK):
+                pending.append(Outgoing(subject, piece, f"{nuid}.{sent}"))
+                sent += 1
+                if len(pending) >= WINDOW:
+                    await _publish_chunks(bus, pending)
+                    pending = []
+        if pending:
+            await _publish_chunks(bus, pending)
+        return nuid, sent
 
     def _discard_partials(self) -> None:
         """Half-copied files from a crash were never acknowledged to a plugin: remove them."""
@@ -365,6 +403,15 @@ class UploadService:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+async def _publish_chunks(bus: Any, messages: list[Outgoing]) -> None:
+    if hasattr(bus, "publish_raw_many"):
+        await bus.publish_raw_many(messages, timeout=30)
+        return
+    js = bus.jetstream()
+    for m in messages:
+        await js.publish(m.subject, m.payload, headers={"Nats-Msg-Id": m.msg_id})
 
 
 def _connected(bus: Any) -> bool:
@@ -376,16 +423,6 @@ def _connected(bus: Any) -> bool:
 def _safe_filename(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip(".")
     return cleaned[:200] or "file"
-
-
-def _digest_hex(digest: str | None) -> str:
-    """``SHA-256=<url-safe base64>`` (the object store's form) -> lower-case hex."""
-    import base64
-
-    if not digest or "=" not in digest:
-        return ""
-    encoded = digest.split("=", 1)[1]
-    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).hex()
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
@@ -418,18 +455,3 @@ def _load(directory: Path) -> StagedUpload:
         meta=record["meta"],
         accepted=datetime.fromisoformat(record["accepted"]),
     )
-
-
-async def ensure_bucket(js: Any, bucket: str = BUCKET, *, replicas: int = 1) -> Any:
-    """The hub's upload bucket, created if missing (the hub does it at start: a node's
-    permissions do not allow creating streams)."""
-    from nats.js.api import ObjectStoreConfig, StorageType
-    from nats.js.errors import BucketNotFoundError
-
-    try:
-        return await js.object_store(bucket)
-    except BucketNotFoundError:
-        config = ObjectStoreConfig(
-            description="files uploaded by plugins on edge nodes", storage=StorageType.FILE, replicas=replicas,
-        )
-        return await js.create_object_store(bucket, config=config)

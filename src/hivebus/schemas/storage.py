@@ -22,6 +22,13 @@ BucketType = Literal["training-data", "model", "profile", "upload"]
 ALL_USERS = "AllUsers"
 AUTHENTICATED_USERS = "AuthenticatedUsers"
 GROUPS = (ALL_USERS, AUTHENTICATED_USERS)
+UPLOAD_BUCKET_PREFIX = "upload-"
+UPLOAD_SUBJECT = "hivebus.storage.upload"  # + ".<node>": a node's uploads, decided on the hub
+
+
+def upload_bucket(node: str) -> str:
+    """The id (and name) of ``node``'s bucket of plugin uploads (``services.uploads``)."""
+    return f"{UPLOAD_BUCKET_PREFIX}{node}"
 
 
 class Grant(Part):
@@ -100,6 +107,7 @@ class StorageCommandRejected(Payload):
 
 
 __all__ = [
-    "ALL_USERS", "AUTHENTICATED_USERS", "GROUPS", "AclChanged", "AclVerb", "BucketCreated", "BucketDeleted",
-    "BucketType", "Grant", "ObjectDeleted", "ObjectPut", "StorageCommandRejected",
+    "ALL_USERS", "AUTHENTICATED_USERS", "GROUPS", "UPLOAD_BUCKET_PREFIX", "UPLOAD_SUBJECT", "AclChanged", "AclVerb",
+    "BucketCreated", "BucketDeleted",
+    "BucketType", "Grant", "ObjectDeleted", "ObjectPut", "StorageCommandRejected", "upload_bucket",
 ]

@@ -2,7 +2,8 @@
 
 ``run_handlers(settings, bus, stop)`` runs the ECR, the scheduler (with its dry-run endpoint
 ``hivebus.ses.dryrun``) and node health, each on its own durable consumer, and the command
-gateway (``hivebus.cmd``, users' commands with tokens), until ``stop`` is set. The ECR and the
+gateway (``hivebus.cmd``, users' commands with tokens) and the nodes' upload service
+(``hivebus.storage.upload.<node>``, ``services.uploads``), until ``stop`` is set. The ECR and the
 scheduler decide commands on ``hivebus.decide.<name>`` (``services.deciders``); their
 reactions to facts (profiles, completions) must run as one instance at a time, their command
 decisions are safe from any number (optimistic concurrency). ``instance`` names this process's
@@ -27,6 +28,7 @@ from hivebus.services.deciders import serve_decider
 from hivebus.services.dryrun import DRYRUN_SUBJECT, serve_dryrun
 from hivebus.services.gateway import Gateway
 from hivebus.services.handler_service import HandlerService
+from hivebus.services.uploads import UploadDecider
 
 log = structlog.get_logger()
 
@@ -86,6 +88,7 @@ async def run_handlers(
 
     follower = asyncio.create_task(follow())
     gateway = await Gateway(bus).serve()  # user actions with tokens enter here
+    uploads = await UploadDecider(bus, replicas=settings.replicas).serve()  # nodes' files, as storage facts
     tasks = [asyncio.create_task(s.run(inner), name=f"handler-{s.handler.name}") for s in services]
     log.info("handlers.started", handlers=[s.handler.name for s in services])
     try:
@@ -102,6 +105,7 @@ async def run_handlers(
                 await task
         with contextlib.suppress(Exception):
             await gateway.unsubscribe()
+        await uploads.close()
         log.info("handlers.stopped")
 
 
