@@ -280,3 +280,45 @@ def test_a_scheduled_run_may_last_until_its_next_fire() -> None:
 
     assert scheduled_wall_limit(parse_rule("schedule(p): cronjob('p', '*/5 * * * *')"), "p") == 300
     assert scheduled_wall_limit(parse_rule("schedule(p): any(v('env.x') > 3)"), "p") == SCHEDULED_RUN_WALL_SECONDS
+
+
+# --- which executor runs a plugin (docs/executors.md) ---------------------------------------
+
+
+def test_the_executor_is_the_goals_choice_else_wasm_for_modules_else_the_default() -> None:
+    h = Harness()
+    wasm = MemoryExecutor()
+    wasm.name = "wasm"
+    h.runner.executors["wasm"] = wasm
+    pick = h.runner.executor_for
+    assert pick(plugin()) is h.executor
+    assert pick(GoalPlugin(**{**plugin().model_dump(), "executor": "wasm"})) is wasm
+    assert pick(GoalPlugin(**{**plugin().model_dump(), "entrypoint": "plugin.wat"})) is wasm
+    assert pick(GoalPlugin(**{**plugin().model_dump(), "entrypoint": "python3"})) is h.executor
+    counter = GoalPlugin(
+        name="counter",
+        bundle_id="hivebus-examples/plugin-wasm-counter:0.1.0",  # examples/wasm: a main.wat
+        image="registry.sagecontinuum.org/hivebus-examples/plugin-wasm-counter:0.1.0",
+    )
+    assert pick(counter) is wasm
+    bme = GoalPlugin(  # examples/plugins: a main.py
+        name="bme", bundle_id="waggle/plugin-bme680:0.2.1", image="waggle/plugin-bme680:0.2.1"
+    )
+    assert pick(bme) is h.executor
+    del h.runner.executors["wasm"]
+    assert pick(counter) is h.executor  # a node without wasm runs everything its own way
+
+
+async def test_a_plugin_for_an_executor_the_node_lacks_fails_with_the_reason() -> None:
+    h = Harness()
+    wasm_only = GoalPlugin(**{**plugin().model_dump(), "executor": "wasm"})
+    h.runner.set_goals({"job-1": goal([], [wasm_only])})
+    h.runner.tick(datetime.now(UTC))
+    for _ in range(50):
+        if h.states()[-1:] == ["failed"]:
+            break
+        await asyncio.sleep(0.01)
+    assert h.states()[-1] == "failed"
+    assert h.statuses[-1].reason == "error: this node does not run wasm plugins (its executors: memory)"
+    assert h.executor.specs == []
+    await h.runner.shutdown()

@@ -50,7 +50,20 @@ def run_node(
     virtual: Annotated[
         bool, typer.Option(help="Simulated BME680 sensor; the manifest is tagged 'virtual'.")
     ] = False,
-    executor: Annotated[str, typer.Option(help="How plugins run: process or docker.")] = "process",
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="How plugins run: process or docker. WASM plugins run with wasm as well "
+            "(docs/executors.md)."
+        ),
+    ] = "process",
+    wasm: Annotated[
+        bool,
+        typer.Option(
+            help="Run WASM plugins too (wasmtime), and advertise the wasm executor so the "
+            "scheduler places wasm builds here."
+        ),
+    ] = True,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 30.0,
     metrics: Annotated[float, typer.Option(help="Seconds between sys.* readings.")] = 60.0,
     virtual_interval: Annotated[
@@ -100,6 +113,7 @@ def run_node(
         manifest=load_manifest(manifest) if manifest is not None else None,
         virtual=virtual,
         executor=executor,
+        optional_executors=("wasm",) if wasm else (),
         heartbeat_seconds=heartbeat,
         metrics_seconds=metrics,
         virtual_interval_seconds=virtual_interval,

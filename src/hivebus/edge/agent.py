@@ -35,7 +35,13 @@ from hivebus.config import Settings
 from hivebus.edge import housekeeping
 from hivebus.edge import state as node_state
 from hivebus.edge.db import NodeDatabase
-from hivebus.edge.executors import Capacity, ResourceGate, make_executor
+from hivebus.edge.executors import (
+    Capacity,
+    Executor,
+    ResourceGate,
+    make_executor,
+    node_executors,
+)
 from hivebus.edge.forwarder import Forwarder, ForwarderOptions
 from hivebus.edge.goals import Goal
 from hivebus.edge.intake import Identity, Intake
@@ -85,6 +91,9 @@ class AgentConfig:
     manifest: NodeManifest
     virtual: bool = False
     executor: str = "process"
+    """The default executor: runs every plugin that is not a WASM module (``--executor``)."""
+    optional_executors: tuple[str, ...] = ("wasm",)
+    """Executors the node runs as well where they can run here (wasm: wasmtime installed)."""
     heartbeat_seconds: float = 30.0
     metrics_seconds: float = 60.0
     sensor_check_seconds: float = 5.0
@@ -129,7 +138,10 @@ class AgentConfig:
         a manifest of this machine (``virtual_manifest`` of it with ``virtual``)."""
         check_node_id(node_id)
         data_dir = Path(data_dir or Path(".hivebus") / "nodes" / node_id)
-        base = manifest or host_manifest(node_id, data_dir)
+        runs = node_executors(
+            options.get("executor", "process"), options.get("optional_executors", ("wasm",))
+        )
+        base = manifest or host_manifest(node_id, data_dir, executors=runs)
         return cls(
             node_id=node_id,
             hub_url=hub_url,
@@ -192,7 +204,8 @@ class NodeAgent:
         stack.push_async_callback(self.outbox.close)
         self.state = await self.db.call(lambda: node_state.load(self.db.conn))
         self._config_overlay = dict(self.state.config)
-        self.manifest = with_config(cfg.manifest, self._config_overlay)
+        self.executors = self._make_executors()
+        self.manifest = self._manifest(self._config_overlay)
         self.local = LocalBus(
             cfg.data_dir / "localbus", port=cfg.local_port, name=f"local-{self.node}"
         )
@@ -225,15 +238,36 @@ class NodeAgent:
         )
         self.uploads = self._make_uploads()
 
+    def _make_executors(self) -> dict[str, Executor]:
+        """The default executor (which must run here) and the optional ones that can."""
+        cfg = self.config
+        made: dict[str, Executor] = {}
+        for name in node_executors(cfg.executor, cfg.optional_executors, check=False):
+            executor = make_executor(
+                name, log_dir=cfg.data_dir / "runs", scratch_dir=cfg.data_dir / "scratch"
+            )
+            problem = executor.available()
+            if problem is None:
+                made[name] = executor
+            elif name == cfg.executor:
+                raise SetupError(f"executor {cfg.executor!r} cannot run here: {problem}")
+            else:
+                log.info("agent.executor_unavailable", executor=name, reason=problem)
+        return made
+
+    def _manifest(self, config: dict[str, Any]) -> NodeManifest:
+        """The manifest with the config overlay, listing every executor this node runs."""
+        manifest = with_config(self.config.manifest, config)
+        listed = list(manifest.executors)
+        missing = [name for name in self.executors if name not in listed]
+        if not missing:
+            return manifest
+        return manifest.model_copy(update={"executors": [*listed, *missing]})
+
     def _make_runner(self) -> GoalRunner:
         cfg = self.config
         hardware = self.manifest.hardware
-        executor = make_executor(
-            cfg.executor, log_dir=cfg.data_dir / "runs", scratch_dir=cfg.data_dir / "scratch"
-        )
-        problem = executor.available()
-        if problem is not None:
-            raise SetupError(f"executor {cfg.executor!r} cannot run here: {problem}")
+        executor = self.executors[cfg.executor]
         gate = ResourceGate(
             Capacity(
                 cpus=float(hardware.cpus),
@@ -249,6 +283,7 @@ class NodeAgent:
         }
         return GoalRunner(
             executor=executor,
+            executors=self.executors,
             gate=gate,
             environment=RunEnvironment(
                 node=self.node,
@@ -427,7 +462,7 @@ class NodeAgent:
 
     def _apply_config(self, config: dict[str, Any]) -> None:
         self._config_overlay = dict(config)
-        manifest = with_config(self.config.manifest, config)
+        manifest = self._manifest(config)
         if manifest.sensors != self.manifest.sensors:
             self.sensors.reconfigure(manifest.sensors)
         self.manifest = manifest  # settings the agent does not use (allow_users...) are the hub's

@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 
 import structlog
 
-from hivebus.edge.executors import Executor, ResourceGate
+from hivebus.edge.executors import Executor, ResourceGate, Unavailable
 from hivebus.edge.goals import Goal
 from hivebus.edge.recent import RecentReadings, TickContext
 from hivebus.edge.runs import EmitStatus, PluginRun, RunEnvironment
 from hivebus.rules import Publish, Rule, Schedule, Set, cron_period_seconds
+from hivebus.schemas.ses import GoalPlugin
 
 log = structlog.get_logger()
 
@@ -37,6 +38,7 @@ class GoalRunner:
         *,
         executor: Executor,
         gate: ResourceGate,
+        executors: Mapping[str, Executor] | None = None,
         environment: RunEnvironment,
         recent: RecentReadings,
         emit_status: EmitStatus,
@@ -46,6 +48,9 @@ class GoalRunner:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.executor = executor
+        """The node's default executor (``hivebus node run --executor``)."""
+        self.executors: dict[str, Executor] = {executor.name: executor, **(executors or {})}
+        """Every executor this node runs, by name (see ``executor_for``)."""
         self.gate = gate
         self.environment = environment
         self.recent = recent
@@ -156,7 +161,7 @@ class GoalRunner:
         run = PluginRun(
             goal,
             plugin,
-            executor=self.executor,
+            executor=self.executor_for(plugin),
             gate=self.gate,
             emit=self.emit_status,
             environment=self.environment,
@@ -167,6 +172,25 @@ class GoalRunner:
         task = run.start()
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._finished, run))
+
+    def executor_for(self, plugin: GoalPlugin) -> Executor:
+        """The executor that runs ``plugin`` here (the rule of docs/executors.md): the one the
+        goal names (the scheduler's choice), else ``wasm`` for an entrypoint naming a
+        ``.wasm``/``.wat`` file or a bundle that is a WASM module on the plugin path (no
+        ``main.py``), else the node's default. One this node does not run fails the run."""
+        name = plugin.executor or self._implied_executor(plugin)
+        executor = self.executors.get(name)
+        if executor is None:
+            runs = ", ".join(sorted(self.executors))
+            return Unavailable(name, f"this node does not run {name} plugins (its executors: {runs})")
+        return executor
+
+    def _implied_executor(self, plugin: GoalPlugin) -> str:
+        if "wasm" not in self.executors:
+            return self.executor.name
+        from hivebus.edge.executors.wasm import wants_wasm
+
+        return "wasm" if wants_wasm(plugin.bundle_id, plugin.entrypoint) else self.executor.name
 
     def _finished(self, run: PluginRun, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

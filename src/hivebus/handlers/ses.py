@@ -60,6 +60,7 @@ from hivebus.handlers.ses_state import JobView, SesState, evolve, lifecycle_prob
 from hivebus.rules import Rule, Schedule, cron_period_seconds, parse_rule
 from hivebus.schemas.commands import command_of
 from hivebus.schemas.envelope import Event
+from hivebus.schemas.fields import WASM_PLATFORM
 from hivebus.schemas.offload import OffloadRequested
 from hivebus.schemas.ses import (
     GoalAssigned,
@@ -282,6 +283,7 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
     candidates: list[Candidate] = []
     periods = cron_periods(rules)
     memo = Demands(catalog)
+    executors_at: dict[tuple[str, str], str | None] = {}  # (node, plugin) -> executor there
     for node in targets:
         if not node.allows(user, groups):
             node_problems[node.id].append(
@@ -297,10 +299,9 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
                 why_not[name].append(f"{node.id}: {mismatch}")
                 continue
             problems = []
-            if node.arch not in plugin.architectures:
-                problems.append(
-                    f"bundle {plugin.bundle_id} is built for {', '.join(plugin.architectures)}, the node is {node.arch}"
-                )
+            executor, problem = build_for(plugin, node)
+            if problem is not None:
+                problems.append(problem)
             if plugin.spec.plugin_spec.privileged and not node.allows_privileged:
                 problems.append(
                     "it asks for privileged: true and the node's policy does not allow it "
@@ -315,6 +316,7 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
                 why_not[name] += [f"{node.id}: {p}" for p in problems]
                 continue
             placed[name] = memo(plugin.bundle_id, plugin.request, node)
+            executors_at[(node.id, name)] = executor
         if not placed:
             continue
         load, need, problems = _fit(state, node, placed, periods, memo=memo)
@@ -357,7 +359,10 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
             GoalAssigned(
                 node=candidate.node.id,
                 job_id=submitted.job_id,
-                plugins=[_goal_plugin(p) for p in node_plugins],
+                plugins=[
+                    _goal_plugin(p, executors_at.get((candidate.node.id, p.spec.name)))
+                    for p in node_plugins
+                ],
                 science_rules=[
                     r.text
                     for r in rules
@@ -369,9 +374,33 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
     return plan
 
 
-def _goal_plugin(plugin: _Plugin) -> GoalPlugin:
+def build_for(plugin: _Plugin, node: NodeView) -> tuple[str | None, str | None]:
+    """(the executor the node runs ``plugin`` with, None for its default; why it cannot).
+
+    A build for the node's architecture runs with the selector's ``executor`` or the node's
+    default; otherwise a ``wasi/wasm`` build runs on a node whose executors include ``wasm``.
+    """
+    chosen = plugin.spec.plugin_spec.selector.get("executor")
+    if node.arch in plugin.architectures:
+        return chosen, None
+    executors = node.manifest.executors if node.manifest is not None else []
+    if WASM_PLATFORM in plugin.architectures:
+        if "wasm" in executors:
+            return "wasm", None
+        return None, (
+            f"bundle {plugin.bundle_id} is built for {', '.join(plugin.architectures)}; the node is"
+            f" {node.arch} and its executors ({', '.join(executors) or 'none'}) do not include wasm"
+        )
+    return (
+        None,
+        f"bundle {plugin.bundle_id} is built for {', '.join(plugin.architectures)}, the node is {node.arch}",
+    )
+
+
+def _goal_plugin(plugin: _Plugin, executor: str | None = None) -> GoalPlugin:
     spec = plugin.spec.plugin_spec
     return GoalPlugin(
+        executor=executor,
         name=plugin.spec.name,
         bundle_id=plugin.bundle_id,
         image=spec.image,

@@ -227,6 +227,10 @@ class GoalPlugin(Part):
     entrypoint: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     resources: ResourceRequest = Field(default_factory=ResourceRequest)
+    executor: Label | None = None
+    """The executor that runs it on that node (``process``, ``docker``, ``wasm``), as the
+    scheduler chose it: the selector's ``executor``, or ``wasm`` for a bundle placed there
+    for its ``wasi/wasm`` build; None: the node decides (docs/executors.md)."""
 
 
 _Reasons = Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]

@@ -19,6 +19,7 @@ from hivebus.edge.executors.base import (
     RunHandle,
     RunResult,
     RunSpec,
+    Unavailable,
     input_args,
     plugin_environment,
 )
@@ -57,6 +58,17 @@ def make_executor(name: str = DEFAULT_EXECUTOR, **options: Any) -> Executor:
     return executor
 
 
+def node_executors(
+    default: str = DEFAULT_EXECUTOR, optional: tuple[str, ...] = ("wasm",), *, check: bool = True
+) -> list[str]:
+    """The executors a node runs: ``default``, then each of ``optional`` (with ``check``: only
+    those that can run here). The default's own availability is the agent's to check."""
+    names = [default, *(name for name in optional if name != default)]
+    if not check:
+        return names
+    return [default, *(n for n in names[1:] if make_executor(n).available() is None)]
+
+
 def executor_availability(names: tuple[str, ...] = EXECUTORS) -> dict[str, str | None]:
     """For each executor: None if it can run here, else why not."""
     return {name: make_executor(name).available() for name in names}
@@ -76,9 +88,11 @@ __all__ = [
     "RunHandle",
     "RunResult",
     "RunSpec",
+    "Unavailable",
     "Usage",
     "executor_availability",
     "input_args",
     "make_executor",
+    "node_executors",
     "plugin_environment",
 ]

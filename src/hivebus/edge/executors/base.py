@@ -94,6 +94,34 @@ class Executor(Protocol):
         ...
 
 
+class Unavailable:
+    """Stands in for an executor a node does not have: every run fails with ``error`` and why."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name = name
+        self.why = why
+
+    def _failed(self) -> RunResult:
+        return RunResult(
+            state="failed", reason="error", message=self.why, log_tail=(f"hivebus: {self.why}",)
+        )
+
+    async def start(self, spec: RunSpec) -> RunHandle:
+        return RunHandle(spec=spec)
+
+    async def wait(self, handle: RunHandle) -> RunResult:
+        return self._failed()
+
+    async def stop(self, handle: RunHandle) -> None:
+        return None
+
+    async def logs(self, handle: RunHandle, lines: int = 50) -> list[str]:
+        return list(self._failed().log_tail[-lines:]) if lines > 0 else []
+
+    def available(self) -> str | None:
+        return self.why
+
+
 # --- helpers every executor shares -----------------------------------------------------------
 
 

@@ -254,6 +254,20 @@ def bundle_module(bundle_id: str, plugin_path: Sequence[Path] | None = None) -> 
     return next((directory / e for e in ENTRIES if (directory / e).is_file()), None)
 
 
+def wants_wasm(bundle_id: str, entrypoint: str | None) -> bool:
+    """Whether a plugin is a WASM module: its entrypoint names a ``.wasm`` / ``.wat`` file, or,
+    with no entrypoint, its bundle is a module on the plugin path and has no ``main.py``."""
+    if entrypoint:
+        return is_module(entrypoint.split()[0])
+    if bundle_module(bundle_id) is None:
+        return False
+    try:
+        find_bundle(default_plugin_path(), bundle_id, ("main.py",))
+    except NotRunnable:
+        return True
+    return False
+
+
 def classify(inner: RunResult, status: dict[str, Any] | None) -> RunResult:
     """The run's result from the worker process's and the worker's own account of it."""
     if status is None:  # the worker did not finish: killed by a backstop, stopped hard, crashed
