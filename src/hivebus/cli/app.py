@@ -44,6 +44,7 @@ COMMAND_MODULES = (
     "hivebus.cli.web",
     "hivebus.cli.storage",
     "hivebus.cli.site",
+    "hivebus.cli.docs",
 )
 
 Hub = Annotated[

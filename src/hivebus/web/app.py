@@ -4,7 +4,7 @@ The NATS connection is FastStream's (``faststream.nats.fastapi.NatsRouter``): th
 lifespan connects its broker when the app starts and drains it when it stops; hivebus's own
 ``Bus`` wraps that one connection (``bus.nc`` is the broker's), so HTTP routes, FastStream
 subscribers and hivebus's readers share it. OpenAPI is at ``/docs`` (``/openapi.json``),
-FastStream's AsyncAPI of the subjects declared on the router at ``/asyncapi``.
+FastStream's AsyncAPI of the platform's subjects (``web.asyncapi``) at ``/asyncapi``.
 
 Routes: ``web.data`` (``POST /api/v1/query``, ``POST /api/v1/sql``), ``web.buckets`` (the
 object store, sage-storage-api's shape), ``web.stream`` (``GET /api/v1/stream``,
@@ -93,8 +93,10 @@ def nats_router(settings: Settings) -> NatsRouter:
 
 def create_app(config: WebConfig) -> FastAPI:
     from hivebus.web import buckets, data, read, stream
+    from hivebus.web.asyncapi import declare_subjects
 
     router = nats_router(config.settings)
+    declare_subjects(router)  # documented at /asyncapi
 
     @router.after_startup
     async def _connected(app: FastAPI) -> None:
