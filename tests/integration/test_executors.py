@@ -508,7 +508,10 @@ async def test_wasm_a_module_that_spins_is_interrupted_at_its_wall_time(wasm: Ex
 
 async def test_wasm_a_cpu_budget_stops_a_module_that_spins(wasm: Executor) -> None:
     result = await run(
-        wasm, module(WASM_EXAMPLES / "spin.wat", limits=Limits(cpu=0.5, wall_seconds=4.0))
+        wasm,
+        module(
+            WASM_EXAMPLES / "spin.wat", limits=Limits(cpu=0.25, wall_seconds=8.0)
+        ),  # the wall far after the budget (load)
     )
     assert (result.state, result.reason) == ("failed", "timeout"), result.message
     assert "CPU-time budget of 2 s" in result.message
@@ -572,3 +575,35 @@ async def test_wasm_runs_are_concurrent_and_logged_per_run(tmp_path: Path) -> No
     assert [r.exit_code for r in results] == [3, 3, 3]
     for spec in specs:
         assert (tmp_path / "logs" / f"{spec.run_id}.log").read_text() == "working\ngiving up\n"
+
+
+async def test_wasm_a_module_reads_its_inputs_from_the_node_local_bus(
+    wasm: Executor, nats_server: NatsServer
+) -> None:
+    import nats
+
+    nc = await nats.connect(nats_server.url)
+    doubled: list[float] = []
+
+    async def take(msg: object) -> None:
+        doubled.append(json.loads(msg.data)["value"])  # type: ignore[attr-defined]
+
+    await nc.subscribe("local.publish.wasm.doubled", cb=take)
+    spec = module(WASM_TESTS / "double.wat", env={"HIVEBUS_LOCAL_BUS": nats_server.url})
+    handle = await wasm.start(spec)
+    body = {"name": "env.temperature", "value": 21.5, "timestamp": 1, "meta": {}}
+    try:
+        waiting = asyncio.ensure_future(wasm.wait(handle))
+        while not waiting.done():  # until its subscription is up and it took one
+            await nc.publish("readings.env.temperature", json.dumps(body).encode())
+            await asyncio.sleep(0.1)
+        result = await asyncio.wait_for(waiting, 30)
+        await nc.flush()
+        for _ in range(50):
+            if doubled:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    assert result.state == "completed", (result.message, result.log_tail)
+    assert doubled == [43.0]

@@ -185,6 +185,14 @@ async def test_a_wasm_app_runs_only_where_wasm_is_and_its_readings_reach_the_vie
         assert runs[0]["node"] == "W100" and runs[0]["exit_code"] == 0
         assert runs[0]["max_rss_bytes"] == 65536  # the module's one page, not the worker's RSS
         assert runs[0]["wall_seconds"] > 0
+        profile = await until(
+            "a profile of the bundle",
+            lambda: rows(
+                "SELECT runs, failures, mem_bytes_max FROM profiles WHERE bundle_id = ?", [BUNDLE]
+            ),
+            services,
+        )
+        assert profile[0]["runs"] >= 1 and profile[0]["mem_bytes_max"] == 65536
 
 
 async def _both(pending: Awaitable[list[dict[str, Any]]]) -> list[dict[str, Any]] | None:

@@ -125,8 +125,6 @@ class Readings:
 
     def get(self, name: str, timeout: float) -> float:
         """The next value of reading ``name`` (subscribed on first call), NaN at ``timeout``."""
-        from queue import Empty
-
         plugin = self.plugin()
         if name not in self._subscribed:
             plugin.subscribe(name)
@@ -138,7 +136,7 @@ class Readings:
         while True:
             try:
                 msg = plugin.get(timeout=max(0.0, deadline - time.monotonic()))
-            except Empty:
+            except TimeoutError:
                 return math.nan
             try:
                 value = float(msg.value)
