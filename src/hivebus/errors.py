@@ -87,6 +87,10 @@ class ConnectError(BusError):
     """The NATS server could not be reached."""
 
 
+class CredentialRefused(ConnectError):
+    """The NATS server answered and refused the credentials presented (none, wrong, withdrawn)."""
+
+
 class PermissionDenied(BusError):
     """The hub's NATS server refused this identity a publish or subscription."""
 

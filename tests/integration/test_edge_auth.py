@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from hivebus.auth.credentials import Credential
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import DATA
+from hivebus.edge import refusal
 from tests.integration.test_auth import (
     Hub,
     hub,  # noqa: F401  (the fixture)
@@ -100,7 +102,9 @@ async def test_a_node_without_its_credential_says_once_what_to_run_then_delivers
         stop(node)
     buffered = held_readings(data_dir)
     assert buffered >= 10, f"the node buffered only {buffered} readings"
-    assert f"{buffered:,} events" in outbox(data_dir)
+    shown = outbox(data_dir)
+    assert f"{buffered:,} events" in shown
+    assert "the hub refuses its events" in shown and f"hivebus node add {NODE} --out {NODE}.creds" in shown
 
     creds = hub.data_dir / f"{NODE}.creds"
     hub.nodes[NODE].save(creds)
@@ -112,6 +116,45 @@ async def test_a_node_without_its_credential_says_once_what_to_run_then_delivers
                 return len(await stored(bus, DATA, f"data.{NODE}.>")) >= buffered
 
             await until(delivered, 30, "the buffered readings at the hub")
+            await until(lambda: asyncio.sleep(0, not (data_dir / refusal.FILE).exists()), 10, "the refusal cleared")
+    finally:
+        stop(node)
+    assert "refuses" not in outbox(data_dir)
+
+
+async def test_a_withdrawn_credential_is_said_once_and_a_new_file_is_taken_without_a_restart(
+    hub: Hub,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    data_dir, log = tmp_path / "node", tmp_path / "node.log"
+    creds = tmp_path / f"{NODE}.creds"
+    Credential(user=f"node-{NODE}", password="withdrawn", inbox_prefix=hub.nodes[NODE].inbox_prefix).save(creds)
+    node = run_node(hub, data_dir, log, "--credentials", str(creds))
+    try:
+
+        async def told() -> bool:
+            assert node.poll() is None, log.read_text()[-3000:]
+            return '"uplink.credential_refused"' in log.read_text()
+
+        await until(told, 10, "the one actionable error")
+        await asyncio.sleep(6)  # several connection attempts at the uplink's backoff
+        text = log.read_text()
+        assert node.poll() is None, "the node must keep running"
+        errors = [line for line in text.splitlines() if '"uplink.credential_refused"' in line and '"level": "error"' in line]
+        assert len(errors) == 1, text[-3000:]
+        assert '"uplink.unreachable"' not in text  # it is reachable: it refuses
+        shown = outbox(data_dir)
+        assert "the hub refuses its credential" in shown and f"hivebus node add {NODE}" in shown, shown
+        assert held_readings(data_dir) >= 10
+
+        hub.nodes[NODE].save(creds)  # the operator copies the right file over the old one
+        async with await Bus.connect(hub.url, settings=hub.service) as bus:
+
+            async def delivered() -> bool:
+                return len(await stored(bus, DATA, f"data.{NODE}.>")) >= 10
+
+            await until(delivered, 30, "the buffered readings at the hub")
+        await until(lambda: asyncio.sleep(0, not (data_dir / refusal.FILE).exists()), 10, "the refusal cleared")
     finally:
         stop(node)
 

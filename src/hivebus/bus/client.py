@@ -47,6 +47,7 @@ from hivebus.config import Settings
 from hivebus.errors import (
     ConcurrencyConflict,
     ConnectError,
+    CredentialRefused,
     PermissionDenied,
     PublishError,
     RequestTimeout,
@@ -150,7 +151,7 @@ class Bus:
                     "certificate holds (`hivebus up --tls-host NAME` adds one)",
                 ) from None
             if refused or isinstance(exc, AuthorizationError):
-                raise ConnectError(
+                raise CredentialRefused(
                     f"NATS at {', '.join(urls)} refused the credentials"
                     + (f" in {creds}" if creds is not None else " (none given)"),
                     hint="set HIVEBUS_NATS_CREDENTIALS to this identity's creds file; "

@@ -13,8 +13,9 @@ import typer
 from rich.table import Table
 
 from hivebus.bus.client import Bus
-from hivebus.cli.app import Hub, app, out, run, settings
+from hivebus.cli.app import Hub, app, err, out, run, settings
 from hivebus.config import parse_duration
+from hivebus.edge import refusal
 from hivebus.edge.agent import AgentConfig, NodeAgent
 from hivebus.edge.outbox import OutboxLimits
 from hivebus.errors import SetupError
@@ -215,6 +216,11 @@ def outbox(
         highlight=False,
     )
     out.print(f"goals      {', '.join(goals) or 'none'}", highlight=False)
+    refused = refusal.read(data_dir)
+    if refused is not None:
+        kind = "its credential" if refused.what == "credential" else "its events"
+        err.print(f"[bold red]the hub refuses {kind}[/] since {refused.since}: {refused.error}", highlight=False, soft_wrap=True)
+        err.print(f"what to do: {refused.hint}", highlight=False, soft_wrap=True)
 
 
 def _size(n: int | None) -> str:

@@ -222,7 +222,8 @@ class NodeAgent:
             publish_local=self.local.publish,
         )
         await self.local.subscribe("local.publish.>", self.intake.on_local_publish)
-        self.uplink = Uplink(cfg.hub_url, name=f"node-{self.node}", settings=cfg.settings)
+        self.uplink = Uplink(cfg.hub_url, name=f"node-{self.node}", settings=cfg.settings, node=self.node,
+                             data_dir=cfg.data_dir)
         stack.push_async_callback(self.uplink.close)
         self.forwarder = Forwarder(self.outbox, self.uplink, cfg.forwarder)
         self.runner = self._make_runner()

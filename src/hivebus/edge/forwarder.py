@@ -43,6 +43,7 @@ from hivebus.bus.client import Bus
 from hivebus.bus.publisher import MSG_ID, Outgoing
 from hivebus.bus.streams import DATA, EVENTS
 from hivebus.bus.subjects import data_filter, fromedge_filter
+from hivebus.edge import refusal
 from hivebus.edge.outbox import Entry, Outbox
 from hivebus.edge.uplink import Uplink
 from hivebus.errors import PermissionDenied
@@ -92,6 +93,7 @@ class Forwarder:
         self.idle = asyncio.Event()
         # why the hub refuses this node's events (no or a withdrawn credential), or None
         self.unauthorized: str | None = None
+        self._accepted = False  # the hub has stored something this node sent, in this run
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = self.options.retry_min
@@ -117,9 +119,13 @@ class Forwarder:
                 delay = min(delay * 2, self.options.retry_max)
                 continue
             delay = self.options.retry_min
-            if self.unauthorized is not None and sent:
-                log.info("forwarder.authorized", node=self._node)
+            if sent and (self.unauthorized is not None or not self._accepted):
+                if self.unauthorized is not None:
+                    log.info("forwarder.authorized", node=self._node)
                 self.unauthorized = None
+                self._accepted = True
+                if self.uplink.data_dir is not None:  # a refusal recorded before (this run or an earlier one) is over
+                    refusal.clear(self.uplink.data_dir)
             if not sent:
                 self.idle.set()
                 await self.outbox.wait_appended(self.options.idle_poll)
@@ -137,18 +143,11 @@ class Forwarder:
             log.debug("forwarder.still_unauthorized", error=error)
             return
         self.unauthorized = error
-        node = self._node
-        log.error(
-            "forwarder.unauthorized",
-            node=node,
-            error=error,
-            hint=(
-                f"the hub does not accept this node's events without its credential: on the hub run "
-                f"`hivebus node add {node} --out {node}.creds`, copy the file here and restart with "
-                f"`hivebus node run --node-id {node} --credentials {node}.creds`; until then the node "
-                "keeps running its goals and buffers in its outbox (`hivebus node outbox`)"
-            ),
-        )
+        hint = ("the hub does not accept this node's events without its credential: "
+                + refusal.what_to_do(self._node) + " (`hivebus node outbox` shows this)")
+        log.error("forwarder.unauthorized", node=self._node, error=error, hint=hint)
+        if self.uplink.data_dir is not None:
+            refusal.record(self.uplink.data_dir, "events", error, hint)
 
     async def _step(self, bus: Bus) -> int:
         """Send one batch; how many events it held (0 = the outbox is empty)."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Final
 
 import structlog
 
 from hivebus.bus.client import Bus
 from hivebus.config import Settings
-from hivebus.errors import ConnectError
+from hivebus.edge import refusal
+from hivebus.errors import ConnectError, CredentialRefused
 
 log = structlog.get_logger()
 
@@ -32,6 +34,8 @@ class Uplink:
         settings: Settings | None = None,
         connect_timeout: float = 2.0,
         retry_max: float = 5.0,
+        node: str | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.url = url
         self.name = name
@@ -41,6 +45,9 @@ class Uplink:
         self.bus: Bus | None = None
         self._connected = asyncio.Event()
         self.attempts = 0
+        self.node = node
+        self.data_dir = data_dir  # where a refusal is recorded for the operator (edge.refusal)
+        self.refused: str | None = None  # why the hub refuses the credential, while it does
 
     @property
     def online(self) -> bool:
@@ -58,6 +65,12 @@ class Uplink:
                     settings=self.settings,
                     connect_timeout=self.connect_timeout,
                 )
+            except CredentialRefused as exc:
+                self._refused(exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
             except ConnectError as exc:
                 if self.attempts == 1 or self.attempts % 10 == 0:
                     log.warning(
@@ -68,8 +81,24 @@ class Uplink:
                 delay = min(delay * 2, self.retry_max)
                 continue
             log.info("uplink.connected", url=self.url, attempts=self.attempts)
+            self.refused = None
+            if self.data_dir is not None and (held := refusal.read(self.data_dir)) and held.what == "credential":
+                refusal.clear(self.data_dir)  # accepted now (events refused are the forwarder's to clear)
             self._connected.set()
         await stop.wait()
+
+    def _refused(self, exc: CredentialRefused) -> None:
+        """Said once, loudly, with what to do; recorded for ``hivebus node outbox``. The next
+        attempts read the credentials file again, so a new file is taken without a restart."""
+        first = self.refused is None
+        self.refused = str(exc)
+        hint = refusal.what_to_do(self.node) if self.node else (exc.hint or "")
+        if first:
+            log.error("uplink.credential_refused", url=self.url, error=str(exc), hint=hint)
+        else:
+            log.debug("uplink.credential_refused", attempts=self.attempts)
+        if self.data_dir is not None and first:
+            refusal.record(self.data_dir, "credential", str(exc), hint)
 
     async def wait_online(self, stop: asyncio.Event) -> Bus | None:
         """The bus once it is connected; None if ``stop`` is set first."""
