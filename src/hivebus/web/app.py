@@ -92,7 +92,7 @@ def nats_router(settings: Settings) -> NatsRouter:
 
 
 def create_app(config: WebConfig) -> FastAPI:
-    from hivebus.web import buckets, data, read, stream
+    from hivebus.web import buckets, dashboard, data, read, stream
     from hivebus.web.asyncapi import declare_subjects
 
     router = nats_router(config.settings)
@@ -116,6 +116,7 @@ def create_app(config: WebConfig) -> FastAPI:
     app.include_router(buckets.router, prefix=API)
     app.include_router(stream.router, prefix=API)
     app.include_router(read.router, prefix=API)
+    app.include_router(dashboard.router)  # the web dashboard at /
     install(app)
     app.add_middleware(BodyLimit, limit=config.max_body, uploads=config.max_upload)
     return app
