@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -31,6 +32,15 @@ log = structlog.get_logger()
 EmitStatus = Callable[[PluginStatus, Goal], Awaitable[None]]
 
 
+class RunUploads(Protocol):
+    """Each run's own upload dir (``edge.uploads.UploadService``): made before the run starts,
+    removed when it ends; only files staged there are accepted from that run."""
+
+    def open_run(self, run_id: str) -> Mapping[str, str]: ...  # variables for the run's environment
+
+    def close_run(self, run_id: str) -> None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunEnvironment:
     """What every run on this node shares."""
@@ -38,6 +48,7 @@ class RunEnvironment:
     node: str
     env: Mapping[str, str]  # HIVEBUS_LOCAL_BUS, HIVEBUS_VSN, HIVEBUS_HOST, HIVEBUS_UPLOAD_DIR
     hardware: HardwareProfile
+    uploads: RunUploads | None = None  # per-run upload dirs (HIVEBUS_UPLOAD_DIR, _UPLOAD_TOKEN)
 
 
 class PluginRun:
@@ -91,12 +102,20 @@ class PluginRun:
             await self._task
 
     async def _run(self) -> None:
+        uploads = self.environment.uploads
+        try:
+            await self._run_once(uploads.open_run(self.run_id) if uploads is not None else {})
+        finally:
+            if uploads is not None:
+                uploads.close_run(self.run_id)
+
+    async def _run_once(self, upload_env: Mapping[str, str]) -> None:
         limits = self._limits()
         await self._status(PluginState.QUEUED)
         try:
             async with self.gate.admit(limits, key=self.run_id):
                 await self._status(PluginState.SCHEDULED)
-                spec = self._spec(limits)
+                spec = self._spec(limits, upload_env)
                 await self._status(PluginState.INITIALIZING)
                 self._handle = await self.executor.start(spec)
                 if self._stopping:
@@ -123,9 +142,10 @@ class PluginRun:
         wanted = self.plugin.resources
         return Limits(cpu=wanted.cpu, memory_bytes=wanted.memory, gpu=wanted.gpu > 0, wall_seconds=self.wall_seconds)
 
-    def _spec(self, limits: Limits) -> RunSpec:
+    def _spec(self, limits: Limits, upload_env: Mapping[str, str] | None = None) -> RunSpec:
         env = {**self.environment.env, **self.plugin.env}
         env.update({f"HIVEBUS_VAR_{_env_name(k)}": v for k, v in self.variables.items()})
+        env.update(upload_env or {})  # the run's own upload dir: a job's env cannot move it
         return RunSpec(
             run_id=self.run_id,
             node=self.environment.node,

@@ -26,9 +26,15 @@ The object key is ``<job>/<task>/<timestamp>-<filename>`` (``task`` is the plugi
 its job; ``plugin`` when absent, ``job`` is ``nojob`` outside a job), so a hub user lists a
 job's or a task's uploads on a node by prefix (``hivebus storage ls upload-W012 <job>/``).
 
-Security: the agent reads the path a plugin sends. ``allowed_roots`` confines uploads to
-directories (e.g. the executors' upload and scratch dirs); only regular files are taken, up
-to ``max_file_bytes``; ``max_bytes`` bounds what waits on disk (new uploads are refused,
+Security: the agent reads the path a plugin sends, so it takes only files the plugin's own run
+staged. With ``runs_dir`` (the agent sets it) every run gets its own upload dir
+``<runs_dir>/<run id>`` and a token (``open_run``: ``HIVEBUS_UPLOAD_DIR`` and
+``HIVEBUS_UPLOAD_TOKEN`` in the run's environment; the docker executor mounts that dir alone);
+a request must name its run (``run_id``, ``token``: the SDK sends them) and a path that
+resolves inside that run's dir, else it is refused naming the path and the allowed dir. The
+dir is removed when the run ends (``close_run``). Without ``runs_dir``, ``allowed_roots``
+(if given) confines uploads to fixed directories. Only regular files are taken, up to
+``max_file_bytes``; ``max_bytes`` bounds what waits on disk (new uploads are refused,
 with a clear error to the plugin, when it is full — nothing accepted is ever dropped).
 """
 
@@ -41,10 +47,11 @@ import inspect
 import json
 import mimetypes
 import os
+import secrets
 import shutil
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +75,15 @@ WINDOW: Final = 8  # chunks in flight at once
 
 OutboxAppend = Callable[[Event], Awaitable[Any] | Any]
 HubBusProvider = Callable[[], Any]  # -> a connected hivebus Bus (or anything with ``.js``), or None
+
+
+@dataclass(frozen=True)
+class RunUploadDir:
+    """Where one run stages the files it uploads, and the token its requests carry."""
+
+    run_id: str
+    path: Path
+    token: str
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,7 @@ class UploadService:
         hub_bus_provider: HubBusProvider,
         *,
         allowed_roots: Sequence[str | os.PathLike[str]] | None = None,
+        runs_dir: str | os.PathLike[str] | None = None,
         max_file_bytes: int = 1 << 30,
         max_bytes: int | None = None,
         retry_seconds: float = 2.0,
@@ -122,6 +139,8 @@ class UploadService:
         self.hub_bus_provider = hub_bus_provider
         self.bucket = upload_bucket(node)
         self.allowed_roots = [Path(r).resolve() for r in allowed_roots] if allowed_roots is not None else None
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else None
+        self._runs: dict[str, RunUploadDir] = {}
         self.max_file_bytes = max_file_bytes
         self.max_bytes = max_bytes
         self.retry_seconds = retry_seconds
@@ -169,7 +188,8 @@ class UploadService:
         try:
             request = json.loads(msg.data)
             staged = await self.accept(
-                request.get("path"), request.get("meta", {}), request.get("timestamp"), request.get("keep", False)
+                request.get("path"), request.get("meta", {}), request.get("timestamp"), request.get("keep", False),
+                run_id=request.get("run_id"), token=request.get("token"),
             )
             reply: dict[str, str] = {"ref": staged.ref(self.bucket)}
         except (UploadError, ValueError, TypeError, AttributeError) as exc:
@@ -187,12 +207,50 @@ class UploadService:
         if msg.reply:
             await msg.respond(json.dumps(reply).encode())
 
+    # --- runs -----------------------------------------------------------------------------
+
+    def open_run(self, run_id: str) -> Mapping[str, str]:
+        """Make ``run_id``'s own upload dir and token; the variables to set in its environment."""
+        if self.runs_dir is None:
+            return {}
+        directory = self.runs_dir / _safe_filename(run_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        run = RunUploadDir(run_id, directory, secrets.token_urlsafe(18))
+        self._runs[run_id] = run
+        return {"HIVEBUS_UPLOAD_DIR": str(directory), "HIVEBUS_UPLOAD_TOKEN": run.token}
+
+    def close_run(self, run_id: str) -> None:
+        """The run ended: it uploads nothing more; what it left in its dir is removed."""
+        run = self._runs.pop(run_id, None)
+        if run is not None:
+            shutil.rmtree(run.path, ignore_errors=True)
+
+    def _check_run(self, path: str, real: Path, run_id: object, token: object) -> None:
+        run = self._runs.get(run_id) if isinstance(run_id, str) else None
+        if run is None or not isinstance(token, str) or not secrets.compare_digest(run.token, token):
+            raise UploadError(
+                f"{path}: the request names no running plugin of this node (run {run_id!r})",
+                hint="a plugin uploads from the run the node started: the SDK sends its HIVEBUS_RUN_ID "
+                "and HIVEBUS_UPLOAD_TOKEN",
+            )
+        if not real.is_relative_to(run.path.resolve()):
+            raise UploadError(
+                f"{path} is outside run {run.run_id}'s upload dir {run.path}",
+                hint="a plugin uploads only files staged in its own run's dir (upload_file copies them there)",
+            )
+
     # --- accepting ------------------------------------------------------------------------
 
-    async def accept(self, path: object, meta: object, timestamp: object, keep: object = False) -> StagedUpload:
+    async def accept(self, path: object, meta: object, timestamp: object, keep: object = False, *,
+                     run_id: object = None, token: object = None) -> StagedUpload:
         """Check and stage one file durably; ``UploadError`` says what was wrong."""
         source, labels, ts = self._checked(path, meta, timestamp, keep)
-        size = self._checked_file(source)
+        real = source.resolve()
+        if self.runs_dir is not None:
+            self._check_run(str(path), real, run_id, token)
+        elif self.allowed_roots is not None and not any(real.is_relative_to(root) for root in self.allowed_roots):
+            raise UploadError(f"{path} is outside the directories this node uploads from")
+        size = self._checked_file(real)  # check and copy the file itself, not a link swapped in meanwhile
         if self.max_bytes is not None:
             backlog = self.backlog_bytes()
             if backlog + size > self.max_bytes:
@@ -200,7 +258,7 @@ class UploadService:
                     f"the node's upload store is full ({backlog} of {self.max_bytes} bytes wait for the hub)",
                     hint="try again later",
                 )
-        staged = await asyncio.to_thread(self._stage, source, labels, ts)
+        staged = await asyncio.to_thread(self._stage, real, labels, ts)
         if not keep:
             with contextlib.suppress(FileNotFoundError):
                 source.unlink()
@@ -221,10 +279,6 @@ class UploadService:
             raise UploadError(f"timestamp must be int nanoseconds since the epoch from 2000 on, not {timestamp!r}")
         if not isinstance(keep, bool):
             raise UploadError(f"keep must be true or false, not {keep!r}")
-        if self.allowed_roots is not None:
-            real = source.resolve()
-            if not any(real.is_relative_to(root) for root in self.allowed_roots):
-                raise UploadError(f"{path} is outside the directories this node uploads from")
         return source, {**meta, "filename": meta.get("filename") or source.name}, timestamp
 
     def _checked_file(self, source: Path) -> int:

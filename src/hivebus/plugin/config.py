@@ -42,6 +42,7 @@ class PluginConfig:
     identity: Mapping[str, str] = field(default_factory=dict)
     run_id: str = ""
     upload_dir: Path | None = None
+    upload_token: str = ""  # names this run to the node's upload service (HIVEBUS_UPLOAD_TOKEN)
     # pywaggle's run log (PYWAGGLE_LOG_DIR): data.ndjson + uploads/, written besides the bus.
     run_log_dir: Path | None = None
     # hivebus's own log of what could not reach a bus (or of everything, with no bus).
@@ -65,6 +66,7 @@ class PluginConfig:
             identity=identity,
             run_id=env.get("HIVEBUS_RUN_ID", ""),
             upload_dir=Path(upload_dir) if upload_dir else None,
+            upload_token=env.get("HIVEBUS_UPLOAD_TOKEN", ""),
             run_log_dir=Path(env["PYWAGGLE_LOG_DIR"]) if env.get("PYWAGGLE_LOG_DIR") is not None else None,
             offline_log=offline_log,
             offline_uploads=offline_uploads,

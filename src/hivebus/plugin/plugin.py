@@ -243,7 +243,8 @@ class Plugin:
             staged = self.config.upload_dir / f"{self.config.run_id or 'run'}-{timestamp}-{source.name}"
             shutil.copyfile(source, staged)
             sent_path, sent_keep = staged, False
-        request = {"path": str(sent_path), "meta": meta, "timestamp": timestamp, "keep": sent_keep}
+        request = {"path": str(sent_path), "meta": meta, "timestamp": timestamp, "keep": sent_keep,
+                   "run_id": self.config.run_id, "token": self.config.upload_token}
         try:
             reply = link.request(UPLOAD_SUBJECT, json.dumps(request).encode(), self.config.request_timeout)
             answer = json.loads(reply)
