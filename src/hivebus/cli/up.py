@@ -87,7 +87,7 @@ async def _web(platform: Platform, http: tuple[str, int], stop: asyncio.Event) -
     assert platform.info is not None
     config = WebConfig(settings=replace(platform.settings, nats_url=platform.info.nats_url))
     try:
-        await serve(config, *http, stop, on_listening=lambda url: out.print(f"HTTP      {url}  (API docs {url}/docs)"))
+        await serve(config, *http, stop, on_listening=lambda url: out.print(f"HTTP      {url}  (dashboard {url}/, API docs {url}/docs)"))
     except HivebusError as exc:
         out.print(f"[yellow]the web API did not start:[/] {exc}")
 

@@ -23,7 +23,7 @@ def web(
     max_body: Annotated[int, typer.Option(help="Largest JSON request body, in bytes.")] = 1024 * 1024,
     max_upload: Annotated[int, typer.Option(help="Largest object upload, in bytes.")] = 8 * 1024**3,
 ) -> None:
-    """Serve the HTTP API: POST /api/v1/query (Sage data API), /api/v1/sql, /api/v1/objects; docs at /docs."""
+    """Serve the dashboard at / and the HTTP API: POST /api/v1/query (Sage data API), /api/v1/sql, /api/v1/objects; docs at /docs."""
     from hivebus.bus.client import Bus
     from hivebus.web.app import WebConfig
     from hivebus.web.serve import serve
@@ -44,5 +44,5 @@ def web(
 
 
 def announce(url: str) -> None:
-    err.print(f"hivebus web: {url} (API docs {url}/docs; Ctrl-C stops)", highlight=False, soft_wrap=True)
+    err.print(f"hivebus web: {url} (dashboard {url}/, API docs {url}/docs; Ctrl-C stops)", highlight=False, soft_wrap=True)
     print(url, flush=True)
