@@ -31,8 +31,10 @@ from hivebus.schemas.ecr import (
     BundlePushed,
     PermissionGranted,
     PermissionRevoked,
+    Provenance,
 )
 from hivebus.schemas.envelope import Event, Payload
+from hivebus.schemas.storage import object_ref
 from hivebus.services.requests import Answer, request_at
 
 ecr_app = typer.Typer(
@@ -141,6 +143,18 @@ def push(
             "--artifact", "-a", help="A file of the bundle (model, code archive); repeatable."
         ),
     ] = None,
+    training_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--training-data",
+            help="Where the model's training data is: storage://<bucket>/<key> (an object "
+            "of the object store) or a URL/DOI; repeatable.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="The model it runs: storage://<bucket>/<key> or a URL."),
+    ] = None,
     wait: Annotated[
         bool, typer.Option(help="Kept for old scripts: a push is always decided at once.")
     ] = True,
@@ -174,8 +188,10 @@ def push(
         version=version,
         explicit=explicit,
     )
+    provenance = _provenance(training_data or [], model)
     payload = BundlePushed(
-        app=spec, pusher=pusher, artifacts=[artifact(p) for p in artifacts or []]
+        app=spec, pusher=pusher, artifacts=[artifact(p) for p in artifacts or []],
+        provenance=provenance,
     )
     event = Event.new(payload, source=f"user/{pusher}", subject=spec.bundle_id)
     answer = run(_ask(hub, event, [], timeout))
@@ -447,6 +463,8 @@ def show(
                     [bundle, ns],
                 )
             ).records()
+            if rows:
+                rows[0]["provenance_objects"] = await _resolve_provenance(bus, rows[0].get("provenance"))
         return rows, grants, profiles, refused
 
     rows, grants, profiles, refused = run(fetch())
@@ -487,6 +505,7 @@ def show(
         out.print("  last push rejected:")
         for reason in row["reasons"]:
             out.print(f"    - {reason}")
+    _print_provenance(row.get("provenance_objects") or [], _provenance_notes(row.get("provenance")))
     for g in grants:
         out.print(
             f"  grant: {g['grantee_type']} {g['grantee']} {g['permission']} on {g['resource']} (by {g['granted_by']})"
@@ -495,6 +514,98 @@ def show(
         summary = {k: v for k, v in p.items() if k not in ("bundle_id",) and v is not None}
         out.print(f"  profile: {summary}")
     _print_rejections(refused)
+
+
+def _provenance(training_data: list[str], model: str | None) -> Provenance | None:
+    if not training_data and not model:
+        return None
+    try:
+        return Provenance(training_data=training_data, model=model)
+    except ValueError as exc:
+        problems = [str(e.get("msg", e)).removeprefix("Value error, ") for e in getattr(exc, "errors", lambda: [])()]
+        error = RequestRejected("provenance: " + "; ".join(problems or [str(exc)]), problems)
+        error.hint = "an object is storage://<bucket>/<key>, e.g. storage://camera7/imgs/a.jpg"
+        raise error from None
+
+
+def _provenance_doc(value: object) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _provenance_notes(value: object) -> str:
+    return str(_provenance_doc(value).get("notes") or "")
+
+
+async def _resolve_provenance(bus: Bus, value: object) -> list[dict[str, Any]]:
+    """Each provenance entry, and for a ``storage://`` one the object the ``objects`` view
+    holds under that bucket (id, or name when one bucket has it) and key: size, digest."""
+    from hivebus.projections.client import query
+
+    doc = _provenance_doc(value)
+    entries = [("training_data", str(r)) for r in doc.get("training_data") or []]
+    if doc.get("model"):
+        entries.append(("model", str(doc["model"])))
+    resolved: list[dict[str, Any]] = []
+    for field, ref in entries:
+        entry: dict[str, Any] = {"field": field, "ref": ref}
+        resolved.append(entry)
+        try:
+            parts = object_ref(ref)
+        except ValueError:
+            parts = None
+        if parts is None:
+            entry["status"] = "external"
+            continue
+        bucket, key = parts
+        entry.update(bucket=bucket, key=key)
+        try:
+            found = (await query(
+                bus,
+                "SELECT b.bucket_id, b.name, o.size, o.digest, o.put_at FROM buckets b "
+                "LEFT JOIN objects o ON o.bucket_id = b.bucket_id AND o.key = ? "
+                "WHERE b.bucket_id = ? OR b.name = ? ORDER BY b.bucket_id = ? DESC, b.created_at",
+                [key, bucket, bucket, bucket],
+            )).records()
+        except QueryError as exc:
+            entry.update(status="unresolved", reason=f"the object store's views cannot be read ({exc})")
+            continue
+        exact = [f for f in found if f["bucket_id"] == bucket]
+        candidates = exact or found
+        if not candidates:
+            entry.update(status="missing", reason=f"no bucket {bucket}")
+        elif len(candidates) > 1:
+            ids = ", ".join(f["bucket_id"] for f in candidates)
+            entry.update(status="ambiguous", reason=f"{len(candidates)} buckets are called {bucket} ({ids}): use the id")
+        elif candidates[0]["size"] is None:
+            entry.update(status="missing", bucket_id=candidates[0]["bucket_id"],
+                         reason=f"no object {key} in bucket {candidates[0]['bucket_id']}")
+        else:
+            hit = candidates[0]
+            entry.update(status="present", bucket_id=hit["bucket_id"], size=hit["size"], digest=hit["digest"],
+                         put_at=str(hit["put_at"]))
+    return resolved
+
+
+def _print_provenance(entries: list[dict[str, Any]], notes: str) -> None:
+    if not entries and not notes:
+        return
+    out.print("  provenance:")
+    for e in entries:
+        label = "training data" if e["field"] == "training_data" else "model"
+        if e["status"] == "present":
+            detail = f"{e['size']:,} bytes, {e['digest']} (bucket {e['bucket_id']})"
+        elif e["status"] == "external":
+            detail = "not in the object store"
+        else:
+            detail = f"[red]{e['status'].upper()}[/]: {e['reason']}"
+        out.print(f"    {label}: {e['ref']}  {detail}", highlight=False)
+    if notes:
+        out.print(f"    notes: {notes}", highlight=False)
 
 
 def _print_rejections(rows: list[dict[str, Any]]) -> None:

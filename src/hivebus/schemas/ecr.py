@@ -32,6 +32,7 @@ from hivebus.schemas.fields import (
     one_union_error,
 )
 from hivebus.schemas.registry import event
+from hivebus.schemas.storage import object_ref
 
 __all__ = [
     "AppInput",
@@ -272,11 +273,21 @@ class AppTesting(Part):
 
 
 class Provenance(Part):
-    """Where a bundle's model came from: training data (bucket objects or URLs) and model."""
+    """Where a bundle's model came from: training data (bucket objects or URLs) and model.
+
+    An entry ``storage://<bucket>/<key>`` names an object of the hub's object store (bucket id
+    or name; ``schemas.storage.object_ref``), which ``hivebus ecr show`` resolves against the
+    ``objects`` view; anything else (a URL, a DOI) is kept as written."""
 
     training_data: list[str] = Field(default_factory=list)
     model: str | None = None
     notes: str = ""
+
+    @model_validator(mode="after")
+    def _object_refs_are_well_formed(self) -> Self:
+        for ref in [*self.training_data, *([self.model] if self.model else [])]:
+            object_ref(ref)  # ValueError for a malformed storage:// reference
+        return self
 
 
 class ArtifactRef(Part):

@@ -24,6 +24,21 @@ AUTHENTICATED_USERS = "AuthenticatedUsers"
 GROUPS = (ALL_USERS, AUTHENTICATED_USERS)
 UPLOAD_BUCKET_PREFIX = "upload-"
 UPLOAD_SUBJECT = "hivebus.storage.upload"  # + ".<node>": a node's uploads, decided on the hub
+STORAGE_SCHEME = "storage://"  # storage://<bucket>/<key>: an object named in ECR provenance
+
+
+def object_ref(text: str) -> tuple[str, str] | None:
+    """``(bucket, key)`` of a ``storage://<bucket>/<key>`` reference (``bucket``: the bucket's id
+    or its name); None for anything else (a URL, a DOI, free text). ``ValueError`` when it starts
+    with ``storage://`` and is not a well-formed reference."""
+    if not text.startswith(STORAGE_SCHEME):
+        return None
+    bucket, _, key = text[len(STORAGE_SCHEME):].partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{text!r} is not storage://<bucket>/<key>")
+    if any(p in ("", ".", "..") for p in key.split("/")) or any(ord(c) < 32 or c == "\\" for c in text):
+        raise ValueError(f"{text!r}: the key has an empty, '.' or '..' part, or a control character")
+    return bucket, key
 
 
 def upload_bucket(node: str) -> str:
@@ -107,7 +122,7 @@ class StorageCommandRejected(Payload):
 
 
 __all__ = [
-    "ALL_USERS", "AUTHENTICATED_USERS", "GROUPS", "UPLOAD_BUCKET_PREFIX", "UPLOAD_SUBJECT", "AclChanged", "AclVerb",
-    "BucketCreated", "BucketDeleted",
-    "BucketType", "Grant", "ObjectDeleted", "ObjectPut", "StorageCommandRejected", "upload_bucket",
+    "ALL_USERS", "AUTHENTICATED_USERS", "GROUPS", "STORAGE_SCHEME", "UPLOAD_BUCKET_PREFIX", "UPLOAD_SUBJECT",
+    "AclChanged", "AclVerb", "BucketCreated", "BucketDeleted", "BucketType", "Grant", "ObjectDeleted", "ObjectPut",
+    "StorageCommandRejected", "object_ref", "upload_bucket",
 ]
