@@ -22,6 +22,7 @@ import structlog
 
 from hivebus.auth.hub import HubAuth
 from hivebus.auth.permissions import SERVICE
+from hivebus.auth.tls import HubTLS, hub_ca
 from hivebus.bus.client import Bus
 from hivebus.bus.lifeline import spawn
 from hivebus.bus.server import NatsServer, ServerConfig
@@ -40,6 +41,12 @@ class PlatformOptions:
     # Authentication on the embedded server: nodes and services present credentials
     # (``<data_dir>/auth``), everything else is the public identity (hivebus.auth).
     auth: bool = True
+    # TLS on the embedded server's client port (auth.tls): the hub's own CA in <data_dir>/tls
+    # with a server certificate for this machine's names and ``tls_hosts``, or the operator's
+    # ``tls_files`` (certificate, key, CA).
+    tls: bool = False
+    tls_hosts: tuple[str, ...] = ()
+    tls_files: tuple[Path | None, Path | None, Path | None] | None = None
 
     @property
     def db_path(self) -> Path:
@@ -79,6 +86,9 @@ class Platform:
         if self.options.nats_url:
             return self.options.nats_url
         include = None
+        # before any credential is written: they carry its CA
+        tls = HubTLS.choose(self.options.data_dir, enabled=self.options.tls, hosts=self.options.tls_hosts,
+                            files=self.options.tls_files or (None, None, None))
         if self.options.auth:
             self.auth = HubAuth.of_data_dir(self.options.data_dir).ensure()
             self.settings = replace(self.settings, nats_credentials=self.auth.creds_path(SERVICE))
@@ -88,7 +98,7 @@ class Platform:
         self.server = NatsServer(
             ServerConfig(
                 store_dir=self.options.data_dir / "nats", port=self.options.nats_port, fsync=self.settings.fsync,
-                include=include,
+                include=include, tls=tls.server_block() if tls is not None else None,
             )
         ).start()
         return self.server.url
@@ -145,6 +155,8 @@ class Platform:
         env = {**os.environ, "HIVEBUS_LOG_FORMAT": "json"}
         if self.auth is not None:
             env["HIVEBUS_NATS_CREDENTIALS"] = str(self._node_creds(node))
+        if (ca := hub_ca(self.options.data_dir)) is not None:
+            env["HIVEBUS_TLS_CA"] = str(ca.resolve())
         # spawn: the node gets SIGTERM from the kernel if this process dies, however it dies
         proc = spawn(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.info("platform.node_started", node=node, pid=proc.pid)

@@ -39,7 +39,7 @@ class Settings:
     # machine), else none (the public identity: queries, commands with a user token).
     nats_credentials: Path | None = None
     # The hub's CA (PEM file) for a connection over TLS without a credential that embeds it.
-    # Unset: the CA in the credential, else <data_dir>/tls/ca.pem if this machine is the hub.
+    # Unset: the CA in the credential, else <data_dir>/tls/ca.pem if this machine is a hub with TLS.
     tls_ca: Path | None = None
     data_dir: Path = Path(".hivebus")
     nats_port: int = 4222
@@ -75,8 +75,8 @@ class Settings:
     def tls_ca_file(self) -> Path | None:
         if self.tls_ca is not None:
             return self.tls_ca
-        own = self.data_dir / "tls" / "ca.pem"
-        return own if own.exists() else None
+        own = self.data_dir / "tls" / "ca.pem"  # auth.tls: while the hub of this data dir runs with TLS
+        return own if own.exists() and (own.parent / "active").exists() else None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -44,6 +44,7 @@ class TlsHub:
 @pytest.fixture
 async def hub(nats_server_factory: NatsServerFactory, tmp_path: Path) -> AsyncIterator[TlsHub]:
     tls = HubTLS.ensure(tmp_path)
+    HubTLS.activate(tmp_path, tls)
     auth = HubAuth.of_data_dir(tmp_path).ensure()
     w001 = auth.add_node("W001")
     server = nats_server_factory("hub", store_dir=tmp_path / "nats", include=auth.conf_path, tls=tls.server_block())
@@ -113,6 +114,15 @@ async def test_a_name_the_certificate_does_not_hold_is_refused(hub: TlsHub, tmp_
     assert "not trusted" in str(refused.value) and "--tls-host" in (refused.value.hint or "")
 
 
+async def test_a_client_holding_the_ca_never_talks_to_a_plaintext_impostor(
+    hub: TlsHub, nats_server_factory: NatsServerFactory, tmp_path: Path,
+) -> None:
+    """A server without the hub's certificate at the hub's address gets a TLS hello, not a password."""
+    impostor = nats_server_factory("impostor")  # plain NATS, no TLS
+    with pytest.raises(ConnectError):
+        await Bus.connect(impostor.url, settings=elsewhere(tmp_path), connect_timeout=3, **hub.w001.connect_options())
+
+
 async def test_the_ca_file_serves_connections_without_credentials(hub: TlsHub, tmp_path: Path) -> None:
     ca = tmp_path / "hub-ca.pem"
     shutil.copy(hub.tls.ca_file, ca)
@@ -132,3 +142,70 @@ def test_the_server_certificate_is_reissued_for_a_new_name_from_the_same_ca(tmp_
     assert (tmp_path / "tls" / "server.key").stat().st_mode & 0o777 == 0o600
     context = client_context(ca)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_hivebus_up_with_tls_runs_the_platform_over_tls(tmp_path: Path) -> None:
+    """``hivebus up --tls --virtual-nodes 1``: the virtual node, the handlers, the projector and
+    the web API all reach the hub over TLS; the CLI on the hub machine too; a node added with
+    ``hivebus node add`` gets a file that connects from elsewhere with nothing else copied."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from hivebus.bus.ports import free_port
+
+    data = tmp_path / ".hivebus"
+    env = {**os.environ, "HIVEBUS_LOG_LEVEL": "info", "COLUMNS": "200", "HIVEBUS_DATA_DIR": str(data)}
+    for name in ("HIVEBUS_NATS_URL", "HIVEBUS_NATS_CREDENTIALS", "HIVEBUS_TLS_CA"):
+        env.pop(name, None)
+    port = free_port()
+    log = tmp_path / "up.log"
+    with log.open("wb") as sink:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "hivebus", "up", "--tls", "--virtual-nodes", "1", "--nats-port", str(port),
+             "--http-port", "0", "--data-dir", str(data)],
+            cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def hivebus(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hivebus", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    try:
+        deadline = time.monotonic() + 90
+        counted = None
+        while time.monotonic() < deadline:
+            assert up.poll() is None, log.read_text()[-4000:]
+            done = hivebus("query", "--hub", f"tls://127.0.0.1:{port}", "--format", "csv",
+                           "select count(*) as n from readings where meta['node'] = 'V001'")
+            if done.returncode == 0 and (lines := done.stdout.split()) and lines[-1].isdigit() and int(lines[-1]) > 0:
+                counted = int(lines[-1])
+                break
+            time.sleep(1)
+        assert counted, f"no reading of V001 over TLS: {done.stdout}{done.stderr}\n{log.read_text()[-4000:]}"
+        text = log.read_text()
+        assert f"tls://127.0.0.1:{port}" in text and "tls       required" in text
+        url = next(w for line in text.splitlines() if line.startswith("HTTP") for w in line.split() if w.startswith("http://"))
+        nodes = httpx.get(f"{url}/api/v1/nodes", timeout=30).json()["items"]
+        assert [n["node_id"] for n in nodes] == ["V001"]
+
+        added = hivebus("node", "add", "W100", "--out", str(tmp_path / "W100.creds"), "--data-dir", str(data))
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert Credential.load(tmp_path / "W100.creds").ca == (data / "tls" / "ca.pem").read_text()
+        by_nats_url = hivebus("query", "--hub", f"nats://127.0.0.1:{port}", "select 1")
+        assert by_nats_url.returncode == 0  # the hub machine's CLI finds the CA in the data dir: TLS all the same
+        away = {k: v for k, v in env.items() if k != "HIVEBUS_DATA_DIR"}
+        elsewhere = subprocess.run([sys.executable, "-m", "hivebus", "query", "--hub", f"tls://127.0.0.1:{port}",
+                                    "select 1"], cwd=tmp_path, env={**away, "HIVEBUS_DATA_DIR": str(tmp_path / "elsewhere")},
+                                   capture_output=True, text=True, timeout=60)
+        assert elsewhere.returncode != 0 and "HIVEBUS_TLS_CA" in elsewhere.stderr and "Traceback" not in elsewhere.stderr
+    finally:
+        up.terminate()
+        try:
+            up.wait(30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+    assert "Traceback" not in log.read_text(), log.read_text()[-4000:]

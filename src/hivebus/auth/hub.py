@@ -31,7 +31,7 @@ import structlog
 
 from hivebus.auth import permissions
 from hivebus.auth.credentials import Credential
-from hivebus.auth.tls import CA_FILE, TLS_DIR
+from hivebus.auth.tls import hub_ca
 from hivebus.bus.server import reload_server
 from hivebus.errors import SetupError
 
@@ -70,8 +70,8 @@ class HubAuth:
 
     def ca(self) -> str | None:
         """The CA (PEM) of the hub's TLS, when this data dir has one (``auth.tls``)."""
-        path = self.dir.parent / TLS_DIR / CA_FILE
-        return path.read_text() if path.exists() else None
+        path = hub_ca(self.dir.parent)
+        return path.read_text() if path is not None else None
 
     # --- reading ----------------------------------------------------------------------
 

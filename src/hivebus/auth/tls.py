@@ -42,6 +42,7 @@ from hivebus.errors import SetupError
 
 TLS_DIR: Final = "tls"
 CA_FILE: Final = "ca.pem"
+ACTIVE: Final = "active"  # present while the hub of this data dir runs with TLS
 _CA_KEY: Final = "ca.key"
 _SERVER_CERT: Final = "server.pem"
 _SERVER_KEY: Final = "server.key"
@@ -77,12 +78,41 @@ class HubTLS:
         return cls(cert_file, key_file, ca_file)
 
     @classmethod
-    def provided(cls, cert: Path, key: Path, ca: Path) -> HubTLS:
-        """The operator's own certificate, key and the CA that issued the certificate."""
+    def provided(cls, data_dir: Path, cert: Path, key: Path, ca: Path) -> HubTLS:
+        """The operator's own certificate and key, and the CA that issued the certificate (copied
+        to ``<data_dir>/tls/ca.pem``, where the hub's credentials and local clients find it)."""
         for what, path in (("certificate", cert), ("key", key), ("CA", ca)):
             if not Path(path).is_file():
                 raise SetupError(f"TLS {what} file {path} does not exist", hint="give PEM files: --tls-cert, --tls-key, --tls-ca")
-        return cls(Path(cert), Path(key), Path(ca))
+        client_context(Path(ca).read_text())  # a clear error now rather than at the first client
+        directory = Path(data_dir) / TLS_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        copy = directory / CA_FILE
+        copy.write_bytes(Path(ca).read_bytes())
+        return cls(Path(cert), Path(key), copy)
+
+    @classmethod
+    def choose(cls, data_dir: Path, *, enabled: bool, hosts: Sequence[str] = (),
+               files: tuple[Path | None, Path | None, Path | None] = (None, None, None)) -> HubTLS | None:
+        """What ``--tls``/``--tls-host``/``--tls-cert --tls-key --tls-ca`` ask for, made ready and
+        recorded (``activate``); None: no TLS."""
+        given = [f for f in files if f is not None]
+        if given and len(given) != 3:
+            raise SetupError("--tls-cert, --tls-key and --tls-ca go together", hint="give all three, or none for the hub's own CA")
+        tls = cls.provided(data_dir, *given) if given else cls.ensure(data_dir, hosts) if enabled else None
+        cls.activate(data_dir, tls)
+        return tls
+
+    @staticmethod
+    def activate(data_dir: Path, tls: HubTLS | None) -> None:
+        """Record whether the hub of ``data_dir`` runs with TLS: its credentials carry the CA
+        only then, so a hub started again without TLS does not hand out a CA nobody serves."""
+        marker = Path(data_dir) / TLS_DIR / ACTIVE
+        if tls is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(tls.cert_file.resolve()) + "\n")
 
     def ca_pem(self) -> str:
         return self.ca_file.read_text()
@@ -90,15 +120,19 @@ class HubTLS:
     def server_block(self) -> str:
         """The body of nats-server's ``tls { }`` block: TLS required on the client port."""
         q = json.dumps
+        # handshake_first auto: hivebus clients start with the TLS handshake, so a client that
+        # holds the CA never sends its password to a server that does not prove itself first
+        # (no downgrade to plaintext); other clients get INFO after 50 ms and upgrade as usual.
         return (f"  cert_file: {q(str(self.cert_file.resolve()))}\n"
                 f"  key_file: {q(str(self.key_file.resolve()))}\n"
+                "  handshake_first: auto\n"
                 "  timeout: 5")
 
 
 def hub_ca(data_dir: Path) -> Path | None:
     """The CA file of the hub whose data dir this is, if it runs with TLS."""
     path = Path(data_dir) / TLS_DIR / CA_FILE
-    return path if path.exists() else None
+    return path if path.exists() and (path.parent / ACTIVE).exists() else None
 
 
 def client_context(ca_pem: str) -> ssl.SSLContext:

@@ -96,6 +96,10 @@ class Bus:
             options = {**Credential.load(creds).connect_options(), **options}
         if "tls" not in options and (ca := settings.tls_ca_file()) is not None:
             options["tls"] = tls_context_from(ca)
+        if options.get("tls") is not None:
+            # TLS before anything else: nothing, the password least of all, goes to a server
+            # that has not proven itself with the hub's certificate (auth.tls: handshake_first)
+            options.setdefault("tls_handshake_first", True)
         denied: dict[str, str] = {}
         refused: list[str] = []
         untrusted: list[str] = []

@@ -14,8 +14,10 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from hivebus.auth.tls import hub_ca
 from hivebus.bootstrap import Platform, PlatformInfo, PlatformOptions
 from hivebus.cli.app import app, out, run, settings
+from hivebus.cli.server import Tls, TlsCa, TlsCert, TlsHost, TlsKey
 from hivebus.cli.web import HttpHost, HttpPort
 from hivebus.errors import HivebusError
 
@@ -42,10 +44,16 @@ def up(
     auth: Annotated[bool, typer.Option("--auth/--no-auth", help="Authenticate nodes and services on the embedded server (hivebus.auth); --no-auth opens it to anyone who can reach the port.")] = True,
     http_port: HttpPort = 8080,
     http_host: HttpHost = "127.0.0.1",
+    tls: Tls = False,
+    tls_host: TlsHost = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
 ) -> None:
     """Start the platform: nats-server, streams, handlers, projector + query service, virtual nodes."""
     cfg = settings(None, data_dir=data_dir, nats_port=nats_port)
-    options = PlatformOptions(data_dir=data_dir, nats_port=nats_port, nats_url=nats_url, virtual_nodes=virtual_nodes, auth=auth)
+    options = PlatformOptions(data_dir=data_dir, nats_port=nats_port, nats_url=nats_url, virtual_nodes=virtual_nodes,
+                              auth=auth, tls=tls, tls_hosts=tuple(tls_host or ()), tls_files=(tls_cert, tls_key, tls_ca))
     platform = Platform(cfg, options)
     run(_up(platform, demo, (http_host, http_port)))
 
@@ -106,6 +114,8 @@ def _announce(info: PlatformInfo, *, authenticated: bool) -> None:
         f"nodes     {', '.join(info.nodes) or 'none (--virtual-nodes N)'}",
         f"logs      {info.logs_dir}",
         access,
+        *([f"tls       required; CA {ca} (in node credentials; elsewhere HIVEBUS_TLS_CA=<a copy>)"]
+          if (ca := hub_ca(info.data_dir)) is not None else []),
         "",
         "try, in another terminal (. .venv/bin/activate first):",
         f"  export HIVEBUS_NATS_URL={info.nats_url}",

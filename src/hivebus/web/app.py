@@ -75,15 +75,23 @@ WebFace = Annotated[Face, Depends(face)]
 
 def nats_router(settings: Settings) -> NatsRouter:
     """FastStream's router, connecting as this machine's service identity (if it has one)."""
+    from faststream.nats.security import NatsSecurity, NatsUserPassword
+
+    from hivebus.bus.client import tls_context_from
+
     options: dict[str, Any] = {}
     security: BaseSecurity | None = None
     creds = settings.credentials_file()
-    if creds is not None:
-        from faststream.nats.security import NatsUserPassword
-
-        credential = Credential.load(creds)
-        security = NatsUserPassword(credential.user, credential.password)
+    credential = Credential.load(creds) if creds is not None else None
+    ca = settings.tls_ca_file()
+    tls = credential.tls_context() if credential is not None and credential.ca else tls_context_from(ca) if ca else None
+    # as Bus.connect: with the hub's CA, TLS first (auth.tls)
+    tls_options: dict[str, Any] = {"ssl_context": tls, "tls_handshake_first": True} if tls is not None else {}
+    if credential is not None:
+        security = NatsUserPassword(credential.user, credential.password, **tls_options)
         options["inbox_prefix"] = credential.inbox_prefix
+    elif tls is not None:
+        security = NatsSecurity(**tls_options)
     servers = [s.strip() for s in settings.nats_url.split(",")]
     return NatsRouter(
         servers, name="hivebus-web", security=security, max_reconnect_attempts=-1, reconnect_time_wait=1,
