@@ -1,5 +1,7 @@
 """What ``hivebus up --demo`` (``make run``) does once the platform runs: push the example
-BME680 plugin, approve it, and submit a job that runs it every minute on the virtual nodes.
+BME680 plugin, approve it, make it public (AllUsers may READ it, as Waggle's plugins are in
+Sage's app store, so the dashboard shows it to anyone), and submit a job that runs it every
+minute on the virtual nodes.
 
 Each step is an ordinary event a user could publish, answered by the handlers. Running the
 demo again after a restart is harmless: the bundle is already registered (the ECR answers
@@ -19,7 +21,7 @@ from hivebus.bus.client import Bus
 from hivebus.errors import HivebusError, QueryError, RequestTimeout
 from hivebus.formats import load_app, load_job
 from hivebus.schemas import Event
-from hivebus.schemas.ecr import BundleApproved, BundlePushed
+from hivebus.schemas.ecr import ALL_USERS, BundleApproved, BundlePushed, PermissionGranted
 from hivebus.schemas.ses import JobSubmitted
 from hivebus.services.requests import request
 
@@ -48,6 +50,11 @@ async def start_demo(bus: Bus, info: PlatformInfo, *, timeout: float = 30.0) -> 
         raise HivebusError(f"demo: {app.bundle_id} was rejected: {'; '.join(rejected[0].data.reasons)}")
     approved = Event.new(BundleApproved(bundle_id=app.bundle_id, by=REVIEWER), source=f"user/{REVIEWER}", subject=app.bundle_id)
     await request(bus, approved, handler="ecr", answers=["evt.ecr.bundle.approved.>"], timeout=timeout)
+    public = Event.new(PermissionGranted(resource=app.bundle_id, grantee_type="group", grantee=ALL_USERS,
+                                         permission="READ", by=DEMO_USER), source=f"user/{DEMO_USER}", subject=app.bundle_id)
+    answer = await request(bus, public, handler="ecr", answers=["evt.ecr.command.rejected.>"], timeout=timeout)
+    if answer.reasons:
+        raise HivebusError(f"demo: {app.bundle_id} could not be made public: {'; '.join(answer.reasons)}")
     await wait_for_nodes(bus, info.nodes, timeout=timeout * 2)
     spec = load_job(DEMO_JOB)
     submitted = Event.new(JobSubmitted(job_id=job_id, user=DEMO_USER, spec=spec), source=f"user/{DEMO_USER}", subject=job_id)

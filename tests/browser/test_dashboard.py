@@ -153,21 +153,11 @@ def test_the_jobs_shown_equal_the_view(up: Up, page: Any) -> None:
     assert page.locator("#triggers").is_visible()
 
 
-def test_the_app_store_shows_private_apps_after_sign_in(up: Up, page: Any) -> None:
+def test_the_app_store_shows_the_demo_app_and_its_grants_after_sign_in(up: Up, page: Any) -> None:
     bundle = up.sql("select bundle_id, version, state, public from bundles")[0]
-    assert bundle["public"] is False  # the demo app is private: its owner (waggle) signs in
+    assert bundle["public"] is True  # the demo makes it public: anyone sees it
     goto(page, up, "#/apps")
-    page.locator("#apps").wait_for(timeout=WAIT)
-    assert page.locator("#apps tr[data-app]").count() == 0
-
-    token = up.cli("user", "add", "waggle").strip().splitlines()[-1]
-    page.fill("#token", token)
-    with page.expect_request(lambda r: r.url.endswith("/api/v1/apps?limit=1000")) as sent:
-        page.click("#signin-save")
-    assert sent.value.headers.get("authorization") == f"sage {token}"
-    assert page.evaluate("localStorage.getItem('hivebus.token')") == token
     page.locator('#apps tr[data-app="waggle/plugin-bme680"]').wait_for(timeout=WAIT)
-
     page.click('#apps a[href="#/apps/waggle/plugin-bme680"]')
     page.locator("#versions tr[data-version]").first.wait_for(timeout=WAIT)
     versions = page.eval_on_selector_all("#versions tr[data-version]", "rs => rs.map(r => [r.dataset.version, r.dataset.state])")
@@ -177,7 +167,22 @@ def test_the_app_store_shows_private_apps_after_sign_in(up: Up, page: Any) -> No
         assert int(bars.get_attribute("data-bars")) >= 3, metric  # p50, p95, max of >= 1 class
     shown = int(page.locator("tr[data-profile]").first.get_attribute("data-runs"))
     assert 0 < shown <= up.sql("select sum(runs) as n from profiles")[0]["n"]
-    assert page.locator("#permissions").is_visible()  # the owner may read the grants (none)
+    # anonymous may not read the grants; the owner, signed in, may
+    assert page.locator("p#permissions").is_visible()
+
+    token = up.cli("user", "add", "waggle").strip().splitlines()[-1]
+    page.fill("#token", token)
+    with page.expect_request(lambda r: r.url.endswith("/api/v1/apps/waggle/plugin-bme680")) as sent:
+        page.click("#signin-save")
+    assert sent.value.headers.get("authorization") == f"sage {token}"
+    assert page.evaluate("localStorage.getItem('hivebus.token')") == token
+    grants = page.locator("table#permissions tbody tr")
+    grants.first.wait_for(timeout=WAIT)
+    viewed = up.sql("select resource, grantee_type, grantee, permission from bundle_permissions order by all")
+    assert [[c.strip() for c in row[1:4]] for row in page.eval_on_selector_all(
+        "table#permissions tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")] == [
+        [v["resource"], f"{v['grantee_type']} {v['grantee']}", v["permission"]] for v in viewed]
+    assert viewed and viewed[0]["grantee"] == "AllUsers"
     page.click("#signout")
     page.locator("#token").wait_for(state="visible", timeout=WAIT)
     assert page.evaluate("localStorage.getItem('hivebus.token')") is None

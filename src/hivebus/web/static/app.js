@@ -312,7 +312,7 @@ function keepFresh(id, wanted, refresh, every = 30) {
   const listener = (event) => {
     if (!wanted(event)) return;
     minSeq = Math.max(minSeq, event.seq || 0);
-    if (timer === null) timer = setTimeout(() => run("stream"), 250);
+    if (timer === null) timer = setTimeout(() => run("stream"), 500);
   };
   live.listeners.add(listener);
   const poll = setInterval(() => run("poll"), every * 1000);
