@@ -62,7 +62,13 @@ class ToEdge:
                 return
             consuming = asyncio.create_task(self._consume(bus))
             stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # the agent is going down (the hub perhaps already gone): end the consumer here,
+                # or it dies at interpreter shutdown with a ConnectionClosedError traceback
+                await _settle(consuming, stopping)
+                raise
             stopping.cancel()
             if not consuming.done():
                 consuming.cancel()
@@ -161,3 +167,12 @@ def merge_config(current: dict[str, Any], update: NodeConfigUpdated) -> dict[str
     if update.settings:
         merged["settings"] = {**merged.get("settings", {}), **update.settings}
     return merged
+
+
+async def _settle(*tasks: asyncio.Task[object]) -> None:
+    """Cancel ``tasks`` and wait for them, whatever they end with."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
