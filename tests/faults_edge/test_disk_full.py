@@ -6,16 +6,21 @@
     and is still there), and the drop counter equals exactly the numbers that are missing.
     It keeps accepting; once the hub is back it forwards what it kept, and the final count
     (hub + outbox + counted drops) accounts for every number it ever handed out.
-(b) SQLite itself refuses to grow (``PRAGMA max_page_count`` on the agent's connection: what a
-    full file system looks like to SQLite, ``SQLITE_FULL``). The agent stays up, nothing it
-    had stored is lost, readings are refused and counted (``readings.disk_full``), a lifecycle
-    event emitted meanwhile waits and is delivered, and appends succeed again once there is room.
+(b) The disk fills up, two ways: SQLite refuses to grow (``PRAGMA max_page_count`` on the
+    agent's connection, ``SQLITE_FULL``), and a real file system full to the last byte (the
+    node's data dir on a 24 MiB tmpfs the test mounts, filled by another file; skipped where
+    mounting is not allowed). The agent stays up, nothing it had stored is lost, readings are
+    refused and counted (``readings.disk_full``), a lifecycle event emitted meanwhile waits and
+    is delivered, and appends succeed again once there is room.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import errno
+import os
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -127,13 +132,77 @@ async def set_max_pages(node: NodeAgent, pages: int) -> int:
     return await conn.call(apply)
 
 
+class PageCap:
+    """SQLite refuses to grow (``PRAGMA max_page_count``): SQLITE_FULL without touching the disk."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    async def fill(self, node: NodeAgent) -> None:
+        await set_max_pages(node, 1)
+
+    async def free(self, node: NodeAgent) -> None:
+        await set_max_pages(node, 1 << 30)
+
+
+class Tmpfs:
+    """A real full file system: the node's data dir on a small tmpfs, filled to the last byte
+    by another file (as a camera's images would), then freed by deleting that file."""
+
+    SIZE = 24 * 1024 * 1024
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.SIZE}", "tmpfs", str(data_dir)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (root and the mount syscall needed): {done.stderr.strip()}")
+        self.filler = data_dir / "filler"
+
+    async def fill(self, node: NodeAgent) -> None:
+        def write() -> None:
+            fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                for size in (1 << 20, 4096, 1):  # down to the last byte, so not even a page is left
+                    try:
+                        while os.write(fd, b"\0" * size):
+                            pass
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+            finally:
+                os.close(fd)
+
+        await asyncio.to_thread(write)
+
+    async def free(self, node: NodeAgent) -> None:
+        self.filler.unlink()
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.data_dir)], capture_output=True)
+
+
+@pytest.fixture(params=["sqlite-page-cap", "tmpfs"])
+def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PageCap | Tmpfs]:
+    data_dir = tmp_path / "node"
+    if request.param == "sqlite-page-cap":
+        yield PageCap(data_dir)
+        return
+    mounted = Tmpfs(data_dir)
+    try:
+        yield mounted
+    finally:
+        mounted.unmount()
+
+
 async def test_a_full_disk_refuses_readings_keeps_lifecycle_events_and_recovers(
-    tmp_path: Path, nats_server: NatsServer
+    tmp_path: Path, nats_server: NatsServer, disk: PageCap | Tmpfs
 ) -> None:
     bus = await hub_streams(nats_server.url)
     await bus.close()
     await asyncio.to_thread(nats_server.stop)
-    data_dir = tmp_path / "node"
+    data_dir = disk.data_dir
     first = await fresh_outbox(data_dir, "W062")
     config = AgentConfig.build(
         "W062", nats_server.url, data_dir=data_dir, virtual=True, virtual_rate=RATE,
@@ -158,7 +227,7 @@ async def test_a_full_disk_refuses_readings_keeps_lifecycle_events_and_recovers(
 
     await until(lambda: stored_beyond(RATE), 30, "readings in the outbox")
     try:
-        await set_max_pages(node, 1)  # the disk is full
+        await disk.fill(node)  # the disk is full
         await until(refused_beyond(0), 30, "the first refused reading")
         before = outbox_state(data_dir)  # all the node had stored when the disk filled up
         await until(refused_beyond(RATE), 30, "more refusals")
@@ -169,7 +238,7 @@ async def test_a_full_disk_refuses_readings_keeps_lifecycle_events_and_recovers(
         assert not task.done()
         refused = node.outbox.dropped()[DISK_FULL]
 
-        await set_max_pages(node, 1 << 30)  # room again
+        await disk.free(node)  # room again
         held = len(during.held)
         await until(lambda: stored_beyond(held + RATE), 30, "appends to succeed again")
         beat_event = await asyncio.wait_for(beat, 30)
