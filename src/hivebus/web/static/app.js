@@ -82,7 +82,7 @@ async function listing(path, fallbackSql, params) {
       const items = [];
       let cursor = null;
       do {
-        const page = await getJSON(`${path}?limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+        const page = await getJSON(`${path}${path.includes("?") ? "&" : "?"}limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
         items.push(...page.items);
         cursor = page.next;
       } while (cursor);
@@ -287,7 +287,8 @@ async function route() {
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.nav === section));
   const pages = {
     nodes: () => (parts[1] ? nodePage(id, parts[1], query) : nodesPage(id)),
-    jobs: () => (parts[1] ? jobPage(id, parts[1]) : jobsPage(id)),
+    jobs: () => (parts[1] ? jobPage(id, parts[1]) : jobsPage(id, query)),
+    "dead-letters": () => deadLettersPage(id),
     apps: () => (parts[2] ? appPage(id, parts[1], parts[2]) : appsPage(id)),
     data: () => dataPage(id, query),
   };
@@ -480,10 +481,15 @@ function rejectionsTable(rows) {
     el("td", {}, el("ul", { class: "plain" }, (r.reasons || []).map((x) => el("li", {}, x)))))) : [empty(5, "none")], { class: "rejections" });
 }
 
-async function jobsPage(id) {
+async function jobsPage(id, query) {
   const box = el("div", {});
+  const user = (query.get("user") || "").trim();
+  const who = el("input", { id: "jobs-user", value: user, placeholder: "every user", "aria-label": "jobs of user" });
+  const filter = el("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); location.hash = who.value.trim() ? `#/jobs?user=${encodeURIComponent(who.value.trim())}` : "#/jobs"; } },
+    el("label", {}, "jobs of user ", who), el("button", { type: "submit" }, "Show"));
   const render = async () => {
-    const [jobs, assignments, rejections] = await Promise.all([listing("/jobs", JOBS_SQL), sql("select * from assignments order by job_id, node, plugin"),
+    const jobs = user ? await listing(`/jobs?user=${encodeURIComponent(user)}`, "select * from jobs where user = ? order by job_id", [user]) : await listing("/jobs", JOBS_SQL);
+    const [assignments, rejections] = await Promise.all([sql("select * from assignments order by job_id, node, plugin"),
       sql("select * from rejections where decider = 'ses' order by time desc limit 200")]);
     if (!current(id)) return;
     box.replaceChildren(
@@ -493,12 +499,12 @@ async function jobsPage(id) {
           el("td", {}, j.user || "—"), el("td", {}, badge(j.state)), el("td", {}, list(j.plugins), el("div", { class: "muted" }, list(j.bundles))),
           el("td", {}, goalsCell(assignments.filter((a) => a.job_id === j.job_id))),
           el("td", {}, j.reasons && j.reasons.length ? el("ul", { class: "plain" }, j.reasons.map((x) => el("li", {}, x))) : "—"),
-          el("td", {}, when(j.updated_at)))) : [empty(7, "no jobs yet (hivebus job submit)")])),
+          el("td", {}, when(j.updated_at)))) : [empty(7, user ? `no jobs of ${user}` : "no jobs yet (hivebus job submit)")])),
       el("h2", {}, "Refused job commands"), rejectionsTable(rejections));
   };
   await render();
   if (!current(id)) return;
-  show(el("h1", {}, "Jobs"), box);
+  show(el("h1", {}, "Jobs"), filter, box);
   keepFresh(id, (e) => /^(ses|plugin)\./.test(e.type || ""), render, 15);
 }
 
@@ -599,6 +605,16 @@ async function appPage(id, namespace, name) {
     versions.map((v) => el("div", {}, el("strong", {}, v.version), v.provenance ? el("pre", {}, JSON.stringify(v.provenance, null, 2)) : el("span", { class: "muted" }, " no provenance recorded"),
       v.artifacts && v.artifacts.length ? el("pre", {}, JSON.stringify(v.artifacts, null, 2)) : null)),
     el("h2", {}, "Refused commands"), rejectionsTable(rejections));
+}
+
+// --- dead letters (admins) --------------------------------------------------------------------
+async function deadLettersPage(id) {
+  const letters = await listing("/dead-letters");
+  if (!current(id)) return;
+  show(el("h1", {}, "Dead letters"), el("p", { class: "muted" }, "Messages a consumer could not use; they stay in their stream."),
+    table(["Stream", "Seq", "Subject", "Consumer", "Reason", "Field", "When"], letters.length ? letters.map((d) => el("tr", { "data-letter": `${d.stream}/${d.seq}/${d.consumer}` },
+      el("td", {}, d.stream), el("td", { class: "num" }, d.seq), el("td", {}, el("code", {}, d.subject || "")), el("td", {}, d.consumer),
+      el("td", {}, d.reason || "—"), el("td", {}, d.field || "—"), el("td", {}, when(d.time)))) : [empty(7, "none: every message was used")], { id: "dead-letters" }));
 }
 
 // --- data --------------------------------------------------------------------------------------
