@@ -431,9 +431,10 @@ async def test_a_plugin_upload_is_kept_offline_and_shipped_to_the_hub_store(
     await bus.ensure_streams()
     await bus.close()
     await asyncio.to_thread(nats_server.stop)
-    snapshot = tmp_path / "snapshot.jpg"
-    snapshot.write_bytes(b"\xff\xd8 not really a jpeg " * 1000)
     async with running(agent_config(tmp_path, nats_server.url)) as agent:
+        run = agent.uploads.open_run("run-1")  # what the runner does for each run it starts
+        snapshot = Path(run["HIVEBUS_UPLOAD_DIR"]) / "snapshot.jpg"
+        snapshot.write_bytes(b"\xff\xd8 not really a jpeg " * 1000)
         plugin = await nats.connect(agent.local.url)
         request = {
             "path": str(snapshot),
@@ -441,9 +442,11 @@ async def test_a_plugin_upload_is_kept_offline_and_shipped_to_the_hub_store(
             "timestamp": time.time_ns(),
             "keep": False,
         }
-        reply = json.loads(
-            (await plugin.request("local.upload", json.dumps(request).encode(), timeout=10)).data
-        )
+        ask = plugin.request  # without its run the agent refuses the file; with it, takes it
+        refused = json.loads((await ask("local.upload", json.dumps(request).encode(), timeout=10)).data)
+        assert "names no running plugin of this node" in refused["error"] and snapshot.exists()
+        request |= {"run_id": "run-1", "token": run["HIVEBUS_UPLOAD_TOKEN"]}
+        reply = json.loads((await ask("local.upload", json.dumps(request).encode(), timeout=10)).data)
         await plugin.close()
         assert reply["ref"].startswith(f"upload-{agent.node}/") and not snapshot.exists()
         await asyncio.to_thread(nats_server.start)

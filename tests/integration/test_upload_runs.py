@@ -3,7 +3,8 @@
 Each run gets its own upload dir and token from the node's ``UploadService``
 (``HIVEBUS_UPLOAD_DIR``, ``HIVEBUS_UPLOAD_TOKEN``); a ``local.upload`` request must name its
 run and a path inside that run's dir. Real pieces: a node-local nats-server, the upload
-service, ``PluginRun`` with the process executor running a real plugin process.
+service, ``PluginRun`` with the process executor running a real plugin process, and a whole
+node agent shipping a scheduled plugin's frame to the hub's upload service.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 import nats
 import pytest
 
+from hivebus.bus.client import Bus
+from hivebus.bus.server import NatsServer
+from hivebus.bus.streams import EVENTS
 from hivebus.edge.executors import Capacity, ResourceGate, make_executor
 from hivebus.edge.goals import Goal
 from hivebus.edge.runs import PluginRun, RunEnvironment
@@ -27,6 +31,8 @@ from hivebus.schemas.ecr import HardwareProfile
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.node import PluginStatus
 from hivebus.schemas.ses import GoalAssigned, GoalPlugin
+from hivebus.services.uploads import UploadDecider
+from hivebus.web.objects import store_name
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +148,47 @@ async def test_a_jobs_env_cannot_move_the_runs_upload_dir(service: UploadService
     _, statuses = await run_plugin(service, code, env={"HIVEBUS_UPLOAD_DIR": str(tmp_path)})
     [line] = [x for x in statuses[-1].log_tail if x.startswith("dir: ")]
     assert Path(line[5:]).parent == tmp_path / "agent" / "scratch" / "uploads"
+
+
+async def test_the_agent_ships_a_scheduled_plugins_file_from_its_run_dir_to_the_nodes_bucket(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The whole path on a real agent: a goal schedules examples/plugins/plugin-snapshot on the
+    process executor; its run's own upload dir takes the frame; the hub records it in upload-W012."""
+    from tests.integration.test_agent import agent_config, goal, running, until
+
+    snapshot = GoalPlugin(name="snapshot", bundle_id="waggle/plugin-snapshot:0.1.0",
+                          image="registry.sagecontinuum.org/waggle/plugin-snapshot:0.1.0")
+    async with await Bus.connect(nats_server.url) as hub:
+        await hub.ensure_streams()
+        decider = await UploadDecider(hub).serve()
+        try:
+            async with running(agent_config(tmp_path, nats_server.url)) as agent:
+                await hub.publish(goal("job-snap", [snapshot], ["schedule(snapshot): true"]))
+
+                async def recorded() -> bool:
+                    return bool([e async for _, e in hub.events(EVENTS, filter_subjects=["evt.storage.object.put.>"],
+                                                                stop_at_end=True)])
+
+                async def ended() -> set[str]:
+                    statuses = [e async for _, e in hub.events(EVENTS, stop_at_end=True,
+                                                               filter_subjects=["fromedge.W012.plugin.status"])]
+                    return {e.data.run_id for e in statuses if e.data.state in ("completed", "failed")}
+
+                await until(recorded, 60, "the frame to be recorded in upload-W012")
+                await until(lambda: _nonempty(ended()), 60, "the run's last status")
+                runs_dir = tmp_path / "node" / "scratch" / "uploads"
+                assert all(not (runs_dir / run).exists() for run in await ended())  # removed at the end
+                assert agent.uploads.counters["refused"] == 0
+            [put] = [e.data async for _, e in hub.events(EVENTS, filter_subjects=["evt.storage.object.put.>"],
+                                                         stop_at_end=True)][:1]
+        finally:
+            await decider.close()
+    assert put.bucket_id == "upload-W012" and put.key.startswith("job-snap/snapshot/") and put.key.endswith(".pgm")
+    async with await Bus.connect(nats_server.url) as hub:
+        data = (await (await hub.js.object_store(store_name("upload-W012"))).get(put.key)).data
+    assert data.startswith(b"P5\n64 48\n255\n") and len(data) == put.size
+
+
+async def _nonempty(found: Any) -> bool:
+    return bool(await found)

@@ -226,6 +226,7 @@ class NodeAgent:
                              data_dir=cfg.data_dir)
         stack.push_async_callback(self.uplink.close)
         self.forwarder = Forwarder(self.outbox, self.uplink, cfg.forwarder)
+        self.uploads = self._make_uploads()  # before the runner: each run gets its upload dir from it
         self.runner = self._make_runner()
         self.runner.set_goals(self._load_goals())
         self.toedge = ToEdge(
@@ -237,7 +238,6 @@ class NodeAgent:
             on_goals=self.runner.set_goals,
             on_config=self._apply_config,
         )
-        self.uploads = self._make_uploads()
 
     def _make_executors(self) -> dict[str, Executor]:
         """The default executor (which must run here) and the optional ones that can."""
@@ -280,8 +280,7 @@ class NodeAgent:
             "HIVEBUS_LOCAL_BUS": self.local.url,
             "HIVEBUS_VSN": self.manifest.vsn,
             "HIVEBUS_HOST": cfg.host,
-            "HIVEBUS_UPLOAD_DIR": str(cfg.data_dir / "scratch"),
-        }
+        }  # HIVEBUS_UPLOAD_DIR and _UPLOAD_TOKEN: per run, from self.uploads
         return GoalRunner(
             executor=executor,
             executors=self.executors,
@@ -292,6 +291,7 @@ class NodeAgent:
                 hardware=HardwareProfile(
                     arch=hardware.arch, gpu=hardware.gpu, node_class=self.manifest.node_class
                 ),
+                uploads=self.uploads,
             ),
             recent=self.recent,
             emit_status=self._emit_status,
@@ -308,6 +308,7 @@ class NodeAgent:
             self.node,
             self.outbox.append,
             lambda: self.uplink.bus if self.uplink.online else None,
+            runs_dir=self.config.data_dir / "scratch" / "uploads",  # only files a run staged
         )
 
     def _load_goals(self) -> dict[str, Goal]:

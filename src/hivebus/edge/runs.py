@@ -46,7 +46,7 @@ class RunEnvironment:
     """What every run on this node shares."""
 
     node: str
-    env: Mapping[str, str]  # HIVEBUS_LOCAL_BUS, HIVEBUS_VSN, HIVEBUS_HOST, HIVEBUS_UPLOAD_DIR
+    env: Mapping[str, str]  # HIVEBUS_LOCAL_BUS, HIVEBUS_VSN, HIVEBUS_HOST
     hardware: HardwareProfile
     uploads: RunUploads | None = None  # per-run upload dirs (HIVEBUS_UPLOAD_DIR, _UPLOAD_TOKEN)
 
@@ -107,7 +107,7 @@ class PluginRun:
             await self._run_once(uploads.open_run(self.run_id) if uploads is not None else {})
         finally:
             if uploads is not None:
-                uploads.close_run(self.run_id)
+                uploads.close_run(self.run_id)  # again if cancelled before its last status (idempotent)
 
     async def _run_once(self, upload_env: Mapping[str, str]) -> None:
         limits = self._limits()
@@ -136,6 +136,8 @@ class PluginRun:
                 state="failed", reason="error", message=f"{type(exc).__name__}: {exc}"
             )
         self.result = result
+        if self.environment.uploads is not None:  # before the last status: an ended run uploads nothing
+            self.environment.uploads.close_run(self.run_id)
         await self._final(result)
 
     def _limits(self) -> Limits:
