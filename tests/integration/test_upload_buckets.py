@@ -12,6 +12,7 @@ node's credential reaches only its own bucket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -252,3 +253,31 @@ async def test_under_hub_auth_a_node_ships_into_its_own_bucket_and_no_other(
                                               timeout=2.0, retries=0)
         finally:
             await decider.close()
+
+
+async def test_the_hubs_handlers_serve_the_upload_service(nats_server: NatsServer) -> None:
+    """``hivebus up`` and ``hivebus handlers`` run ``run_handlers``: the nodes' upload service is in it."""
+    from hivebus.config import Settings
+    from hivebus.services import run_handlers
+
+    settings = Settings(nats_url=nats_server.url)
+    async with await Bus.connect(nats_server.url, settings=settings) as bus:
+        await bus.ensure_streams()
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_handlers(settings, bus, stop))
+        try:
+            reply: dict[str, Any] = {}
+            async with asyncio.timeout(30):
+                while "store" not in reply:
+                    with contextlib.suppress(Exception):
+                        reply = json.loads(await bus.request("hivebus.storage.upload.W099", {"op": "open"}, timeout=2))
+                    await asyncio.sleep(0.1)
+            assert reply == {"bucket_id": "upload-W099", "store": "sage-upload-W099"}
+            bad = json.loads(await bus.request("hivebus.storage.upload.W099", {"op": "put", "key": "a/../b", "nuid": "x",
+                                                                               "size": 1, "chunks": 1, "sha256": "0"}))
+            assert bad["kind"] == "invalid" and "'.' or '..' part" in bad["error"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+        [created] = await facts(bus)
+        assert created.data.owner == "node-W099" and created.data.type == "upload"
