@@ -31,8 +31,8 @@ from hivebus.bus.client import Bus
 from hivebus.bus.publisher import Outgoing
 from hivebus.bus.server import NatsServer
 from hivebus.bus.streams import EVENTS
-from hivebus.edge.uploads import UploadService
-from hivebus.errors import PermissionDenied
+from hivebus.edge.uploads import UploadService, _new_nuid
+from hivebus.errors import PermissionDenied, UploadError
 from hivebus.projections.client import query as sql_query
 from hivebus.projections.runner import running as projecting
 from hivebus.schemas.auth import UserAdded
@@ -194,7 +194,8 @@ async def test_a_put_asked_again_after_a_crash_is_one_object_and_one_fact(
         [staged] = agent.service.pending()
         store = await agent.service._open(hub)
         for _ in range(2):
-            nuid, chunks = await agent.service._send_chunks(hub, store, staged)
+            nuid = _new_nuid(hub)
+            chunks = await agent.service._send_chunks(hub, store, staged, nuid)
             answer = await agent.service._ask(hub, {"op": "put", "key": staged.key, "nuid": nuid, "size": staged.size,
                                                     "chunks": chunks, "sha256": staged.sha256, "job": JOB})
             assert answer["digest"] == f"sha256:{staged.sha256}"
@@ -207,6 +208,40 @@ async def test_a_put_asked_again_after_a_crash_is_one_object_and_one_fact(
     assert info.size == staged.size and stream.state.messages == info.chunks + 1  # no orphaned chunks
 
 
+async def test_an_attempt_cut_off_after_its_chunks_leaves_no_orphans(
+    nats_server_factory, hub: Bus, tmp_path: Path
+) -> None:
+    """The chunks went out, then the hub's answer never came (here: its upload service is
+    stopped): the next attempt names them, and the hub drops them."""
+    source = tmp_path / "clip.wav"
+    source.write_bytes(os.urandom(400_000))  # four chunks
+    async with Agent(nats_server_factory("local").url, hub, tmp_path / "agent") as agent:
+        agent.hub = None  # type: ignore[assignment]
+        await agent.upload(source, task="audio")
+        await agent.service._open(hub)
+        # The hub's answer never comes: each attempt has sent its chunks by then.
+        stopped = agent.service._ask
+
+        async def no_answer(bus: Any, body: dict[str, Any]) -> dict[str, Any]:
+            if body.get("op") == "put":
+                raise UploadError("no answer")
+            return await stopped(bus, body)
+
+        agent.service._ask = no_answer  # type: ignore[method-assign]
+        agent.hub = hub
+        async with asyncio.timeout(30):  # a few attempts, each with its chunks and no answer
+            while agent.service.counters["transfer_failures"] < 3:
+                await asyncio.sleep(0.05)
+        stream = await hub.js.stream_info(f"OBJ_{store_name(BUCKET)}")
+        assert stream.state.messages >= 12  # sent, never an object
+        agent.service._ask = stopped  # type: ignore[method-assign]
+        await agent.transferred(1)
+    [staged_key] = [e.data.key for e in await facts(hub, "evt.storage.object.put.>")]
+    info = await (await hub.js.object_store(store_name(BUCKET))).get_info(staged_key)
+    stream = await hub.js.stream_info(f"OBJ_{store_name(BUCKET)}")
+    assert info.chunks == 4 and stream.state.messages == info.chunks + 1  # every earlier attempt's are gone
+
+
 async def test_chunks_that_do_not_hash_to_the_digest_are_refused_and_dropped(
     nats_server_factory, hub: Bus, tmp_path: Path
 ) -> None:
@@ -217,7 +252,8 @@ async def test_chunks_that_do_not_hash_to_the_digest_are_refused_and_dropped(
         await agent.upload(source, task="t")
         [staged] = agent.service.pending()
         store = await agent.service._open(hub)
-        nuid, chunks = await agent.service._send_chunks(hub, store, staged)
+        nuid = _new_nuid(hub)
+        chunks = await agent.service._send_chunks(hub, store, staged, nuid)
         with pytest.raises(Exception, match="the node sent 22 bytes sha256:0000"):
             await agent.service._ask(hub, {"op": "put", "key": staged.key, "nuid": nuid, "size": staged.size,
                                            "chunks": chunks, "sha256": "0" * 64})

@@ -72,6 +72,7 @@ PRODUCER: Final = "edge/uploads"
 _CHUNK: Final = 1 << 20
 OBJECT_CHUNK: Final = 128 * 1024  # the object store chunk size the hub's web face uses too
 WINDOW: Final = 8  # chunks in flight at once
+MAX_ATTEMPTS_KEPT: Final = 32  # earlier attempts whose chunks the next put asks the hub to drop
 
 OutboxAppend = Callable[[Event], Awaitable[Any] | Any]
 HubBusProvider = Callable[[], Any]  # -> a connected hivebus Bus (or anything with ``.js``), or None
@@ -378,11 +379,15 @@ class UploadService:
         record = json.loads((upload.directory / "meta.json").read_text())
         if not record.get("reported"):
             store = await self._open(bus)
-            nuid, chunks = await self._send_chunks(bus, store, upload)
+            earlier = list(record.get("sent") or [])  # chunks of attempts that failed or died
+            nuid = _new_nuid(bus)
+            record["sent"] = [*earlier, nuid][-MAX_ATTEMPTS_KEPT:]  # noted before a chunk goes out
+            _write_json(upload.directory / "meta.json", record)
+            chunks = await self._send_chunks(bus, store, upload, nuid)
             reply = await self._ask(bus, {
                 "op": "put", "key": upload.key, "nuid": nuid, "size": upload.size, "chunks": chunks,
                 "sha256": upload.sha256, "content_type": mimetypes.guess_type(upload.filename)[0],
-                "job": upload.meta.get("job"),
+                "job": upload.meta.get("job"), "discard": earlier,
             })
             if reply.get("size") != upload.size or reply.get("digest") != f"sha256:{upload.sha256}":
                 raise UploadError(f"the hub recorded {reply.get('size')} bytes with digest {reply.get('digest')}; "
@@ -431,11 +436,9 @@ class UploadService:
             self._opened = {id(bus): store}
         return store
 
-    async def _send_chunks(self, bus: Any, store: str, upload: StagedUpload) -> tuple[str, int]:
+    async def _send_chunks(self, bus: Any, store: str, upload: StagedUpload, nuid: str) -> int:
         """Publish the file's chunks on ``$O.<store>.C.<nuid>``, ``WINDOW`` at a time; not yet
-        an object: the hub makes it one once it has checked them."""
-        nc = getattr(bus, "nc", bus)
-        nuid = nc._nuid.next().decode()
+        an object: the hub makes it one once it has checked them. Returns how many."""
         subject = f"$O.{store}.C.{nuid}"
         sent = 0
         pending: list[Outgoing] = []
@@ -448,7 +451,7 @@ class UploadService:
                     pending = []
         if pending:
             await _publish_chunks(bus, pending)
-        return nuid, sent
+        return sent
 
     def _discard_partials(self) -> None:
         """Half-copied files from a crash were never acknowledged to a plugin: remove them."""
@@ -457,6 +460,10 @@ class UploadService:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _new_nuid(bus: Any) -> str:
+    return str(getattr(bus, "nc", bus)._nuid.next().decode())
 
 
 async def _publish_chunks(bus: Any, messages: list[Outgoing]) -> None:

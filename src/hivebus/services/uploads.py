@@ -16,8 +16,11 @@ exactly as a user's HTTP upload is, so the ``buckets`` / ``objects`` views and
 The node speaks JSON requests (only its own subject: ``auth.permissions``):
 
     {"op": "open"}  -> {"bucket_id", "store"}                 bucket and object store exist
-    {"op": "put", "key", "nuid", "size", "chunks", "sha256", "content_type", "job"}
+    {"op": "put", "key", "nuid", "size", "chunks", "sha256", "content_type", "job", "discard"}
                     -> {"ref", "size", "digest"}              or {"error", "kind"}
+
+(``discard``: the chunk ids of earlier attempts at the same file, dropped unless one is what the
+object is now, so attempts cut off mid-way leave no orphaned chunks.)
 
 ``put`` names chunks the node already published on ``$O.<store>.C.<nuid>``; the hub reads
 them back, checks count, size and SHA-256, decides the put, and only then publishes the
@@ -121,6 +124,7 @@ class UploadDecider:
         if not nuid.isalnum():
             raise UploadRefused(f"nuid {nuid!r} is not a chunk id")
         await self.open(node)
+        await self._discard_earlier(bucket_id, key, request.get("discard"), nuid)
         staged = objects.Staged(bucket_id, nuid, size, chunks, b"")
         digest = f"sha256:{sha}"
         bucket = (await self.storage.catch_up()).buckets[bucket_id]
@@ -148,6 +152,16 @@ class UploadDecider:
         await self._grant_reader(node, bucket_id, job)
         log.info("uploads.recorded", node=node, key=key, size=size)
         return {"ref": f"{bucket_id}/{key}", "size": size, "digest": digest}
+
+    async def _discard_earlier(self, bucket_id: str, key: str, earlier: object, nuid: str) -> None:
+        """Drop the chunks earlier attempts at ``key`` sent (they failed, or the node died),
+        except what the object is now."""
+        if not isinstance(earlier, list):
+            return
+        info = await objects.info_of(self.bus, bucket_id, key)
+        for old in earlier[:64]:
+            if isinstance(old, str) and old.isalnum() and old != nuid and (info is None or info.nuid != old):
+                await objects.discard(self.bus, objects.Staged(bucket_id, old, 0, 0, b""))
 
     async def _read_back(self, bucket_id: str, nuid: str, chunks: int) -> tuple[int, str]:
         """Size and SHA-256 of the chunks stored under ``nuid`` (streamed, never whole in memory)."""
