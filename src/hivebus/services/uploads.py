@@ -30,6 +30,7 @@ safe: an object already stored with that digest is answered as it is, no second 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -67,15 +68,26 @@ class UploadDecider:
         self.storage = Storage(bus)
         self.replicas = replicas
         self._sub: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> UploadDecider:
-        self._sub = await self.bus.nc.subscribe(f"{SUBJECT}.*", queue="hivebus-uploads", cb=self._on_request)
+        self._sub = await self.bus.nc.subscribe(f"{SUBJECT}.*", queue="hivebus-uploads", cb=self._on_message)
         return self
 
     async def close(self) -> None:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_message(self, msg: Any) -> None:
+        """One task per request: one node's large file read back does not hold up the others
+        (decisions still go one at a time through ``Storage``)."""
+        task = asyncio.create_task(self._on_request(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_request(self, msg: Any) -> None:
         node = msg.subject.rsplit(".", 1)[-1]
