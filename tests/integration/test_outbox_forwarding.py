@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hivebus.bus import batch as wire
 from hivebus.bus.client import Bus
 from hivebus.bus.publisher import Outgoing
 from hivebus.bus.server import NatsServer
@@ -17,7 +18,7 @@ from hivebus.bus.streams import DATA, EVENTS, platform_streams
 from hivebus.bus.subjects import data_filter, fromedge_filter
 from hivebus.config import Settings
 from hivebus.edge.db import NodeDatabase
-from hivebus.edge.forwarder import Forwarder, ForwarderOptions, _identity
+from hivebus.edge.forwarder import Forwarder, ForwarderOptions, _identity, pack_entries
 from hivebus.edge.outbox import DROPPED_FULL, Outbox, OutboxLimits
 from hivebus.edge.uplink import Uplink
 from hivebus.projections.client import query
@@ -49,13 +50,23 @@ def lifecycle(i: int, node: str = NODE) -> Event:
 
 
 async def stream_identities(bus: Bus, stream: str, subject: str) -> list[tuple[int, str]]:
-    """(nodeseq, event id) of every message on ``subject`` in ``stream``, in stream order."""
+    """(nodeseq, event id) of every event on ``subject`` in ``stream`` (the readings inside a
+    packed message each), in stream order."""
     out: list[tuple[int, str]] = []
     async for batch in bus.read(stream, filter_subjects=[subject], stop_at_end=True):
         for m in batch:
-            seq, ident = _identity(m.data)
-            assert seq is not None and ident is not None
-            out.append((seq, ident))
+            for body in wire.bodies_of(m.data):
+                seq, ident = _identity(body)
+                assert seq is not None and ident is not None
+                out.append((seq, ident))
+    return out
+
+
+async def stream_messages(bus: Bus, stream: str, subject: str) -> list[str]:
+    """The subject of every message on ``subject`` in ``stream``."""
+    out: list[str] = []
+    async for batch in bus.read(stream, filter_subjects=[subject], stop_at_end=True):
+        out += [m.subject for m in batch]
     return out
 
 
@@ -78,8 +89,8 @@ async def hub(nats_server: NatsServer) -> AsyncIterator[Bus]:
 class Node:
     """An outbox and its forwarder, as the agent wires them."""
 
-    def __init__(self, path: Path, url: str, limits: OutboxLimits | None = None) -> None:
-        self.path, self.url, self.limits = path, url, limits
+    def __init__(self, path: Path, url: str, limits: OutboxLimits | None = None, pack: int = 1000) -> None:
+        self.path, self.url, self.limits, self.pack = path, url, limits, pack
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -88,7 +99,7 @@ class Node:
         self.outbox = await Outbox.open(self.db, NODE, self.limits)
         self.uplink = Uplink(self.url, name=f"test-{NODE}", connect_timeout=1.0, retry_max=0.5)
         self.forwarder = Forwarder(
-            self.outbox, self.uplink, ForwarderOptions(batch=2000, ack_timeout=2.0, retry_max=0.5)
+            self.outbox, self.uplink, ForwarderOptions(batch=2000, pack=self.pack, ack_timeout=2.0, retry_max=0.5)
         )
         return self
 
@@ -194,7 +205,7 @@ async def test_a_message_refused_mid_batch_is_parked_and_the_ones_after_it_arriv
     config = info.config
     config.max_msg_size = 2000
     await hub.js.update_stream(config)
-    async with Node(tmp_path, nats_server.url) as node:
+    async with Node(tmp_path, nats_server.url, pack=1) as node:  # one message per reading
         events = [reading(i) for i in range(300)]
         big = Event.new(
             Reading(name="env.blob", value="x" * 3000, timestamp=time.time_ns()),
@@ -270,3 +281,80 @@ async def test_a_tiny_outbox_drops_oldest_readings_keeps_lifecycle_and_counts_dr
     assert others == kept_lifecycle, "a lifecycle event was dropped"
     assert readings == all_readings[-len(readings) :], "the readings kept are not the newest"
     assert dropped == len(all_readings) - len(readings) > 0
+
+
+async def test_readings_travel_packed_lifecycle_alone_in_the_nodes_order(
+    tmp_path: Path, nats_server: NatsServer, hub: Bus
+) -> None:
+    async with Node(tmp_path, nats_server.url) as node:
+        events = [lifecycle(i) if i % 700 == 0 else reading(i) for i in range(5000)]
+        appended = await node.outbox.append_many(events)
+        node.start_forwarding()
+        await until(node.drained, 30, "the outbox to drain")
+        messages = node.forwarder.stats.messages
+    readings = await stream_identities(hub, DATA, data_filter(NODE))
+    others = await stream_identities(hub, EVENTS, fromedge_filter(NODE))
+    subjects = await stream_messages(hub, DATA, data_filter(NODE))
+    assert sorted(s for s, _ in readings + others) == sorted(s for s in appended if s is not None)
+    assert [s for s, _ in readings] == sorted(s for s, _ in readings), "per-node order is broken"
+    assert len(others) == 8 and all(e.type != "data.reading" for e in events[::700])
+    # packed: at most 1,000 readings (and 256 KiB) a message, and split at each lifecycle event
+    assert set(subjects) == {wire.batch_subject(NODE)}
+    assert len(readings) // 1000 < len(subjects) <= messages - len(others)
+    async for batch in hub.read(DATA, filter_subjects=[data_filter(NODE)], stop_at_end=True):
+        for m in batch:
+            assert len(m.data) <= wire.MAX_BATCH_BYTES and len(wire.unpack(m.data)) <= 1000
+
+
+async def test_a_crash_after_packed_messages_were_stored_is_reconciled_per_reading(
+    tmp_path: Path, nats_server: NatsServer, hub: Bus
+) -> None:
+    """The hub stored packed messages whose acks the node never saw (a crash between publish
+    and delete), and the duplicate window is over: after the restart the forwarder unpacks what
+    the hub holds and sends only the rest, each reading once."""
+    async with Node(tmp_path, nats_server.url) as node:
+        events = [reading(i) if i % 10 else lifecycle(i) for i in range(3000)]
+        appended = await node.outbox.append_many(events)
+        await node.forwarder.ensure_positions(hub)
+        batch = await node.outbox.next_batch(1200)
+        packed = pack_entries(NODE, batch, pack=1000, pack_bytes=wire.MAX_BATCH_BYTES)
+        assert any(len(p.entries) > 1 for p in packed)
+        await hub.publish_raw_many([p.outgoing for p in packed])
+        node.outbox.release()
+    await asyncio.sleep(DUP_WINDOW.total_seconds() * 1.5)  # JetStream would now store copies
+
+    async with Node(tmp_path, nats_server.url) as node:  # "restart"
+        node.start_forwarding()
+        await until(node.drained, 30, "the outbox to drain")
+        assert node.forwarder.stats.reconciled == 1200
+        assert node.forwarder.stats.sent == 3000 - 1200
+
+    readings = await stream_identities(hub, DATA, data_filter(NODE))
+    others = await stream_identities(hub, EVENTS, fromedge_filter(NODE))
+    assert sorted(s for s, _ in readings + others) == sorted(appended)
+    assert [s for s, _ in readings] == sorted(s for s, _ in readings)
+
+
+async def test_a_packed_message_too_large_for_the_hub_is_packed_smaller_and_arrives_once(
+    tmp_path: Path, nats_server: NatsServer, hub: Bus
+) -> None:
+    """A stream whose max_msg_size is below what the node packs: the node packs less (no
+    reading is parked for it), and the one reading too large on its own is parked."""
+    info = await hub.js.stream_info(DATA)
+    config = info.config
+    config.max_msg_size = 2000
+    await hub.js.update_stream(config)
+    async with Node(tmp_path, nats_server.url) as node:
+        events = [reading(i) for i in range(300)]
+        big = Event.new(Reading(name="env.blob", value="x" * 3000, timestamp=time.time_ns()),
+                        source=f"node/{NODE}", subject=NODE)
+        events.insert(150, big)
+        appended = await node.outbox.append_many(events)
+        node.start_forwarding()
+        await until(node.drained, 30, "the outbox to drain")
+        assert node.forwarder.stats.parked == 1
+        assert node.forwarder.stats.messages < 300, "the node stopped packing altogether"
+    stored = [s for s, _ in await stream_identities(hub, DATA, data_filter(NODE))]
+    assert stored == [s for s in appended if s != appended[150]]
+    subjects = await stream_messages(hub, DATA, data_filter(NODE))
+    assert wire.batch_subject(NODE) in subjects

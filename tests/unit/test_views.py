@@ -459,9 +459,18 @@ def test_an_exit_code_beyond_64_bits_is_a_failure_of_that_event_only() -> None:
 
 
 class _Letter:
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, index: int | None = None) -> None:
         self.stream, self.seq, self.subject, self.consumer = "EVENTS", seq, "evt.x.y", "projector"
         self.reason, self.field, self.time, self.payload_b64 = "bad JSON", "<body>", T0, "eyJ4Ijo="
+        self.index = index
+
+
+def test_dead_letters_keep_one_row_per_bad_reading_of_a_packed_message() -> None:
+    story = Story(DeadLettersView())
+    story.apply(Item(1, "dlq.DATA.projector", _Letter(9, 0)), Item(2, "dlq.DATA.projector", _Letter(9, 3)))
+    story.apply(Item(3, "dlq.DATA.projector", _Letter(9, 3)))  # published again: recorded once
+    rows = sorted(story.rows(), key=lambda r: r["batch_index"])
+    assert [(r["seq"], r["batch_index"], r["dlq_seq"]) for r in rows] == [(9, 0, 1), (9, 3, 2)]
 
 
 def test_dead_letters_keep_the_first_letter_per_message_and_record_malformed_ones() -> None:

@@ -51,6 +51,14 @@ def is_batch(data: bytes | bytearray | memoryview) -> bool:
     return bytes(data[:4]) == MAGIC
 
 
+def count(data: bytes | bytearray | memoryview) -> int:
+    """How many events a DATA message carries (a batch's announced count, else 1), unchecked:
+    for sizing the work ahead, not for trusting the contents."""
+    if bytes(data[:4]) != MAGIC or len(data) < _HEAD.size:
+        return 1
+    return max(1, _HEAD.unpack_from(data)[1])
+
+
 def pack(bodies: Sequence[bytes]) -> bytes:
     """One message carrying ``bodies`` (encoded events), in order."""
     parts = [_HEAD.pack(MAGIC, len(bodies))]

@@ -60,6 +60,8 @@ class DeadLetter(BaseModel):
     consumer: str
     reason: str
     field: str | None = None
+    index: int | None = None
+    """For one reading of a packed DATA message: its place there (``payload`` is that reading)."""
     time: datetime
     payload_b64: str
 
@@ -69,9 +71,11 @@ class DeadLetter(BaseModel):
 
 
 async def dead_letter(
-    bus: Bus, *, stream: str, consumer: str, seq: int, subject: str, data: bytes, reason: str, field: str | None = None
+    bus: Bus, *, stream: str, consumer: str, seq: int, subject: str, data: bytes, reason: str, field: str | None = None,
+    index: int | None = None,
 ) -> None:
-    """Record an unusable message with its reason (idempotent per stream/seq/consumer)."""
+    """Record an unusable message (or, with ``index``, one reading of a packed message) with its
+    reason (idempotent per stream/seq/consumer/index)."""
     letter = DeadLetter(
         stream=stream,
         seq=seq,
@@ -79,13 +83,15 @@ async def dead_letter(
         consumer=consumer,
         reason=reason,
         field=field,
+        index=index,
         time=datetime.now(UTC),
         payload_b64=base64.b64encode(data).decode(),
     )
+    msg_id = f"dlq:{stream}:{seq}:{consumer}" + ("" if index is None else f":{index}")
     await bus._publish_one(
         dlq_subject(stream, consumer),
         letter.model_dump_json().encode(),
-        {"Nats-Msg-Id": f"dlq:{stream}:{seq}:{consumer}"},
+        {"Nats-Msg-Id": msg_id},
         timeout=5.0,
         retries=3,
     )

@@ -31,7 +31,8 @@ from hivebus.errors import BusError, PermissionDenied
 _END_OF_PULL = {"404", "408", "409"}  # no messages / request expired / consumer changed
 _HEARTBEAT = "100"
 _NO_RESPONDERS = "503"  # (an in-memory consumer does not survive a server restart)
-_RECHECK_S = 0.25  # how often a wait for a delivery looks whether the client reconnected
+_RECHECK_S = 0.25
+MAX_PULL_BYTES = 64 * 1024 * 1024  # how often a wait for a delivery looks whether the client reconnected
 
 
 async def read_stream(
@@ -88,7 +89,9 @@ async def read_stream(
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, pending_msgs_limit=batch * 4, pending_bytes_limit=256 * 1024 * 1024)
     queue = sub._pending_queue
-    request: dict[str, object] = {"batch": batch}
+    # max_bytes: a pull of packed DATA messages (up to 256 KiB each) stays far below the
+    # subscription's 256 MB, and above any one message (max_payload is at most 64 MB).
+    request: dict[str, object] = {"batch": batch, "max_bytes": MAX_PULL_BYTES}
     if stop_at_end:
         request["no_wait"] = True
     else:

@@ -1,8 +1,18 @@
 """The forwarder: sends the outbox to the hub in order and deletes only what the hub acked.
 
-One batch at a time (the oldest ``batch`` events, nodeseq order) is published pipelined with
-the stored bytes and ``Nats-Msg-Id`` = event id; it is deleted from the outbox only once every
-message in it is acknowledged. If any message fails, nothing of the batch is deleted.
+One batch at a time (the oldest ``batch`` events, nodeseq order) is published pipelined; it is
+deleted from the outbox only once every message in it is acknowledged. If any message fails,
+nothing of the batch is deleted.
+
+Readings travel packed (issue 18, ``bus.batch``): consecutive readings of the batch go in one
+DATA message of up to ``pack`` readings and ``pack_bytes`` bytes on ``data.<node>.BATCH``,
+``Nats-Msg-Id`` a hash of their event ids; a lifecycle event is one message of its own, on its
+own subject with its id, and closes the readings before it, so the hub stores everything in
+nodeseq order. A reading alone (nothing else was waiting) goes as before: one message, its own
+subject and id. Nothing waits to fill a message: what arrived during the previous batch's
+round trip is the next batch, so packing adds no latency. ``pack=1`` sends every reading alone.
+After a failure the messages are formed again with the same bounds (same first nodeseq, same
+readings, so the same id: JetStream drops the copy if the first attempt was stored after all).
 
 Exactly once, beyond the duplicate window
     After a failure (or at start-up, after a crash that may have struck between a publish and
@@ -10,18 +20,20 @@ Exactly once, beyond the duplicate window
     on JetStream's duplicate window, which a long outage outlasts. So before sending again the
     forwarder *reconciles*: it reads this node's subjects in DATA and EVENTS from the last
     position known to be complete and deletes from the outbox every event found there (by
-    nodeseq and id). What is left was never stored and is sent again. A failed message can
+    nodeseq and id; a batch is unpacked and each reading in it counts). What is left was never
+    stored and is sent again. A failed message can
     never make later ones look like duplicates: nothing is inferred from order, only from the
     events actually found. The projections still de-duplicate on exact ``(node, nodeseq)``
     membership as the last line, and alone if the check keeps failing (a hub whose
     permissions forbid a node to read streams): after three failed checks it resends anyway.
 
 A message the hub refuses for what it is
-    After a failed batch (and the reconciliation), the oldest event is sent alone first. If
+    After a failed batch (and the reconciliation), the oldest message is sent alone first. If
     JetStream refuses that very message (larger than the stream's ``max_msg_size``, or than
-    the server's ``max_payload``) it would block the node's uplink forever; it is parked
-    instead (kept on the node, counted as ``refused_by_hub``, logged with the reason) and
-    forwarding goes on. Timeouts, a missing stream or a full store are not its fault: those
+    the server's ``max_payload``) it would block the node's uplink forever: for a packed message
+    the forwarder halves the bytes it packs and tries again (down to one reading a message); a
+    single event is parked instead (kept on the node, counted as ``refused_by_hub``, logged with
+    the reason) and forwarding goes on. Timeouts, a missing stream or a full store are not its fault: those
     are retried, with back-off, for as long as it takes.
 """
 
@@ -39,6 +51,7 @@ from nats.errors import MaxPayloadError
 from nats.js.errors import APIError
 
 from hivebus.auth.permissions import reconcile_consumer
+from hivebus.bus import batch as wire
 from hivebus.bus.client import Bus
 from hivebus.bus.publisher import MSG_ID, Outgoing
 from hivebus.bus.streams import DATA, EVENTS
@@ -46,7 +59,7 @@ from hivebus.bus.subjects import data_filter, fromedge_filter
 from hivebus.edge import refusal
 from hivebus.edge.outbox import Entry, Outbox
 from hivebus.edge.uplink import Uplink
-from hivebus.errors import PermissionDenied
+from hivebus.errors import DecodeError, PermissionDenied, SetupError
 
 log = structlog.get_logger()
 
@@ -59,17 +72,73 @@ _REFUSED_FOR_WHAT_IT_IS: Final = frozenset({10054})
 
 @dataclass(frozen=True, kw_only=True)
 class ForwarderOptions:
-    batch: int = 5000
+    batch: int = 5000  # events read from the outbox and sent per round trip
+    pack: int = wire.MAX_BATCH_READINGS  # readings per DATA message at most (1: one each)
+    pack_bytes: int = wire.MAX_BATCH_BYTES  # bytes per packed DATA message at most
     ack_timeout: float = 5.0  # seconds without any ack before a batch counts as failed
     retry_min: float = 0.2
     retry_max: float = 5.0
     idle_poll: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.pack < 1:
+            raise SetupError(f"forwarder batch ({self.batch}) and pack ({self.pack}) must be at least 1")
+        if self.pack_bytes < 1024:
+            raise SetupError(f"forwarder pack_bytes {self.pack_bytes} is below 1024")
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """One message of a batch and the outbox entries it carries (consecutive nodeseqs)."""
+
+    outgoing: Outgoing
+    entries: Sequence[Entry]
+
+
+def pack_entries(
+    node: str, entries: Sequence[Entry], *, pack: int, pack_bytes: int, bounds: dict[int, int] | None = None
+) -> list[Packed]:
+    """``entries`` (nodeseq order) as messages: consecutive readings packed, up to ``pack``
+    readings and ``pack_bytes`` bytes each; lifecycle events alone. ``bounds`` (first nodeseq
+    -> last) ends a message where an earlier attempt ended it, so a retry is the same message."""
+    out: list[Packed] = []
+    run: list[Entry] = []
+    size = wire.OVERHEAD
+    last = 0  # the nodeseq the current run must not pass (0: none)
+
+    def flush() -> None:
+        nonlocal size
+        if len(run) == 1:
+            e = run[0]
+            out.append(Packed(Outgoing(e.subject, e.body, e.msg_id), [e]))
+        elif run:
+            message = Outgoing(wire.batch_subject(node), wire.pack([e.body for e in run]),
+                               wire.batch_id(node, [e.msg_id for e in run]))
+            out.append(Packed(message, list(run)))
+        run.clear()
+        size = wire.OVERHEAD
+
+    for entry in entries:
+        if entry.stream != DATA or pack == 1:
+            flush()
+            out.append(Packed(Outgoing(entry.subject, entry.body, entry.msg_id), [entry]))
+            continue
+        grows = wire.PER_BODY + len(entry.body)
+        if run and (len(run) >= pack or size + grows > pack_bytes or (last and entry.nodeseq > last)):
+            flush()
+        if not run:
+            last = bounds.get(entry.nodeseq, 0) if bounds else 0
+        run.append(entry)
+        size += grows
+    flush()
+    return out
 
 
 @dataclass
 class ForwarderStats:
     sent: int = 0
     batches: int = 0
+    messages: int = 0  # DATA and EVENTS messages published (a packed one carries many readings)
     failures: int = 0
     reconciled: int = 0  # events found already stored by the hub and deleted without resending
     parked: int = 0  # events the hub refused for what they are, set aside on the node
@@ -88,7 +157,9 @@ class Forwarder:
         self._node = outbox.node
         # After a crash the last batch's fate is unknown: check before sending anything.
         self._uncertain = True
-        self._probe = False  # after a failure: send the oldest event alone first
+        self._probe = False  # after a failure: send the oldest message alone first
+        self._pack_bytes = self.options.pack_bytes  # halved when the hub refuses a packed message's size
+        self._bounds: dict[int, int] = {}  # the failed batch's packed messages: first -> last nodeseq
         self._check_failures = 0
         self.idle = asyncio.Event()
         # why the hub refuses this node's events (no or a withdrawn credential), or None
@@ -164,49 +235,65 @@ class Forwarder:
             self._check_failures = 0
             self._uncertain = False
         await self.ensure_positions(bus)
-        entries = await self.outbox.next_batch(1 if self._probe else self.options.batch)
+        entries = await self.outbox.next_batch(self.options.batch)
         if not entries:
             self._probe = False
             return 0
         self.idle.clear()
+        messages = self._messages(entries)
         if self._probe:
-            refusal = await self._refusal(bus, entries[0])
+            first = messages[0]
+            refusal = await self._refusal(bus, first.outgoing)
+            if refusal is not None and len(first.entries) > 1:
+                # too large for the hub: pack less from now on, and probe the smaller message
+                self._pack_bytes = max(1, len(first.outgoing.payload) // 2)
+                self._bounds = {}
+                log.warning("forwarder.pack_shrunk", readings=len(first.entries),
+                            bytes=len(first.outgoing.payload), pack_bytes=self._pack_bytes, reason=refusal)
+                return len(first.entries)
             if refusal is not None:
-                await self.outbox.park(entries[0], refusal)
+                entry = first.entries[0]
+                await self.outbox.park(entry, refusal)
                 self.stats.parked += 1
-                log.error(
-                    "forwarder.parked",
-                    nodeseq=entries[0].nodeseq,
-                    subject=entries[0].subject,
-                    reason=refusal,
-                )
+                log.error("forwarder.parked", nodeseq=entry.nodeseq, subject=entry.subject, reason=refusal)
                 return 1
             self._probe = False
-        seqs = await self._publish(bus, entries)
+            messages = messages[:1]  # (stored: sent again below, dropped as a duplicate)
+        else:  # if this fails, the retry forms the same messages (see the module docstring)
+            self._bounds = {m.entries[0].nodeseq: m.entries[-1].nodeseq for m in messages if len(m.entries) > 1}
+        sent = [e for m in messages for e in m.entries]
+        seqs = await self._publish(bus, messages)
+        if len(sent) == len(entries):
+            self._bounds = {}
         positions: dict[str, int] = {}
-        for entry, seq in zip(entries, seqs, strict=True):
-            stream = entry.stream
+        for message, seq in zip(messages, seqs, strict=True):
+            stream = message.entries[0].stream
             if seq > positions.get(stream, 0):
                 positions[stream] = seq
-        await self.outbox.remove(entries, positions)
-        self.stats.sent += len(entries)
+        await self.outbox.remove(sent, positions)
+        self.stats.sent += len(sent)
+        self.stats.messages += len(messages)
         self.stats.batches += 1
-        log.debug("forwarder.sent", n=len(entries), through=entries[-1].nodeseq)
-        return len(entries)
+        log.debug("forwarder.sent", n=len(sent), messages=len(messages), through=sent[-1].nodeseq)
+        return len(sent)
 
-    async def _publish(self, bus: Bus, entries: Sequence[Entry]) -> list[int]:
-        messages = [Outgoing(e.subject, e.body, e.msg_id) for e in entries]
-        return await bus.publish_raw_many(messages, timeout=self.options.ack_timeout, retries=0)
+    def _messages(self, entries: Sequence[Entry]) -> list[Packed]:
+        return pack_entries(self._node, entries, pack=self.options.pack, pack_bytes=self._pack_bytes,
+                            bounds=self._bounds)
 
-    async def _refusal(self, bus: Bus, entry: Entry) -> str | None:
-        """Send ``entry`` alone: why the hub refuses this message itself, or None if it took
+    async def _publish(self, bus: Bus, messages: Sequence[Packed]) -> list[int]:
+        outgoing = [m.outgoing for m in messages]
+        return await bus.publish_raw_many(outgoing, timeout=self.options.ack_timeout, retries=0)
+
+    async def _refusal(self, bus: Bus, message: Outgoing) -> str | None:
+        """Send ``message`` alone: why the hub refuses this message itself, or None if it took
         it (a timeout or a missing stream raises: not the message's fault)."""
         try:
             await bus.js.publish(
-                entry.subject,
-                entry.body,
+                message.subject,
+                message.payload,
                 timeout=self.options.ack_timeout,
-                headers={MSG_ID: entry.msg_id},
+                headers={MSG_ID: message.msg_id},
             )
         except MaxPayloadError as exc:
             return f"larger than the server's max_payload: {exc}"
@@ -246,9 +333,15 @@ class Forwarder:
                 name=reconcile_consumer(self._node),  # the one name a node may read with
             ):
                 for message in batch:
-                    seq, msg_id = _identity(message.data)
-                    if seq is not None and msg_id is not None:
-                        found.append((seq, msg_id))
+                    try:
+                        bodies = wire.bodies_of(message.data)
+                    except DecodeError as exc:  # not a batch this forwarder sent: nothing of ours
+                        log.warning("forwarder.reconcile_unreadable", seq=message.seq, error=exc.reason)
+                        bodies = []
+                    for body in bodies:
+                        seq, msg_id = _identity(body)
+                        if seq is not None and msg_id is not None:
+                            found.append((seq, msg_id))
                     last = max(last, message.seq)
             reached[stream] = last
         gone = await self.outbox.remove_published(found, reached)

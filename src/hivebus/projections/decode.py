@@ -1,7 +1,9 @@
 """Raw stream messages -> the items views apply, the messages to dead-letter, the duplicates.
 
 Every message is decoded by the one codec (``schemas.codec``) and checked to belong on its
-stream (readings on DATA, the rest on EVENTS). Events a node produced are then de-duplicated
+stream (readings on DATA, the rest on EVENTS). A DATA message may carry many readings
+(``bus.batch``): each is decoded on its own, and one that cannot be used is rejected alone
+(with its index in the batch and its own bytes) while the others go on. Events a node produced are then de-duplicated
 on ``(node, nodeseq)`` (see ``dedup``), visiting the batch's messages of all streams in stored
 time order, the order the node sent them in. What cannot be used becomes a ``Rejected`` with
 the reason, which the projector dead-letters; nothing stops the batch.
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from hivebus.bus import batch as wire
 from hivebus.bus.consumer import DeadLetter
 from hivebus.errors import DecodeError
 from hivebus.projections.dedup import NodeSeqs
@@ -48,6 +51,13 @@ class Rejected:
     data: bytes
     reason: str
     field: str | None = None
+    index: int | None = None
+    """The reading's place in its packed DATA message (``data`` is then that reading alone)."""
+
+
+Decodable = tuple[Message, Any, int | None, bytes]
+"""A message, its decoded event, the event's index in a packed message (None: the message is
+the event) and then the event's own bytes (else ``b""``)."""
 
 
 @dataclass(slots=True)
@@ -55,7 +65,7 @@ class Decoded:
     """One stream's part of a batch, decoded (not yet de-duplicated)."""
 
     stream: str
-    items: list[tuple[Message, Any]] = field(default_factory=list)
+    items: list[Decodable] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     last_seq: int = 0
     messages: int = 0
@@ -71,7 +81,10 @@ def decode_slice(stream: str, messages: Iterable[Message], after: int) -> Decode
             continue
         out.last_seq = m.seq
         if stream == DEADLETTERS:
-            out.items.append((m, _letter(m.data)))
+            out.items.append((m, _letter(m.data), None, b""))
+            continue
+        if stream == DATA and wire.is_batch(m.data):
+            _decode_batch(m, out)
             continue
         try:
             event = codec.decode(m.data)
@@ -82,8 +95,28 @@ def decode_slice(stream: str, messages: Iterable[Message], after: int) -> Decode
             reason = _misplaced(stream, event.type)
             out.rejected.append(Rejected(stream, m.seq, m.subject, bytes(m.data), reason, "type"))
             continue
-        out.items.append((m, event))
+        out.items.append((m, event, None, b""))
     return out
+
+
+def _decode_batch(m: Message, out: Decoded) -> None:
+    """The readings of one packed DATA message (a damaged batch is rejected whole)."""
+    try:
+        bodies = wire.unpack(m.data)
+    except DecodeError as exc:
+        out.rejected.append(Rejected(DATA, m.seq, m.subject, bytes(m.data), exc.reason, exc.field))
+        return
+    decode, items = codec.decode, out.items
+    for index, body in enumerate(bodies):
+        try:
+            event = decode(body)
+        except DecodeError as exc:
+            out.rejected.append(Rejected(DATA, m.seq, m.subject, body, exc.reason, exc.field, index))
+            continue
+        if event.type != READING:
+            out.rejected.append(Rejected(DATA, m.seq, m.subject, body, _misplaced(DATA, event.type), "type", index))
+            continue
+        items.append((m, event, index, body))
 
 
 @dataclass(slots=True)
@@ -97,21 +130,22 @@ def deduplicate(parts: Sequence[Decoded], seen: NodeSeqs) -> Deduplicated:
     """Drop events a node already delivered, walking all streams in stored-time order."""
     out = Deduplicated(items={p.stream: [] for p in parts})
     ordered = [
-        [(m.time_ns, i, k, p.stream, m, event) for k, (m, event) in enumerate(p.items)]
+        [(m.time_ns, i, k, p.stream, m, event, index, body) for k, (m, event, index, body) in enumerate(p.items)]
         for i, p in enumerate(parts)
     ]
-    for _, _, _, stream, m, event in heapq.merge(*ordered):
+    for _, _, _, stream, m, event, index, body in heapq.merge(*ordered):
         if stream != DEADLETTERS:
             node, nodeseq = event.node, event.nodeseq
             if node is not None and nodeseq is not None:
                 if not 0 < nodeseq <= INT64_MAX:
                     reason = f"nodeseq {nodeseq} is not between 1 and 2^63-1"
-                    out.rejected.append(Rejected(stream, m.seq, m.subject, bytes(m.data), reason, "nodeseq"))
+                    data = body if index is not None else bytes(m.data)
+                    out.rejected.append(Rejected(stream, m.seq, m.subject, data, reason, "nodeseq", index))
                     continue
                 if not seen.add(node, nodeseq, stream):
                     out.duplicates += 1
                     continue
-            out.items[stream].append(Item(m.seq, m.subject, event))
+            out.items[stream].append(Item(m.seq, m.subject, event, body, index))
         else:
             out.items[stream].append(Item(m.seq, m.subject, event, bytes(m.data)))
     return out  # (merge keeps each stream's own order: views see every stream in stream order)

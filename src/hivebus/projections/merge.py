@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from hivebus.projections.views.base import DATA, EVENTS
@@ -40,8 +40,12 @@ class Merger(Generic[M]):
     the others (DEADLETTERS) pass straight through."""
 
     def __init__(self, streams: Sequence[str], *, ordered: Collection[str] = (EVENTS, DATA),
-                 skew_ns: int = SKEW_NS) -> None:
+                 skew_ns: int = SKEW_NS, weight: Callable[[M], int] | None = None) -> None:
+        """``weight``: how much work a message is (the readings a packed DATA message carries);
+        ``pending`` and ``take``'s limit count that, not messages (default 1 each)."""
         self.streams = list(streams)
+        self.weight = weight
+        self.weights: dict[str, int] = dict.fromkeys(streams, 0)
         self.ordered = [s for s in self.streams if s in ordered]
         self.skew_ns = skew_ns
         self.buffers: dict[str, deque[M]] = {s: deque() for s in self.streams}
@@ -52,11 +56,20 @@ class Merger(Generic[M]):
         if messages:
             self.buffers[stream].extend(messages)
             self.last_ns[stream] = messages[-1].time_ns
+            weight = self.weight
+            self.weights[stream] += len(messages) if weight is None else sum(map(weight, messages))
 
     def pending(self, stream: str | None = None) -> int:
+        """The weight buffered (messages, by default), for ``stream`` or all."""
         if stream is not None:
-            return len(self.buffers[stream])
-        return sum(len(b) for b in self.buffers.values())
+            return self.weights[stream]
+        return sum(self.weights.values())
+
+    def _pop(self, stream: str) -> tuple[M, int]:
+        m = self.buffers[stream].popleft()
+        w = 1 if self.weight is None else self.weight(m)
+        self.weights[stream] -= w
+        return m, w
 
     def bound(self) -> float:
         """Messages stored at or before this time can be released now."""
@@ -68,7 +81,8 @@ class Merger(Generic[M]):
         return min(limits, default=float("inf"))
 
     def take(self, limit: int) -> list[tuple[str, list[M]]]:
-        """Up to ``limit`` messages, per stream in stream order, interleaved by stored time."""
+        """Messages weighing up to ``limit`` (at least one), per stream in stream order,
+        interleaved by stored time."""
         out: dict[str, list[M]] = {}
         taken = 0
         for stream in self.streams:  # pass-through streams first: they do not wait on others
@@ -76,8 +90,9 @@ class Merger(Generic[M]):
                 continue
             buffer = self.buffers[stream]
             while buffer and taken < limit:
-                out.setdefault(stream, []).append(buffer.popleft())
-                taken += 1
+                m, w = self._pop(stream)
+                out.setdefault(stream, []).append(m)
+                taken += w
         bound = self.bound()
         heads = [(b[0].time_ns, i, s) for i, s in enumerate(self.ordered) if (b := self.buffers[s])]
         heapq.heapify(heads)
@@ -86,8 +101,11 @@ class Merger(Generic[M]):
             if time_ns > bound:
                 break
             buffer = self.buffers[stream]
-            out.setdefault(stream, []).append(buffer.popleft())
-            taken += 1
+            if taken and self.weight is not None and taken + self.weight(buffer[0]) > limit:
+                break
+            m, w = self._pop(stream)
+            out.setdefault(stream, []).append(m)
+            taken += w
             if buffer:
                 heapq.heapreplace(heads, (buffer[0].time_ns, i, stream))
             else:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from hivebus.bus import batch as wire
 from hivebus.bus.client import Bus
 from hivebus.bus.consumer import dead_letter
 from hivebus.errors import HivebusError, ProjectionError
@@ -43,17 +44,27 @@ T = TypeVar("T")
 CONSUMER = "projector"
 
 
+def _weight(m: Message) -> int:
+    """The work in one message: the readings a packed DATA message carries, else 1."""
+    return wire.count(m.data)
+
+
+def _weigh(msgs: Sequence[Message]) -> int:
+    return sum(map(_weight, msgs))
+
+
 @dataclass(frozen=True, kw_only=True)
 class PumpConfig:
     batch_size: int = 10_000
-    """Most messages in one transaction."""
+    """Most events in one transaction (a packed DATA message counts its readings; a message
+    carrying more is one transaction of its own)."""
     max_wait: float = 0.05
     """Most seconds a message waits for its batch to fill before it is committed."""
     read_batch: int = 2000
     quiet_after: float = 0.2
     """A stream that delivered nothing this long does not hold the others back."""
     buffer_limit: int = 50_000
-    """Messages a stream may have buffered before its reader pauses."""
+    """Events (as ``batch_size`` counts them) a stream may have buffered before its reader pauses."""
     stall_after: float = 5.0
     """Seconds without a message while the stream has more: the reader is restarted."""
 
@@ -81,7 +92,7 @@ class Pump:
         self.targets = targets
         self.dead_letters = dead_letters
         self.on_commit = on_commit
-        self.merger: Merger[Message] = Merger(self.streams)
+        self.merger: Merger[Message] = Merger(self.streams, weight=_weight)
         self._inbox: asyncio.Queue[tuple[str, Sequence[Message]]] = asyncio.Queue()
         self._next = {s: store.positions.get(s, 0) + 1 for s in self.streams}
         self._arrived = dict.fromkeys(self.streams, 0.0)
@@ -158,14 +169,14 @@ class Pump:
                 stream, msgs = await asyncio.wait_for(self._inbox.get(), timeout)
             except TimeoutError:
                 continue
-            self._queued[stream] -= len(msgs)
+            self._queued[stream] -= _weigh(msgs)
             self.merger.push(stream, msgs)
         return []
 
     def _drain_inbox(self) -> None:
         while not self._inbox.empty():
             stream, msgs = self._inbox.get_nowait()
-            self._queued[stream] -= len(msgs)
+            self._queued[stream] -= _weigh(msgs)
             self.merger.push(stream, msgs)
 
     def _buffered(self, stream: str) -> int:
@@ -210,7 +221,7 @@ class Pump:
                         # Queued and counted with no await in between: a restart (cancel) can
                         # never lose messages this reader already took from the server.
                         self._inbox.put_nowait((stream, msgs))
-                        self._queued[stream] += len(msgs)
+                        self._queued[stream] += _weigh(msgs)
                         self._next[stream] = msgs[-1].seq + 1
                         self._arrived[stream] = time.monotonic()
                         if self._buffered(stream) >= self.config.buffer_limit:
@@ -314,12 +325,12 @@ class Pump:
             data, reason = r.data, r.reason
             if len(data) > limit:
                 data, reason = data[:limit], f"{reason} (payload cut to {limit} of {len(r.data)} bytes)"
-            log.warning("projector.dead_letter", stream=r.stream, seq=r.seq, subject=r.subject, reason=reason)
+            log.warning("projector.dead_letter", stream=r.stream, seq=r.seq, index=r.index, subject=r.subject, reason=reason)
             delay = 0.2
             while True:  # a dead letter is data too: never skip it silently
                 try:
                     await dead_letter(self.bus, stream=r.stream, consumer=CONSUMER, seq=r.seq, subject=r.subject,
-                                      data=data, reason=reason, field=r.field)
+                                      data=data, reason=reason, field=r.field, index=r.index)
                     break
                 except HivebusError as exc:
                     log.warning("projector.dead_letter_failed", stream=r.stream, seq=r.seq, error=str(exc), retry_in=delay)

@@ -42,6 +42,7 @@ from hivebus.projections.views.base import (
     STREAMS,
     Append,
     Change,
+    FailureKey,
     FoldView,
     Replace,
     Row,
@@ -211,7 +212,7 @@ class Store:
         unique = deduplicate(parts, self.seen)
         prepared.duplicates = unique.duplicates
         prepared.rejected.extend(unique.rejected)
-        failures: dict[tuple[str, int], list[str]] = defaultdict(list)
+        failures: dict[tuple[str, FailureKey], list[str]] = defaultdict(list)
         for view in self.views:
             items = unique.items.get(view.stream)
             if not items or view.name not in self.active:
@@ -223,13 +224,19 @@ class Store:
                     known = state.get(change.table, {})
                     prepared.deletes[len(prepared.changes)] = [s for s in change.scopes if known.get(s)]
                 prepared.changes.append(change)
-            for seq, reason in applied.failures.items():
-                failures[(view.stream, seq)].append(reason)
+            for key, reason in applied.failures.items():
+                failures[(view.stream, key)].append(reason)
         if failures:
             raw = {(p.stream, m.seq): m for p in slices for m in p.messages}
-            for (stream, seq), reasons in sorted(failures.items()):
-                m = raw[(stream, seq)]
-                prepared.rejected.append(Rejected(stream, seq, m.subject, bytes(m.data), "; ".join(reasons)))
+            packed = {(s, i.seq, i.batch_index): i for s, items in unique.items.items() for i in items if i.batch_index is not None}
+            for (stream, key), reasons in sorted(failures.items(), key=lambda f: (f[0][0], _order(f[0][1]))):
+                reason = "; ".join(reasons)
+                if isinstance(key, tuple):  # one reading of a packed message: that reading alone
+                    item = packed[(stream, *key)]
+                    prepared.rejected.append(Rejected(stream, item.seq, item.subject, item.raw, reason, index=item.batch_index))
+                else:
+                    m = raw[(stream, key)]
+                    prepared.rejected.append(Rejected(stream, key, m.subject, bytes(m.data), reason))
         prepared.applied = sum(len(items) for items in unique.items.values()) - len(failures)
         prepared.nodes = self.seen.touched()
         return prepared
@@ -421,6 +428,10 @@ class Store:
             self._w.close()
         with contextlib.suppress(duckdb.Error):
             self._con.close()
+
+
+def _order(key: FailureKey) -> tuple[int, int]:
+    return (key, -1) if isinstance(key, int) else key
 
 
 def _scopes_table(columns: Sequence[str], scopes: Iterable[Scope]) -> pa.Table:

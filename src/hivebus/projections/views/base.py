@@ -35,18 +35,30 @@ Scope = tuple[Any, ...]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
+FailureKey = int | tuple[int, int]
+"""Names an item in ``Applied.failures``: its stream seq, or (seq, index) for a packed reading."""
+
+
 class Item(NamedTuple):
     """One message of a batch as a view sees it: its stream sequence, NATS subject and body.
 
     ``event`` is a decoded ``Event`` for EVENTS and DATA, a ``DeadLetter`` (or None when the
-    dead letter itself is malformed) for DEADLETTERS; ``raw`` is the body (DEADLETTERS only).
-    A NamedTuple: one is built per reading, on the hot path.
+    dead letter itself is malformed) for DEADLETTERS; ``raw`` is the body (DEADLETTERS, and a
+    reading of a packed DATA message: its own bytes). ``batch_index`` is that reading's place in its
+    message (None: the message is the event). A NamedTuple: one is built per reading, on the
+    hot path.
     """
 
     seq: int
     subject: str
     event: Any
     raw: bytes = b""
+    batch_index: int | None = None
+
+    @property
+    def key(self) -> FailureKey:
+        """What names this item in ``Applied.failures``: its seq, or (seq, index) in a batch."""
+        return self.seq if self.batch_index is None else (self.seq, self.batch_index)
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,7 @@ class Applied:
     """A view's answer for one batch: the row changes and the messages it could not apply."""
 
     changes: list[Change] = field(default_factory=list)
-    failures: dict[int, str] = field(default_factory=dict)  # stream seq -> reason
+    failures: dict[FailureKey, str] = field(default_factory=dict)  # Item.key -> reason
 
 
 class View(ABC):
@@ -129,12 +141,12 @@ class AppendView(View):
 
     def apply(self, items: Sequence[Item], state: dict[str, dict[Scope, list[Row]]]) -> Applied:
         out: list[Row] = []
-        failures: dict[int, str] = {}
+        failures: dict[FailureKey, str] = {}
         for item in items:
             try:
                 out.extend(self.rows(item))
             except Exception as exc:
-                failures[item.seq] = failure(self.name, exc)
+                failures[item.key] = failure(self.name, exc)
         return Applied([Append(self.table.name, columnar(out))] if out else [], failures)
 
 
@@ -171,7 +183,7 @@ class FoldView(View):
     def apply(self, items: Sequence[Item], state: dict[str, dict[Scope, list[Row]]]) -> Applied:
         loaded = state.get(self.table.name, {})
         touched: dict[Scope, list[Row]] = {}
-        failures: dict[int, str] = {}
+        failures: dict[FailureKey, str] = {}
         for item in items:
             try:
                 key = self.scope(item)
@@ -180,7 +192,7 @@ class FoldView(View):
                 before = touched[key] if key in touched else loaded.get(key, [])
                 after = self.evolve([dict(r) for r in before], item)
             except Exception as exc:
-                failures[item.seq] = failure(self.name, exc)
+                failures[item.key] = failure(self.name, exc)
                 continue
             if after is not None:
                 touched[key] = after

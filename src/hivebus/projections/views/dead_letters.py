@@ -1,8 +1,11 @@
 """``dead_letters``: what a consumer (the projector, a handler, an edge agent) could not use.
 
 Built from the DEADLETTERS stream, so every consumer's dead letters appear here, with the
-reason and the raw payload. One row per (stream, seq, consumer): a dead letter published
-twice (after a crash, beyond the duplicate window) is recorded once.
+reason and the raw payload. One row per (stream, seq, consumer, batch_index): a dead letter
+published twice (after a crash, beyond the duplicate window) is recorded once. ``batch_index``
+is NULL for a whole message; for one bad reading of a packed DATA message (issue 18) it is the
+reading's place in the message, ``payload`` that reading's bytes, and each bad reading of the
+message has its row.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from hivebus.projections.views.base import DEADLETTERS, FoldView, Item, Row, Sco
 
 class DeadLettersView(FoldView):
     name = "dead_letters"
-    version = 1
+    version = 2  # 2: batch_index, a row per bad reading of a packed message
     stream = DEADLETTERS
     public = ("dead_letters",)
     scope_columns = ("stream", "seq", "consumer")
@@ -32,7 +35,8 @@ class DeadLettersView(FoldView):
             time TIMESTAMP,
             payload BLOB,
             dlq_subject VARCHAR NOT NULL,
-            dlq_seq BIGINT NOT NULL
+            dlq_seq BIGINT NOT NULL,
+            batch_index INTEGER
         )""",
     )
 
@@ -43,9 +47,10 @@ class DeadLettersView(FoldView):
         return (letter.stream, letter.seq, letter.consumer)
 
     def evolve(self, rows: list[Row], item: Item) -> list[Row] | None:
-        if rows:
-            return None  # the first letter for a message wins
         letter = item.event
+        index = None if letter is None else letter.index
+        if any(row.get("batch_index") == index for row in rows):
+            return None  # the first letter for a message (or a reading of it) wins
         if letter is None:
             return [
                 {
@@ -59,9 +64,11 @@ class DeadLettersView(FoldView):
                     "payload": item.raw,
                     "dlq_subject": item.subject,
                     "dlq_seq": item.seq,
+                    "batch_index": None,
                 }
             ]
         return [
+            *rows,
             {
                 "stream": letter.stream,
                 "seq": letter.seq,
@@ -73,7 +80,8 @@ class DeadLettersView(FoldView):
                 "payload": _payload(letter.payload_b64),
                 "dlq_subject": item.subject,
                 "dlq_seq": item.seq,
-            }
+                "batch_index": index,
+            },
         ]
 
 

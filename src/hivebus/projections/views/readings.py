@@ -15,6 +15,7 @@ from hivebus.projections.views.base import (
     DATA,
     Append,
     Applied,
+    FailureKey,
     Item,
     Row,
     Scope,
@@ -52,7 +53,7 @@ class ReadingsView(View):
         nodes: list[str | None] = []
         metas: list[list[tuple[str, str]]] = []
         seqs: list[int] = []
-        failures: dict[int, str] = {}
+        failures: dict[FailureKey, str] = {}
         for item in items:
             event = item.event
             reading = event.data
@@ -65,7 +66,7 @@ class ReadingsView(View):
                 try:
                     value, text = number_and_text(raw)
                 except Exception as exc:
-                    failures[item.seq] = failure(self.name, exc)
+                    failures[item.key] = failure(self.name, exc)
                     continue
                 if type(raw) is int:  # the data query gives back an int, not a float (int64 frames)
                     text = str(raw)
