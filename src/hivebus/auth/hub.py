@@ -1,6 +1,7 @@
 """The hub's identities on disk: ``<data-dir>/auth/``.
 
 - ``identities.json``: user name -> bcrypt hash of its password (never the password).
+- ``identities.json`` also keeps ``sites``: each site leaf (``hivebus site add``) -> its nodes.
 - ``nats-auth.conf``: what the hub's nats-server includes (``permissions.render``).
 - ``service.creds`` and ``admin.creds`` (mode 0600): the platform's own credentials,
   used by the processes ``hivebus up`` starts and by the operator's CLI on the hub machine.
@@ -22,15 +23,16 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import bcrypt
 import structlog
 
 from hivebus.auth import permissions
 from hivebus.auth.credentials import Credential
+from hivebus.auth.sites import SiteCredential
 from hivebus.auth.tls import hub_ca
 from hivebus.bus.server import reload_server
 from hivebus.errors import SetupError
@@ -76,13 +78,20 @@ class HubAuth:
     # --- reading ----------------------------------------------------------------------
 
     def users(self) -> dict[str, str]:
+        return dict(self._doc().get("users", {}))
+
+    def sites(self) -> dict[str, list[str]]:
+        """Each site (``hivebus site add``) -> the nodes behind its leaf."""
+        return {site: list(nodes) for site, nodes in self._doc().get("sites", {}).items()}
+
+    def _doc(self) -> dict[str, Any]:
         try:
             doc = json.loads((self.dir / IDENTITIES).read_text())
         except FileNotFoundError:
             return {}
         except ValueError as exc:
             raise SetupError(f"{self.dir / IDENTITIES} is corrupt: {exc}", hint="restore it from a backup") from None
-        return dict(doc.get("users", {}))
+        return dict(doc)
 
     # --- changing ---------------------------------------------------------------------
 
@@ -120,6 +129,39 @@ class HubAuth:
         log.info("auth.node_added", node=node, rotated=rotate)
         return Credential(user=user, password=password, inbox_prefix=permissions.inbox_prefix(user), ca=self.ca())
 
+    def add_site(self, site: str, nodes: Sequence[str], *, rotate: bool = False, domain: str = "hub") -> SiteCredential:
+        """A site leaf's link credential, bound to ``nodes`` (each needs its own credential
+        already: the leaf checks the nodes' passwords against the hashes it carries)."""
+        if not NODE_ID.match(site):
+            raise SetupError(f"site name {site!r} is not valid", hint="letters, digits, _ and - (e.g. north-field), at most 64")
+        if not nodes:
+            raise SetupError(f"site {site}: no nodes", hint=f"name the nodes behind its leaf: hivebus site add {site} --node W0A1 --node W0A2")
+        user = permissions.site_user(site)
+        with self._locked_doc() as (users, sites):
+            if user in users and not rotate:
+                raise SetupError(
+                    f"site {site} already has a credential",
+                    hint=f"`hivebus site add {site} --rotate --node ...` issues a new one (the old one stops working)",
+                )
+            missing = [n for n in nodes if permissions.node_user(n) not in users]
+            if missing:
+                raise SetupError(
+                    f"site {site}: node(s) {', '.join(missing)} have no credential on this hub",
+                    hint="`hivebus node add ID --out ID.creds` for each first: a node uses the same credential at its site's leaf",
+                )
+            password = new_password()
+            users[user] = hash_password(password)
+            sites[site] = sorted(set(nodes))
+            hashes = {n: users[permissions.node_user(n)] for n in sites[site]}
+        log.info("auth.site_added", site=site, nodes=sorted(set(nodes)), rotated=rotate)
+        return SiteCredential(site=site, user=user, password=password, nodes=hashes, domain=domain, ca=self.ca())
+
+    def remove_site(self, site: str) -> bool:
+        with self._locked_doc() as (users, sites):
+            existed = users.pop(permissions.site_user(site), None) is not None
+            sites.pop(site, None)
+        return existed
+
     def remove_node(self, node: str) -> bool:
         user = permissions.node_user(node)
         with self._locked() as users:
@@ -142,16 +184,25 @@ class HubAuth:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, str]]:
-        """Read-modify-write the identities under a lock, then rewrite the server config."""
+        with self._locked_doc() as (users, _sites):
+            yield users
+
+    @contextlib.contextmanager
+    def _locked_doc(self) -> Iterator[tuple[dict[str, str], dict[str, list[str]]]]:
+        """Read-modify-write the identities (and sites) under a lock, then rewrite the server config."""
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         with (self.dir / ".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            users = self.users()
-            yield users
-            _write_atomic(self.dir / IDENTITIES, json.dumps({"users": users}, indent=2, sort_keys=True) + "\n")
+            users, sites = self.users(), self.sites()
+            yield users, sites
+            # a site whose link credential is gone, or a node withdrawn from it, no longer counts
+            sites = {s: [n for n in ns if permissions.node_user(n) in users] for s, ns in sites.items()
+                     if permissions.site_user(s) in users}
+            doc: dict[str, Any] = {"users": users, **({"sites": sites} if sites else {})}
+            _write_atomic(self.dir / IDENTITIES, json.dumps(doc, indent=2, sort_keys=True) + "\n")
             nodes = [u.removeprefix(permissions.NODE_PREFIX) for u in users if u.startswith(permissions.NODE_PREFIX)]
-            _write_atomic(self.conf_path, permissions.render(users, nodes))
+            _write_atomic(self.conf_path, permissions.render(users, nodes, sites))
 
 
 def _write_atomic(path: Path, text: str) -> None:

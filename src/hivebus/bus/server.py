@@ -289,7 +289,11 @@ class NatsServer:
         for kind, port in self._ports.named().items():
             if port_is_taken(self._config.host, port):
                 raise PortBusy(kind, port)
-        self.config_path.write_text(render_config(self._config, self._ports))
+        # owner-only: a site leaf's remote URL carries its link password (auth.sites)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as conf:
+            conf.write(render_config(self._config, self._ports))
+        os.chmod(self.config_path, 0o600)
         with self.log_path.open("ab") as log_file:
             self._log_offset = log_file.tell()
             self._proc = spawn(

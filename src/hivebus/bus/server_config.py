@@ -170,8 +170,10 @@ def render_config(config: ServerConfig, ports: Ports) -> str:
         if ports.leafnode is not None:
             lines.append(f"  listen: {q(hostport(config.host, ports.leafnode))}")
         if config.leafnode_remotes:
-            remotes = ", ".join(f"{{url: {q(url)}}}" for url in config.leafnode_remotes)
-            lines.append(f"  remotes: [{remotes}]")
+            # one remote with every URL: the servers of one hub (a cluster's members), tried in
+            # turn, so the leaf keeps one link and moves it when its server goes away
+            urls = ", ".join(q(url) for url in config.leafnode_remotes)
+            lines.append(f"  remotes: [{{urls: [{urls}]}}]")
         lines.append("}")
     if config.tls is not None:
         lines += ["tls {", config.tls, "}"]

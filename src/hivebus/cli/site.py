@@ -10,13 +10,18 @@ See docs/sites.md and ``hivebus.bus.server_config``.
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from hivebus.auth import permissions
+from hivebus.auth.hub import HubAuth
+from hivebus.auth.sites import SiteCredential
 from hivebus.bus.server import NatsServer, ServerConfig
 from hivebus.cli.app import app, out, run, settings
 from hivebus.cli.server import _create_streams, _wait_for_signal
@@ -35,6 +40,11 @@ Domain = Annotated[
     str,
     typer.Option("--domain", help="The hub's JetStream domain (the same on both sides)."),
 ]
+HubDataDir = Annotated[
+    Path, typer.Option(envvar="HIVEBUS_DATA_DIR", help="The hub's data dir (its auth/ holds the identities).")
+]
+# what a leaf logs when the hub refuses its link's credential
+_REFUSED = re.compile(r"Leafnode Error '(Authorization Violation|[^']*[Aa]uthentication[^']*)'")
 
 
 def check_domain(domain: str) -> str:
@@ -71,11 +81,17 @@ def hub(
         str, typer.Option(help="Address to listen on (0.0.0.0 for sites on other machines).")
     ] = "127.0.0.1",
     domain: Domain = DOMAIN,
+    auth: Annotated[
+        bool,
+        typer.Option("--auth/--no-auth", help="Authenticate nodes, services and site links (identities in <data-dir>/auth)."),
+    ] = True,
 ) -> None:
     """The hub's nats-server accepting site leaves (JetStream domain, streams created) until Ctrl-C.
 
-    Without authentication (see docs/sites.md): run it on a network you trust."""
-    cfg = settings()
+    With --auth (the default) a leaf links only with a site credential (`hivebus site add`)
+    and carries only its own nodes' subjects; see docs/sites.md."""
+    cfg = settings(None, data_dir=data_dir)
+    hub_auth = HubAuth.of_data_dir(data_dir).ensure() if auth else None
     srv = NatsServer(
         ServerConfig(
             store_dir=data_dir / "nats",
@@ -84,18 +100,61 @@ def hub(
             fsync=cfg.fsync,
             leafnode_port=leafnode_port,
             jetstream_domain=check_domain(domain),
+            include=hub_auth.conf_path if hub_auth is not None else None,
         )
     ).start()
     try:
-        run(_create_streams(srv.url, cfg))
+        service = replace(cfg, nats_credentials=hub_auth.creds_path(permissions.SERVICE)) if hub_auth is not None else cfg
+        run(_create_streams(srv.url, service))
         out.print(
             f"[green]hub nats-server running[/] at [bold]{srv.url}[/] (store {data_dir / 'nats'}, domain {domain})"
         )
-        out.print(f"sites:  hivebus site run --hub {srv.leafnode_url} --domain {domain}")
+        if hub_auth is not None:
+            out.print(f"auth: identities in {hub_auth.dir}; nodes: `hivebus node add ID`, sites: "
+                      "`hivebus site add NAME --node ID ... --out NAME.creds`")
+            out.print(f"sites:  hivebus site run --hub {srv.leafnode_url} --credentials NAME.creds")
+        else:
+            out.print("auth: [yellow]off[/] (--no-auth): any leaf may link and publish")
+            out.print(f"sites:  hivebus site run --hub {srv.leafnode_url} --domain {domain}")
         out.print("stop: Ctrl-C")
         run(_wait_for_signal())
     finally:
         srv.stop()
+
+
+@site_app.command("add")
+def site_add(
+    name: Annotated[str, typer.Argument(help="The site's name, e.g. north-field.")],
+    node: Annotated[list[str], typer.Option("--node", help="A node behind this site's leaf (repeatable; each needs `hivebus node add` first).")],
+    data_dir: HubDataDir = Path(".hivebus"),
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the site credential to this file (mode 0600) instead of printing it.")] = None,
+    rotate: Annotated[bool, typer.Option(help="Replace the site's credential and its nodes (the old file stops working).")] = False,
+    domain: Domain = DOMAIN,
+) -> None:
+    """Create a site's link credential for `hivebus site run` (on the hub machine)."""
+    auth = HubAuth.of_data_dir(data_dir)
+    if not (auth.dir / "identities.json").exists():
+        raise SetupError(f"{auth.dir} has no hub identities", hint="run this on the hub machine, in the data dir of `hivebus site hub` (--data-dir)")
+    credential = auth.add_site(name, node, rotate=rotate, domain=check_domain(domain))
+    reloaded = auth.reload(data_dir / "nats")
+    if out_file is not None:
+        credential.save(out_file)
+        out.print(f"site {name} ({', '.join(credential.nodes)}): credential written to {out_file} (keep it secret)", highlight=False)
+    else:
+        out.print(f"site {name}: credential (shown once; the hub keeps only its hash):", highlight=False)
+        print(credential.dumps(), end="")
+    out.print("hub reloaded" if reloaded else "no hub running on this data dir: the next start reads it", highlight=False)
+    out.print(f"at the site: hivebus site run --hub nats-leaf://HUB-HOST:7422 --credentials {out_file or 'FILE'}", highlight=False)
+
+
+@site_app.command("remove")
+def site_remove(name: Annotated[str, typer.Argument()], data_dir: HubDataDir = Path(".hivebus")) -> None:
+    """Withdraw a site's link credential (its leaf can no longer link)."""
+    auth = HubAuth.of_data_dir(data_dir)
+    if not auth.remove_site(name):
+        raise SetupError(f"site {name} has no credential", hint=f"sites on this hub: {', '.join(auth.sites()) or 'none'}")
+    auth.reload(data_dir / "nats")
+    out.print(f"site {name}: credential withdrawn")
 
 
 @site_app.command("run")
@@ -115,7 +174,14 @@ def site_run(
     name: Annotated[
         str, typer.Option(help="The leaf server's name, as the hub's leafz lists it.")
     ] = "site",
-    domain: Domain = DOMAIN,
+    domain: Annotated[
+        str | None,
+        typer.Option("--domain", help="The hub's JetStream domain (default: the credential's, else 'hub')."),
+    ] = None,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(help="The site's credential (`hivebus site add NAME --node ... --out FILE` on the hub)."),
+    ] = None,
     link_timeout: Annotated[
         float,
         typer.Option(
@@ -123,45 +189,87 @@ def site_run(
         ),
     ] = 10.0,
 ) -> None:
-    """A site's leaf nats-server linked to the hub, until Ctrl-C; nodes connect to it locally."""
+    """A site's leaf nats-server linked to the hub, until Ctrl-C; nodes connect to it locally.
+
+    With --credentials the link authenticates as the site and the leaf admits only the site's
+    nodes, each with its own `hivebus node add` credential and confined to its own subjects."""
+    check_leaf_url(hub_url)
+    site = SiteCredential.load(credentials) if credentials is not None else None
+    domain = check_domain(domain or (site.domain if site is not None else DOMAIN))
+    include = None
+    if site is not None:
+        include = write_leaf_auth(data_dir / "auth", site)
     srv = NatsServer(
         ServerConfig(
             store_dir=data_dir / "nats",
             host=host,
             port=nats_port,
             server_name=name,
-            leafnode_remotes=(check_leaf_url(hub_url),),
+            leafnode_remotes=(site.remote_url(hub_url) if site is not None else hub_url,),
             jetstream=False,
-            hub_jetstream_domain=check_domain(domain),
+            hub_jetstream_domain=domain,
+            include=include,
         )
     ).start()
     try:
+        who = f" as site {site.site} (nodes {', '.join(site.nodes)})" if site is not None else " without a credential"
         out.print(
-            f"[green]site leaf running[/] at [bold]{srv.url}[/], linked to {hub_url} (domain {domain})"
+            f"[green]site leaf running[/] at [bold]{srv.url}[/], linked to {hub_url}{who} (domain {domain})",
+            highlight=False,
         )
-        if wait_for_link(srv, link_timeout):
+        state = wait_for_link(srv, link_timeout)
+        if state == "up":
             out.print("link: up")
+        elif state == "refused":
+            raise SetupError(
+                f"link: the hub at {hub_url} refused this site's credential"
+                + (f" ({credentials})" if credentials is not None else " (none given)"),
+                hint=(f"on the hub: hivebus site add {site.site} --rotate --node ... --out FILE, and copy FILE here"
+                      if site is not None else "on the hub: hivebus site add NAME --node ID ... --out NAME.creds; "
+                      "then --credentials NAME.creds"),
+            )
         else:
             out.print(
                 f"[yellow]link: not up after {link_timeout:g}s[/]; the leaf keeps retrying "
                 f"and the nodes' outboxes keep their events meanwhile ({srv.log_path})"
             )
-        out.print(f"nodes:  HIVEBUS_NATS_URL={srv.url} hivebus agent ...")
+        creds_hint = " --credentials <the node's own file>" if site is not None else ""
+        out.print(f"nodes:  hivebus node run --node-id ID --hub {srv.url}{creds_hint}")
         out.print("stop: Ctrl-C")
         run(_wait_for_signal())
     finally:
         srv.stop()
 
 
-def wait_for_link(server: NatsServer, timeout: float) -> bool:
-    """Whether ``server`` has a leafnode connection to its hub within ``timeout`` seconds."""
+def write_leaf_auth(auth_dir: Path, site: SiteCredential) -> Path:
+    """The leaf's own users (the site's nodes, checked against the hub's hashes), owner-only."""
+    auth_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(auth_dir, 0o700)
+    path = auth_dir / "leaf-auth.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as conf:
+        conf.write(permissions.render_leaf(site.nodes))
+    return path
+
+
+def link_refused(server: NatsServer) -> str | None:
+    """The hub's refusal of the link's credential, as this run of the leaf logged it last."""
+    found = _REFUSED.findall(server.log_tail(400))
+    return found[-1] if found else None
+
+
+def wait_for_link(server: NatsServer, timeout: float) -> str:
+    """``up`` once ``server`` has a leafnode connection to its hub, ``refused`` if the hub
+    refused its credential, ``down`` if neither within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             if server.monitor("leafz").get("leafnodes", 0) >= 1:
-                return True
+                return "up"
         except BusError:  # monitoring hiccup: ask again
             pass
+        if link_refused(server) is not None:
+            return "refused"
         if time.monotonic() >= deadline:
-            return False
+            return "down"
         time.sleep(0.1)
