@@ -19,10 +19,13 @@ import httpx
 import nats
 import pytest
 
+from hivebus.bus import batch as wire
 from hivebus.bus.client import Bus
+from hivebus.bus.publisher import Outgoing
 from hivebus.bus.server import NatsServer
 from hivebus.bus.streams import platform_streams
 from hivebus.config import Settings
+from hivebus.schemas import codec
 from hivebus.schemas.data import Reading
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.node import TriggerFired
@@ -191,6 +194,37 @@ async def test_readings_follow_node_and_name_filters(hub: Bus, web: WebProcess) 
         (OTHER, "env.temperature", 4.0), (OTHER, "env.pressure", 5.0)]
     assert got[0].data and got[0].data["meta"] == {"sensor": "bme680"} and got[0].data["timestamp"].endswith("Z")
     assert [(m.data["node"], m.data["value"]) for m in uptime if m.data] == [(NODE, 3.0), (OTHER, 6.0)]
+
+
+async def test_packed_readings_are_one_sse_message_each_and_resume_inside_a_batch(hub: Bus, web: WebProcess) -> None:
+    """Readings packed as the forwarder sends them (issue 18): one SSE message per reading, id
+    SEQ:I; a client reconnecting with Last-Event-ID SEQ:I gets the rest of that batch and what
+    follows, once; an exact name= still finds readings inside batches."""
+    now = time.time_ns()
+    names = ["env.temperature", "sys.uptime", "env.pressure"]
+    bodies = [codec.encode(Event.new(Reading(name=names[i % 3], value=float(i), timestamp=now + i),
+                                     source=f"node/{OTHER}", subject=OTHER, nodeseq=100 + i)) for i in range(9)]
+    single = Event.new(Reading(name="sys.uptime", value=99.0, timestamp=now + 99), source=f"node/{OTHER}",
+                       subject=OTHER, nodeseq=199)
+    seq, = await hub.publish_raw_many([Outgoing(wire.batch_subject(OTHER), wire.pack(bodies), "b1")])
+    await hub.publish(single)
+    async with httpx.AsyncClient(timeout=None) as client:
+        url = f"{web.url}/api/v1/stream"
+        params = {"kind": "readings", "node": OTHER, "since": "-1h"}
+        async with client.stream("GET", url, params=params) as response:
+            first = await take(response, 4)
+        async with client.stream("GET", url, params={**params, "last_event_id": first[-1].id}) as response:
+            rest = await take(response, 6)
+        exact = {"kind": "readings", "name": "sys.uptime", "since": "-1h"}
+        async with client.stream("GET", url, params=exact) as response:
+            uptime = await take(response, 4)
+    assert [m.id for m in first] == [f"{seq}:{i}" for i in range(4)]
+    assert [m.id for m in rest] == [f"{seq}:{i}" for i in range(4, 9)] + [str(seq + 1)]
+    assert [m.data["value"] for m in first + rest if m.data] == [float(i) for i in range(9)] + [99.0]
+    assert all(m.data and m.data["node"] == OTHER and m.data["seq"] == int((m.id or "").split(":")[0])
+               for m in first + rest)
+    assert [(m.id, m.data["value"]) for m in uptime if m.data] == [
+        (f"{seq}:1", 1.0), (f"{seq}:4", 4.0), (f"{seq}:7", 7.0), (str(seq + 1), 99.0)]
 
 
 def test_bad_stream_requests_are_json_errors(web: WebProcess) -> None:

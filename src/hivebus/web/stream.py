@@ -12,7 +12,7 @@ Two kinds, one per connection (``kind=events``, the default, or ``kind=readings`
 
 ``since=-1h`` (or an ISO time) starts from history; without it only what arrives from now on.
 Every message's ``id:`` is its stream sequence (``SEQ``; ``SEQ:I`` for the I-th reading of a
-message that carries several), so a client that reconnects with ``Last-Event-ID`` (browsers'
+packed DATA message, ``bus.batch``, which carries many), so a client that reconnects with ``Last-Event-ID`` (browsers'
 ``EventSource`` do it by themselves; ``?last_event_id=`` works too) goes on right after the last
 message it saw: nothing lost, nothing repeated. A comment line is sent every ``heartbeat``
 seconds (15 by default) so proxies keep the connection open. Memory is bounded for a slow
@@ -38,6 +38,7 @@ from fastapi.responses import StreamingResponse
 from nats.errors import Error as NatsError
 
 from hivebus.api import parse_since, tail_subjects
+from hivebus.bus import batch as wire
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import DATA, EVENTS
 from hivebus.bus.subjects import data_filter
@@ -52,6 +53,7 @@ router = APIRouter(tags=["streams"])
 BATCH: Final = 200  # messages one pull asks for
 QUEUE: Final = 1000  # SSE messages buffered for a client, at most
 SSE: Final = "text/event-stream"
+READING: Final = "data.reading"
 _GLOB = frozenset("*?[")
 
 
@@ -88,12 +90,6 @@ def _event_body(seq: int, event: Event) -> dict[str, Any]:
     return {"seq": seq, **codec.to_dict(event)}
 
 
-def _readings_of(event: Event) -> list[Any]:
-    """The readings one DATA message carries: one, or a batch's (``data.readings``)."""
-    many = getattr(event.data, "readings", None)
-    return list(many) if isinstance(many, list | tuple) else [event.data]
-
-
 def _reading_body(seq: int, node: str | None, reading: Any) -> dict[str, Any]:
     stamp = datetime.fromtimestamp(reading.timestamp / 1e9, tz=UTC)
     return {"seq": seq, "node": node, "timestamp": stamp.isoformat().replace("+00:00", "Z"),
@@ -114,6 +110,9 @@ class Selection:
         return EVENTS if self.kind == "events" else DATA
 
     def items(self, seq: int, data: bytes) -> Iterator[Item]:
+        if self.kind == "readings" and wire.is_batch(data):
+            yield from self._packed(seq, data)
+            return
         try:
             event = codec.decode(data)
         except HivebusError:
@@ -121,12 +120,23 @@ class Selection:
         if self.kind == "events":
             if fnmatch.fnmatchcase(event.type, self.type_glob):
                 yield Item(Cursor(seq), _event_body(seq, event))
+        elif event.type == READING and fnmatch.fnmatchcase(event.data.name, self.name_glob):
+            yield Item(Cursor(seq), _reading_body(seq, event.node, event.data))
+
+    def _packed(self, seq: int, data: bytes) -> Iterator[Item]:
+        """The readings of a packed DATA message, each ``SEQ:I`` (bad ones are skipped: the
+        projector records each in dead_letters)."""
+        try:
+            bodies = wire.unpack(data)
+        except HivebusError:
             return
-        readings = _readings_of(event)
-        several = len(readings) > 1
-        for index, reading in enumerate(readings):
-            if fnmatch.fnmatchcase(reading.name, self.name_glob):
-                yield Item(Cursor(seq, index if several else None), _reading_body(seq, event.node, reading))
+        for index, body in enumerate(bodies):
+            try:
+                event = codec.decode(body)
+            except HivebusError:
+                continue
+            if event.type == READING and fnmatch.fnmatchcase(event.data.name, self.name_glob):
+                yield Item(Cursor(seq, index), _reading_body(seq, event.node, event.data))
 
 
 def selection(kind: str, to_edge: str | None, from_edge: str | None, type_glob: str, node: str | None,
@@ -139,9 +149,13 @@ def selection(kind: str, to_edge: str | None, from_edge: str | None, type_glob: 
         if to_edge is not None or from_edge is not None:
             raise ApiError(400, "to_edge= and from_edge= filter events, not readings", "use node= (and name=) with kind=readings")
         glob = name or "*"
-        # An exact name (no glob) narrows the server's filter; a glob is matched here.
+        # An exact name (no glob) narrows the server's filter to its own subject and the
+        # node's packed messages (which carry every name); a glob is matched here.
         exact = name if name and not (_GLOB & set(name)) else None
-        return Selection("readings", [data_filter(node or "*", exact or ">")], name_glob=glob)
+        subjects = [data_filter(node or "*", exact or ">")]
+        if exact:
+            subjects.append(data_filter(node or "*", wire.BATCH_TOKEN))
+        return Selection("readings", subjects, name_glob=glob)
     raise ApiError(400, f"kind {kind!r} is not a stream", "kind=events (the default) or kind=readings")
 
 
