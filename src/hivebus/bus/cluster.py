@@ -23,8 +23,20 @@ class NatsCluster:
     """``size`` JetStream servers on loopback, fully routed, each with its own store dir."""
 
     def __init__(
-        self, base_dir: Path, size: int = 3, name: str = "hivebus", fsync: FsyncPolicy = "always"
+        self,
+        base_dir: Path,
+        size: int = 3,
+        name: str = "hivebus",
+        fsync: FsyncPolicy = "always",
+        *,
+        leafnodes: bool = False,
+        jetstream_domain: str | None = None,
+        include: Path | None = None,
     ) -> None:
+        """``leafnodes``: each member also listens for site leaves (``leafnode_urls``, all of
+        them in one leaf's remote, so its link moves to another member when its own goes
+        away); a site leaf needs the cluster's ``jetstream_domain`` (``hivebus site``).
+        ``include``: the hub's identities (``auth.hub``), the same file for every member."""
         if size < 2:
             raise SetupError(
                 f"cluster size {size}: a JetStream cluster needs at least 2 servers (3 to survive a loss)"
@@ -34,6 +46,9 @@ class NatsCluster:
         self._name = name
         self._fsync: FsyncPolicy = fsync
         self._servers: list[NatsServer] = []
+        self._leafnodes = leafnodes
+        self._jetstream_domain = jetstream_domain
+        self._include = include
 
     @property
     def name(self) -> str:
@@ -55,6 +70,11 @@ class NatsCluster:
         ``urls`` (or ``url.split(",")``).
         """
         return ",".join(self.urls)
+
+    @property
+    def leafnode_urls(self) -> list[str]:
+        """Every member's leafnode URL: what a site leaf lists in its remote (``leafnodes=True``)."""
+        return [s.leafnode_url for s in self._servers]
 
     def server(self, server_name: str) -> NatsServer:
         """The member called ``server_name`` (as JetStream reports leaders)."""
@@ -139,6 +159,9 @@ class NatsCluster:
                 cluster_name=self._name,
                 cluster_port=cluster_port,
                 routes=tuple(r for r in routes if not r.endswith(f":{cluster_port}")),
+                leafnode_port=0 if self._leafnodes else None,
+                jetstream_domain=self._jetstream_domain,
+                include=self._include,
             )
             members.append(NatsServer(config))
         return members

@@ -160,7 +160,7 @@ def site_remove(name: Annotated[str, typer.Argument()], data_dir: HubDataDir = P
 @site_app.command("run")
 def site_run(
     hub_url: Annotated[
-        str, typer.Option("--hub", help="The hub's leafnode URL, nats-leaf://HOST:PORT.")
+        str, typer.Option("--hub", help="The hub's leafnode URL, nats-leaf://HOST:PORT (a cluster hub: every member's, comma-separated).")
     ],
     data_dir: Annotated[Path, typer.Option(help="Where the leaf keeps its config and log.")] = Path(
         ".hivebus-site"
@@ -193,7 +193,7 @@ def site_run(
 
     With --credentials the link authenticates as the site and the leaf admits only the site's
     nodes, each with its own `hivebus node add` credential and confined to its own subjects."""
-    check_leaf_url(hub_url)
+    hub_urls = [check_leaf_url(u.strip()) for u in hub_url.split(",")]
     site = SiteCredential.load(credentials) if credentials is not None else None
     domain = check_domain(domain or (site.domain if site is not None else DOMAIN))
     include = None
@@ -205,7 +205,8 @@ def site_run(
             host=host,
             port=nats_port,
             server_name=name,
-            leafnode_remotes=(site.remote_url(hub_url) if site is not None else hub_url,),
+            # one remote with every member's URL: the link moves when its member goes away
+            leafnode_remotes=tuple(site.remote_url(u) if site is not None else u for u in hub_urls),
             jetstream=False,
             hub_jetstream_domain=domain,
             include=include,
