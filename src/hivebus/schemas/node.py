@@ -8,9 +8,10 @@ science rule's ``publish`` action, sent from the edge.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import difflib
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import Field, Strict, StringConstraints
+from pydantic import Field, Strict, StringConstraints, model_validator
 
 from hivebus.schemas.data import ReadingName, ReadingValue
 from hivebus.schemas.ecr import BundleId, HardwareProfile
@@ -57,6 +58,58 @@ class SensorSpec(Part):
     max_silence: Seconds = 300.0
 
 
+DEVICE_FIELDS: Final = ("name", "type", "path", "exclusive", "attributes")
+AttributeValue = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def _attribute_text(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ValueError(f"attribute {key!r} must be a string or a number, not {type(value).__name__}")
+
+
+class DeviceSpec(Part):
+    """A device a plugin can claim (EdgeRM's resources and attributes): a camera, a microphone,
+    a serial sensor, a GPU. ``type`` is what an app's ``resources`` asks for
+    (``RGB_image_producer``, ``camera``, ``microphone``, ``serial``, ``gpu``...); other keys of
+    the node.yaml entry are its attributes (``view: top``, ``resolution: 1920x1080``), kept as
+    text. An ``exclusive`` device (the default) serves one plugin of one goal at a time."""
+
+    name: Label
+    type: Label
+    path: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    """Where the device is on the node (``/dev/video0``): what an executor would pass through."""
+    exclusive: bool = True
+    attributes: dict[Label, AttributeValue] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_attributes(cls, data: Any) -> Any:
+        """node.yaml writes attributes beside the fields (``view: top``), as Sage's app
+        ``resources`` items do; they are gathered into ``attributes``."""
+        if not isinstance(data, dict):
+            return data
+        extra = {k: v for k, v in data.items() if k not in DEVICE_FIELDS}
+        if not extra:
+            return data
+        for key in extra:
+            close = difflib.get_close_matches(str(key), DEVICE_FIELDS, n=1, cutoff=0.8)
+            if close:
+                raise ValueError(f"unknown device key {key!r}: did you mean {close[0]!r}?")
+        attributes = dict(data.get("attributes") or {})
+        for key, value in extra.items():
+            if key in attributes:
+                raise ValueError(f"attribute {key!r} is given twice")
+            attributes[key] = _attribute_text(str(key), value)
+        return {**{k: v for k, v in data.items() if k in DEVICE_FIELDS}, "attributes": attributes}
+
+    def describe(self) -> str:
+        """``top_camera (RGB_image_producer)``."""
+        return f"{self.name} ({self.type})"
+
+
 class NodeManifest(Part):
     """A node as its ``node.yaml`` describes it (see ``hivebus.formats.load_manifest``)."""
 
@@ -67,6 +120,17 @@ class NodeManifest(Part):
     executors: Annotated[list[Executor], Field(min_length=1)] = Field(default_factory=_only_process)
     sensors: list[SensorSpec] = Field(default_factory=list)
     node_class: Label | None = None
+    devices: list[DeviceSpec] = Field(default_factory=list)
+    """Devices plugins claim (docs/scheduling.md); a log written before them has none."""
+
+    @model_validator(mode="after")
+    def _distinct_devices(self) -> Self:
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"device names are not unique: {sorted({n for n in names if names.count(n) > 1})}"
+            )
+        return self
 
 
 class NodeResources(Part):
@@ -225,6 +289,7 @@ class ToEdgeApplied(Payload):
 
 
 __all__ = [
+    "DeviceSpec",
     "Executor",
     "Hardware",
     "NodeConfigUpdated",

@@ -5,7 +5,9 @@ a node online, ``node.offline`` (emitted by the hub when heartbeats stop) makes 
 Events are ordered by their own time, so a heartbeat a node buffered while disconnected and
 sent after it went offline does not bring it back online; ``status_since`` says since when.
 Resource columns come from the latest heartbeat (the offer placement reads); hardware,
-executors, sensors and class from the manifest, also kept whole in ``attributes``.
+executors, sensors and class from the manifest, also kept whole in ``attributes``;
+``devices`` is the manifest's devices as JSON (``[{"name", "type", "path", "exclusive",
+"attributes"}]``, ``[]`` for a node that lists none; docs/scheduling.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ TYPES = frozenset({REGISTERED, HEARTBEAT, ONLINE, OFFLINE, CONFIG_UPDATED})
 
 class NodesView(FoldView):
     name = "nodes"
-    version = 1
+    version = 2
     stream = EVENTS
     public = ("nodes",)
     scope_columns = ("node_id",)
@@ -62,6 +64,7 @@ class NodesView(FoldView):
             backlog_oldest_age_seconds DOUBLE,
             dropped MAP(VARCHAR, BIGINT),
             attributes JSON,
+            devices JSON,
             updated_at TIMESTAMP NOT NULL,
             last_seq BIGINT NOT NULL
         )""",
@@ -95,6 +98,7 @@ class NodesView(FoldView):
                 executors=list(manifest.executors),
                 agent_version=data.agent_version,
                 attributes=json.dumps(manifest.model_dump(mode="json"), sort_keys=True),
+                devices=json.dumps([d.model_dump(mode="json") for d in manifest.devices]),
                 registered_at=when,
             )
             _seen(row, when, online=True)
@@ -153,6 +157,6 @@ def _blank(node_id: str) -> Row:
         "mem_avail": None, "disk_total": None, "disk_avail": None, "load1": None,
         "has_gpu": None, "uptime_seconds": None, "backlog_messages": None, "backlog_bytes": None,
         "backlog_oldest_age_seconds": None, "dropped": None, "attributes": None,
-        "updated_at": None, "last_seq": 0,
+        "devices": None, "updated_at": None, "last_seq": 0,
     }  # fmt: skip
     return row
