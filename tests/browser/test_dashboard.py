@@ -182,6 +182,9 @@ def test_the_app_store_shows_the_demo_app_and_its_grants_after_sign_in(up: Up, p
     # anonymous may not read the grants; the owner, signed in, may
     assert page.locator("p#permissions").is_visible()
 
+    # a private app of waggle's: anonymous does not see it in the store
+    pushed = up.cli("ecr", "push", str(REPO / "examples/plugins/plugin-heat-index/sage.yaml"), "--user", "waggle")
+    assert "registered waggle/plugin-heat-index:0.1.0" in pushed
     token = up.cli("user", "add", "waggle").strip().splitlines()[-1]
     page.fill("#token", token)
     with page.expect_request(lambda r: r.url.endswith("/api/v1/apps/waggle/plugin-bme680")) as sent:
@@ -195,7 +198,12 @@ def test_the_app_store_shows_the_demo_app_and_its_grants_after_sign_in(up: Up, p
         "table#permissions tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")] == [
         [v["resource"], f"{v['grantee_type']} {v['grantee']}", v["permission"]] for v in viewed]
     assert viewed and viewed[0]["grantee"] == "AllUsers"
+    # signed in, the store lists waggle's private app too; signed out, only the public one
+    goto(page, up, "#/apps")
+    page.locator('#apps tr[data-app="waggle/plugin-heat-index"]').wait_for(timeout=WAIT)
     page.click("#signout")
+    page.wait_for_function("() => !document.querySelector('#apps tr[data-app=\"waggle/plugin-heat-index\"]')"
+                           " && document.querySelector('#apps tr[data-app=\"waggle/plugin-bme680\"]')", timeout=WAIT)
     page.locator("#token").wait_for(state="visible", timeout=WAIT)
     assert page.evaluate("localStorage.getItem('hivebus.token')") is None
 
