@@ -82,7 +82,9 @@ def test_a_registration_written_before_devices_still_decodes() -> None:
         "sensors": [],
         "node_class": None,
     }
-    event = Event.new(NodeRegistered.model_validate({"manifest": old}), source="node/W012", subject="W012")
+    event = Event.new(
+        NodeRegistered.model_validate({"manifest": old}), source="node/W012", subject="W012"
+    )
     body = json.loads(codec.encode(event))
     del body["data"]["manifest"]["devices"]
     decoded = codec.decode(json.dumps(body).encode())

@@ -3,7 +3,7 @@
 A plugin's demand on a node is, per resource, the larger of its profile (the worst of its
 recent real runs on that hardware class, else on that arch, else anywhere: ``ecr.profile.recorded``)
 and what the job requests (``pluginSpec.resource``: ``request.cpu: 250m``, ``limit.memory: 1Gi``,
-``gpu: 1``). With no profile and no request, the bundle's declared ``resources`` count, and
+``gpu: 1``; ``device.<name>`` keys claim devices, see ``devices``). With no profile and no request, the bundle's declared ``resources`` count, and
 failing that ``HandlerConfig.default_cpu``/``default_memory``. A node holds a set of plugins
 when what its current goals need plus theirs stays within its offer, on every resource:
 goals are counted as if all their plugins ran at once, which is what a cron schedule can do.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from hivebus.formats import parse_bytes, parse_cpu
 from hivebus.handlers.catalog import Catalog
+from hivebus.handlers.devices import DEVICE_KEY
 from hivebus.handlers.nodes import NodeView, Usage
 from hivebus.schemas.ses import ResourceRequest
 
@@ -39,7 +40,11 @@ def parse_request(resource: dict[str, str]) -> tuple[ResourceRequest, list[str]]
     memory = _first(resource, _MEMORY_KEYS, parse_bytes, problems)
     gpu = _first(resource, _GPU_KEYS, _gpu_count, problems)
     known = {*_CPU_KEYS, *_MEMORY_KEYS, *_GPU_KEYS}
-    problems += [f"unknown resource key {key!r}" for key in sorted(resource) if key not in known]
+    problems += [
+        f"unknown resource key {key!r}"
+        for key in sorted(resource)
+        if key not in known and not key.startswith(DEVICE_KEY)  # devices.job_claims reads those
+    ]
     request = ResourceRequest(
         cpu=float(cpu) if cpu is not None else None,
         memory=int(memory) if memory is not None else None,
