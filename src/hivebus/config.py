@@ -54,6 +54,9 @@ class Settings:
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     node_offline_after: timedelta = timedelta(seconds=30)
+    # Most bytes a node's upload bucket holds on the hub (0: no limit); past it the node keeps
+    # its files and retries (services.uploads).
+    upload_bucket_max_bytes: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +66,8 @@ class Settings:
             raise SetupError(f"HIVEBUS_NATS_PORT: {self.nats_port} is not a port number")
         if self.replicas not in (1, 3, 5):
             raise SetupError(f"HIVEBUS_REPLICAS: {self.replicas} must be 1, 3 or 5")
+        if self.upload_bucket_max_bytes < 0:
+            raise SetupError(f"HIVEBUS_UPLOAD_BUCKET_MAX_BYTES: {self.upload_bucket_max_bytes} must be 0 (no limit) or more")
         if self.fsync not in ("always", "interval"):
             raise SetupError(f"HIVEBUS_FSYNC: {self.fsync!r} must be 'always' or 'interval'")
 

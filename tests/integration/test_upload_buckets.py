@@ -317,3 +317,37 @@ async def test_the_hubs_handlers_serve_the_upload_service(nats_server: NatsServe
             await asyncio.wait_for(task, 30)
         [created] = await facts(bus)
         assert created.data.owner == "node-W099" and created.data.type == "upload"
+
+
+async def test_a_full_upload_bucket_refuses_new_files_and_the_node_keeps_them(
+    nats_server_factory, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """HIVEBUS_UPLOAD_BUCKET_MAX_BYTES: past it JetStream refuses the chunks (discard new); the
+    stored object stays whole, the new file waits on the node and goes once there is room."""
+    async with await Bus.connect(nats_server.url) as hub:
+        await hub.ensure_streams()
+        decider = await UploadDecider(hub, max_bytes=300_000).serve()
+        first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+        first.write_bytes(os.urandom(200_000))
+        second.write_bytes(os.urandom(200_000))
+        try:
+            async with Agent(nats_server_factory("local").url, hub, tmp_path / "agent") as agent:
+                await agent.upload(first, task="t")
+                await agent.transferred(1)
+                reply = await agent.upload(second, task="u")
+                assert "ref" in reply
+                async with asyncio.timeout(30):
+                    while agent.service.counters["transfer_failures"] < 2:
+                        await asyncio.sleep(0.05)
+                assert len(agent.service.pending()) == 1  # kept on the node
+                assert [p.key for p in [e.data for e in await facts(hub, "evt.storage.object.put.>")]] == [
+                    f"nojob/t/{TS}-a.bin"]
+                store = await hub.js.object_store(store_name(BUCKET))
+                assert (await store.get(f"nojob/t/{TS}-a.bin")).data == first.read_bytes()
+                await decider.close()
+                decider = await UploadDecider(hub, max_bytes=0).serve()  # the operator lifts the limit
+                await decider.open(NODE)
+                await agent.transferred(2, timeout=90)
+        finally:
+            await decider.close()
+        assert len(await facts(hub, "evt.storage.object.put.>")) == 2

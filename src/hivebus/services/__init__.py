@@ -88,7 +88,8 @@ async def run_handlers(
 
     follower = asyncio.create_task(follow())
     gateway = await Gateway(bus).serve()  # user actions with tokens enter here
-    uploads = await UploadDecider(bus, replicas=settings.replicas).serve()  # nodes' files, as storage facts
+    uploads = await UploadDecider(bus, replicas=settings.replicas,  # nodes' files, as storage facts
+                                  max_bytes=settings.upload_bucket_max_bytes).serve()
     tasks = [asyncio.create_task(s.run(inner), name=f"handler-{s.handler.name}") for s in services]
     log.info("handlers.started", handlers=[s.handler.name for s in services])
     try:

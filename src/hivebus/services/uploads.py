@@ -38,6 +38,7 @@ from typing import Any, Final
 
 import structlog
 from nats.js import api
+from nats.js.errors import BucketNotFoundError
 
 from hivebus.auth.permissions import node_user
 from hivebus.bus.client import Bus
@@ -63,10 +64,11 @@ class UploadRefused(HivebusError):
 class UploadDecider:
     """Serve ``hivebus.storage.upload.*`` on the hub (the ``service`` identity)."""
 
-    def __init__(self, bus: Bus, *, replicas: int = 1) -> None:
+    def __init__(self, bus: Bus, *, replicas: int = 1, max_bytes: int = 0) -> None:
         self.bus = bus
         self.storage = Storage(bus)
         self.replicas = replicas
+        self.max_bytes = max_bytes  # per node's bucket; 0: no limit
         self._sub: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -122,8 +124,25 @@ class UploadDecider:
                                                           type="upload"))
             if bucket_id not in (await self.storage.catch_up()).buckets:
                 raise UploadRefused(f"bucket {bucket_id} could not be created")
-        await objects.ensure_store(self.bus, bucket_id, replicas=self.replicas)
+        await self._ensure_store(bucket_id)
         return {"bucket_id": bucket_id, "store": objects.store_name(bucket_id)}
+
+    async def _ensure_store(self, bucket_id: str) -> None:
+        """The bucket's object store, with ``max_bytes`` (set on an existing one too). Full, it
+        refuses new chunks (discard new): the node keeps its file and retries; nothing stored goes."""
+        name = objects.store_name(bucket_id)
+        limit = self.max_bytes or -1
+        try:
+            await self.bus.js.object_store(name)
+        except BucketNotFoundError:
+            config = api.ObjectStoreConfig(description=f"SAGE bucket {bucket_id}", storage=api.StorageType.FILE,
+                                           replicas=self.replicas, max_bytes=self.max_bytes)
+            await self.bus.js.create_object_store(name, config=config)
+            return
+        info = await self.bus.js.stream_info(f"OBJ_{name}")
+        if (info.config.max_bytes or -1) != limit:
+            info.config.max_bytes = limit
+            await self.bus.js.update_stream(info.config)
 
     async def put(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
         key, nuid = _text(request, "key"), _text(request, "nuid")
