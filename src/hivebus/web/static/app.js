@@ -455,7 +455,7 @@ async function nodePage(id, node, query) {
   };
   onLeave(() => { readings.close(); if (drawTimer) clearTimeout(drawTimer); });
 
-  keepFresh(id, (e) => e.subject === node || (e.data && e.data.node === node), async (how, minSeq) => {
+  keepFresh(id, (e) => e.subject === node || e.node === node || (e.data && e.data.node === node), async (how, minSeq) => {
     const fresh = how === "stream" && minSeq ? { node: (await sql("select * from nodes where node_id = ?", [node], { EVENTS: minSeq }))[0], runs: await sql("select * from plugin_runs where node = ? order by updated_at desc, run_id limit 20", [node]) } : await nodeDetail(node);
     if (!current(id) || !fresh.node) return;
     const status = document.getElementById("node-status");
@@ -526,6 +526,12 @@ async function jobDetail(job) {
 }
 
 async function jobPage(id, job) {
+  await renderJob(id, job);
+  // live: the job's own events (ses.*, plugin states and triggers of its runs)
+  keepFresh(id, (e) => e.subject === job || (e.data && e.data.job_id === job), () => renderJob(id, job), 30);
+}
+
+async function renderJob(id, job) {
   const detail = await jobDetail(job);
   const { goals: assignments, runs, rejections, triggers } = detail;
   if (!current(id)) return;
