@@ -115,3 +115,22 @@ async def test_batches_formed_again_differently_store_each_reading_once_and_rebu
     with duckdb.connect(str(db), read_only=True) as live, duckdb.connect(str(tmp_path / "rebuilt.duckdb"),
                                                                          read_only=True) as rebuilt:
         assert live.execute(sql).fetchall() == rebuilt.execute(sql).fetchall()
+
+
+async def test_a_point_written_twice_in_one_batch_is_the_later_reading(nats_server, tmp_path: Path) -> None:
+    """The data API keeps one point per series and timestamp, the later write: inside one packed
+    message that is the later reading (both share the message's DATA sequence)."""
+    from hivebus.data import aquery
+
+    def twin(value: float, nodeseq: int) -> bytes:
+        return codec.encode(Event.new(Reading(name="env.temperature", value=value, timestamp=T0 + 1,
+                                              meta={"sensor": "bme680"}), source=f"node/{NODE}", subject=NODE,
+                                      nodeseq=nodeseq))
+
+    async with await Bus.connect(nats_server.url) as bus:
+        await bus.ensure_streams()
+        await bus.publish_raw_many([packed([twin(1.0, 1), twin(2.0, 2), twin(3.0, 3)], "twins")])
+        async with running(bus, tmp_path / "views.duckdb") as projector:
+            assert await projector.wait_for(await stream_ends(bus), 30)
+            frame = await aquery(bus, "2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z")
+    assert frame["value"].tolist() == [3.0]

@@ -1,8 +1,9 @@
 """The SELECT over the ``readings`` view for a ``DataQuery``.
 
 One point per series and timestamp: a series is the name plus the whole meta set (and the
-node), and when a point was written twice the later write (higher DATA sequence) wins, as
-an InfluxDB point is overwritten. head/tail keep the earliest/latest N points of each series.
+node), and when a point was written twice the later write (higher DATA sequence; within one
+packed DATA message, the later reading, inserted later) wins, as an InfluxDB point is
+overwritten. head/tail keep the earliest/latest N points of each series.
 Rows come grouped by series (name, then meta), time-ordered within each. An aggregation
 (``experimental_func``) is applied to these rows afterwards (``aggregate``), then head/tail.
 """
@@ -28,7 +29,7 @@ def build_sql(query: DataQuery) -> tuple[str, list[Any]]:
         params.extend(values)
     points = (
         f"SELECT {COLUMNS}, seq FROM readings WHERE {' AND '.join(where)}"
-        f" QUALIFY row_number() OVER (PARTITION BY {SERIES}, timestamp ORDER BY seq DESC) = 1"
+        f" QUALIFY row_number() OVER (PARTITION BY {SERIES}, timestamp ORDER BY seq DESC, rowid DESC) = 1"
     )
     sql = f"SELECT {COLUMNS} FROM ({points})"
     limit = query.head if query.head is not None else query.tail
