@@ -154,9 +154,13 @@ def test_an_exclusive_device_held_by_another_goal_is_not_available_a_shared_one_
     assert held == {"top_camera": Holder("heat-1", "imagesampler")}  # the mic is shared
     refused = assign("W012", [top], [TOP, BOTTOM, MIC], held)
     assert refused.problems == [
-        "app resources[0] (type RGB_image_producer, view top): W012's top_camera "
-        "(RGB_image_producer) is claimed by job heat-1's plugin imagesampler; "
-        "bottom_camera (RGB_image_producer): view is bottom; mic (microphone): type is microphone"
+        "sage.yaml resources[0] (type RGB_image_producer, view top): W012's top_camera "
+        "(RGB_image_producer) is claimed by job heat-1's plugin imagesampler"
+    ]
+    # Without a held candidate, the devices of the claimed type say why (the mic is no camera).
+    assert assign("W012", [top], [BOTTOM, MIC], held).problems == [
+        "sage.yaml resources[0] (type RGB_image_producer, view top): no device of W012 serves "
+        "it (bottom_camera (RGB_image_producer): view is bottom)"
     ]
     mic = one({"type": "microphone"})
     assert [d.name for d in assign("W012", [mic], [TOP, MIC], held).devices] == ["mic"]
@@ -165,7 +169,7 @@ def test_an_exclusive_device_held_by_another_goal_is_not_available_a_shared_one_
 def test_a_node_without_devices_says_so() -> None:
     claim = one({"type": "RGB_image_producer"})
     assert assign("W012", [claim], [], {}).problems == [
-        "app resources[0] (type RGB_image_producer): W012 lists no devices"
+        "sage.yaml resources[0] (type RGB_image_producer): W012 lists no devices"
     ]
     assert assign("W012", [], [], {}).ok
 
@@ -206,7 +210,7 @@ def test_the_ecr_test_apps_top_camera_claim_through_load_app() -> None:
     assert [d.name for d in got.devices] == ["top_camera"]
     low = device("top_camera", view="top", resolution="640x480")
     assert assign("W012", claims, [low], {}).problems == [
-        "app resources[0] (type RGB_image_producer, view top, min_resolution 600x800): "
+        "sage.yaml resources[0] (type RGB_image_producer, view top, min_resolution 600x800): "
         "no device of W012 serves it (top_camera (RGB_image_producer): resolution 640x480 is "
         "below 600x800)"
     ]

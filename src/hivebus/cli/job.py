@@ -66,13 +66,15 @@ def rule_errors(rules: list[str]) -> list[str]:
 
 
 def _print_plan(placements: list[dict[str, Any]], notes: list[str]) -> None:
-    table = Table("node", "plugin", "bundle", "score")
+    with_devices = any(p.get("devices") for p in placements)
+    table = Table("node", "plugin", "bundle", "score", *(["devices"] if with_devices else []))
     for p in placements:
         table.add_row(
             p["node"],
             p["plugin"],
             p["bundle_id"],
             "" if p.get("score") is None else f"{p['score']:g}",
+            *([", ".join(p.get("devices") or [])] if with_devices else []),
         )
     out.print(table)
     for note in notes:

@@ -37,7 +37,7 @@ class Claim:
     """One device a plugin needs: by name, or by type with attributes to match."""
 
     source: str
-    """Where it was written: ``app resources[0]``, ``pluginSpec.resource device.top_camera``."""
+    """Where it was written: ``sage.yaml resources[0]``, ``pluginSpec.resource device.top_camera``."""
     type: str | None = None
     name: str | None = None
     """A claim by name (``device.<name>`` naming one of the node's devices)."""
@@ -118,7 +118,12 @@ def app_claims(resource_list: Sequence[Mapping[str, Any]]) -> tuple[list[Claim],
                 equal.append((key, text))
         if not bad:
             claims.append(
-                Claim(f"app {where}", type=kind.strip(), equal=tuple(equal), minimum=tuple(minimum))
+                Claim(
+                    f"sage.yaml {where}",
+                    type=kind.strip(),
+                    equal=tuple(equal),
+                    minimum=tuple(minimum),
+                )
             )
     return claims, problems
 
@@ -265,17 +270,16 @@ def _why_unserved(
             f"{claim.describe()}: the plugin's other claims take every device of {node_id} "
             "that serves it (each claim needs its own device)"
         )
-    reasons = []
-    for device in devices:
-        why = mismatch(claim, device)
-        if why is None and device.exclusive and device.name in held:
-            reasons.append(f"{node_id}'s {device.describe()} is claimed by {held[device.name]}")
-        elif why is not None and (claim.name is None or device.name == claim.name):
-            reasons.append(f"{device.describe()}: {why}")
-    if claim.name is None and not any("is claimed by" in r for r in reasons):
-        shown = "; ".join(reasons)
-        return f"{claim.describe()}: no device of {node_id} serves it ({shown})"
-    return f"{claim.describe()}: " + "; ".join(reasons)
+    taken = [
+        f"{node_id}'s {d.describe()} is claimed by {held[d.name]}"
+        for d in devices
+        if mismatch(claim, d) is None and d.exclusive and d.name in held
+    ]
+    if taken:  # the devices that would serve it are held: that is the reason, not the others
+        return f"{claim.describe()}: " + "; ".join(taken)
+    of_type = [d for d in devices if d.type == claim.type] or list(devices)
+    shown = "; ".join(f"{d.describe()}: {mismatch(claim, d)}" for d in of_type)
+    return f"{claim.describe()}: no device of {node_id} serves it ({shown})"
 
 
 def held_devices(

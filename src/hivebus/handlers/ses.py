@@ -16,14 +16,20 @@ and ``ses.job.suspended`` / ``ses.job.removed``; ``ses.resume`` -> the goals aga
    ``allow_users``/``allow_groups``);
 4. per node and plugin: the selector matches (else the plugin just does not go there), the
    bundle is built for the node's arch, and approved unless the node is tagged ``virtual``;
-5. fit (see ``fit``): the node's offer minus what its current goals need holds the plugins'
+5. devices (see ``devices``): each device the plugin claims (its app's sage.yaml
+   ``resources``, its ``pluginSpec.resource`` ``device.<name>`` keys) is served by a distinct
+   device of the node, and an exclusive device another goal's plugin holds on that node is
+   not available (goals count as running at once, as for fit; the plugins of one job on one
+   node take devices in the job's order);
+6. fit (see ``fit``): the node's offer minus what its current goals need holds the plugins'
    demand, and no plugin's profiled wall time exceeds its cron period;
-6. the policy ranks the nodes that fit (``placement``); a job with explicit ``nodes`` (and no
+7. the policy ranks the nodes that fit (``placement``); a job with explicit ``nodes`` (and no
    ``max_nodes``) needs every one of them, one with tags takes every node that fits (or the
    ``max_nodes`` best); each plugin must land on at least one node.
 
-Suspend and remove send ``ses.goal.removed`` to every node holding a goal; resume re-sends the
-goals if they still fit (else it is refused, with the reason, as a dead letter). A node that
+Suspend and remove send ``ses.goal.removed`` to every node holding a goal (which frees their
+devices); resume re-sends the goals if they still fit and their devices are still free (else it
+is refused, with the reason, as a dead letter). A node that
 goes offline keeps its goals. A user's request event of a command's type (logs written before
 commands existed, a raw ``hivebus publish``) is decided as that command. ``WallClock(d)`` completes a job ``d`` after it was scheduled,
 by the hub's clock: ``ses.job.completed`` and the goal removals, with ids derived from the
@@ -51,6 +57,7 @@ from hivebus.handlers.base import (
 )
 from hivebus.handlers.config import HandlerConfig
 from hivebus.handlers.criteria import criterion_problem, wall_clock
+from hivebus.handlers.devices import Claim, Holder, app_claims, assign, held_devices, job_claims
 from hivebus.handlers.directory import INPUTS as DIRECTORY_INPUTS
 from hivebus.handlers.fit import Demand, Demands, demand, over, parse_request
 from hivebus.handlers.nodes import NodeView, Usage
@@ -61,9 +68,11 @@ from hivebus.rules import Rule, Schedule, cron_period_seconds, parse_rule
 from hivebus.schemas.commands import command_of
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.fields import WASM_PLATFORM
+from hivebus.schemas.node import DeviceSpec
 from hivebus.schemas.offload import OffloadRequested
 from hivebus.schemas.ses import (
     GoalAssigned,
+    GoalDevice,
     GoalPlugin,
     GoalRemoved,
     JobCompleted,
@@ -123,6 +132,7 @@ class _Plugin:
     request: ResourceRequest
     architectures: list[str]
     approved: bool
+    claims: list[Claim] = field(default_factory=list)
 
 
 def _rule_reason(index: int, text: str, exc: RuleSyntaxError) -> str:
@@ -247,14 +257,23 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
             for key, value in sorted(p.plugin_spec.selector.items())
             if (problem := selector_problem(key, value)) is not None
         ]
+        claims, problems = job_claims(p.plugin_spec.resource)
+        reasons += [f"plugin {p.name}: {problem}" for problem in problems]
         bundle = catalog.live(bid)
         if bundle is None:
             reasons.append(f"plugin {p.name}: bundle {bid} is not registered in the ECR")
         elif not catalog.can(user, "READ", bid):
             reasons.append(f"plugin {p.name}: {user} has no READ on bundle {bid} (it is private)")
         else:
+            declared, problems = app_claims(bundle.app.resource_list)
+            reasons += [f"plugin {p.name}: bundle {bid}'s sage.yaml {pr}" for pr in problems]
             plugins[p.name] = _Plugin(
-                p, bid, request, list(bundle.app.source.architectures), bundle.approved
+                p,
+                bid,
+                request,
+                list(bundle.app.source.architectures),
+                bundle.approved,
+                declared + claims,
             )
 
     required = set(spec.nodes) if submitted.max_nodes is None else set()
@@ -284,6 +303,7 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
     periods = cron_periods(rules)
     memo = Demands(catalog)
     executors_at: dict[tuple[str, str], str | None] = {}  # (node, plugin) -> executor there
+    devices_at: dict[tuple[str, str], list[GoalDevice]] = {}  # (node, plugin) -> its devices
     for node in targets:
         if not node.allows(user, groups):
             node_problems[node.id].append(
@@ -293,6 +313,7 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
                 why_not[name].append(f"{node.id}: {user} is not allowed there")
             continue
         placed: dict[str, Demand] = {}
+        held = node_held_devices(state, node)  # this job's plugins add theirs as they go
         for name, plugin in plugins.items():
             mismatch = selector_mismatch(plugin.spec.plugin_spec.selector, node)
             if mismatch is not None:
@@ -311,6 +332,11 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
                 problems.append(
                     f"bundle {plugin.bundle_id} is not approved (unapproved bundles run only on nodes tagged 'virtual')"
                 )
+            if not problems and plugin.claims:
+                got = assign(node.id, plugin.claims, node_devices(node), held)
+                problems += [f"claim {p}" for p in got.problems]
+                devices_at[(node.id, name)] = [_goal_device(d) for d in got.devices]
+                held |= {d.name: Holder(submitted.job_id, name) for d in got.devices if d.exclusive}
             if problems:
                 node_problems[node.id] += [f"node {node.id}: plugin {name}: {p}" for p in problems]
                 why_not[name] += [f"{node.id}: {p}" for p in problems]
@@ -351,7 +377,11 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
         node_plugins = [plugins[name] for name in candidate.plugins]
         plan.placements += [
             Placement(
-                node=candidate.node.id, plugin=p.spec.name, bundle_id=p.bundle_id, score=score
+                node=candidate.node.id,
+                plugin=p.spec.name,
+                bundle_id=p.bundle_id,
+                score=score,
+                devices=[d.name for d in devices_at.get((candidate.node.id, p.spec.name), [])],
             )
             for p in node_plugins
         ]
@@ -360,7 +390,11 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
                 node=candidate.node.id,
                 job_id=submitted.job_id,
                 plugins=[
-                    _goal_plugin(p, executors_at.get((candidate.node.id, p.spec.name)))
+                    _goal_plugin(
+                        p,
+                        executors_at.get((candidate.node.id, p.spec.name)),
+                        devices_at.get((candidate.node.id, p.spec.name)),
+                    )
                     for p in node_plugins
                 ],
                 science_rules=[
@@ -397,9 +431,34 @@ def build_for(plugin: _Plugin, node: NodeView) -> tuple[str | None, str | None]:
     )
 
 
-def _goal_plugin(plugin: _Plugin, executor: str | None = None) -> GoalPlugin:
+def node_devices(node: NodeView) -> list[DeviceSpec]:
+    return list(node.manifest.devices) if node.manifest is not None else []
+
+
+def node_held_devices(
+    state: SesState, node: NodeView, *, except_job: str | None = None
+) -> dict[str, Holder]:
+    """The exclusive devices of ``node`` the goals it holds now claimed, and who holds each."""
+    goals = [
+        (job_id, [(p.name, [d.name for d in p.devices or []]) for p in goal.plugins])
+        for job_id, goal in sorted(state.node_goals.get(node.id, {}).items())
+        if job_id != except_job
+    ]
+    return held_devices(goals, node_devices(node))
+
+
+def _goal_device(device: DeviceSpec) -> GoalDevice:
+    return GoalDevice(
+        name=device.name, type=device.type, path=device.path, exclusive=device.exclusive
+    )
+
+
+def _goal_plugin(
+    plugin: _Plugin, executor: str | None = None, devices: list[GoalDevice] | None = None
+) -> GoalPlugin:
     spec = plugin.spec.plugin_spec
     return GoalPlugin(
+        devices=devices or None,
         executor=executor,
         name=plugin.spec.name,
         bundle_id=plugin.bundle_id,
@@ -468,6 +527,27 @@ def resume_problems(state: SesState, job: JobView) -> list[str]:
         rules = [r for text in goal.science_rules if (r := _parsed(text)) is not None]
         _, _, fit_problems = _fit(state, node, demands, cron_periods(rules), except_job=job.id)
         problems += [f"node {node_id}: {p}" for p in fit_problems]
+        problems += [f"node {node_id}: {p}" for p in device_problems(state, node, goal, job.id)]
+    return problems
+
+
+def device_problems(state: SesState, node: NodeView, goal: GoalAssigned, job_id: str) -> list[str]:
+    """Why the devices ``goal`` names are not the job's to take again on ``node``: a device
+    the manifest no longer lists, an exclusive one another goal holds now."""
+    listed = {d.name: d for d in node_devices(node)}
+    held = node_held_devices(state, node, except_job=job_id)
+    problems = []
+    for plugin in goal.plugins:
+        for device in plugin.devices or []:
+            if device.name not in listed:
+                problems.append(
+                    f"plugin {plugin.name}: device {device.name} is no longer listed by {node.id}"
+                )
+            elif device.name in held:
+                problems.append(
+                    f"plugin {plugin.name}: {node.id}'s {listed[device.name].describe()} is "
+                    f"claimed by {held[device.name]}"
+                )
     return problems
 
 

@@ -17,6 +17,7 @@ from hivebus.handlers.runtime import Driver, Step
 from hivebus.schemas.ecr import AppInput, AppResources, AppSource, AppSpec, BundlePushed
 from hivebus.schemas.envelope import Event, Payload
 from hivebus.schemas.node import (
+    DeviceSpec,
     Hardware,
     NodeHeartbeat,
     NodeManifest,
@@ -41,6 +42,7 @@ def app_spec(
     inputs: Sequence[AppInput] = (),
     frozen: bool = False,
     url: str = "https://github.com/example/plugin",
+    resource_list: Sequence[dict[str, Any]] = (),
 ) -> AppSpec:
     namespace, rest = bundle.split("/", 1)
     name, version = rest.split(":", 1)
@@ -51,6 +53,7 @@ def app_spec(
         description=f"{name} for tests",
         source=AppSource(url=url, architectures=list(architectures), git_commit="3f2c9a1"),
         resources=AppResources(cpu=cpu, memory=memory, gpu=gpu),
+        resource_list=[dict(item) for item in resource_list],
         inputs=list(inputs),
         frozen=frozen,
     )
@@ -66,6 +69,7 @@ def manifest(
     gpu: str | None = None,
     sensors: Sequence[str] = ("bme680",),
     node_class: str | None = None,
+    devices: Sequence[DeviceSpec | dict[str, Any]] = (),
 ) -> NodeManifest:
     return NodeManifest(
         node_id=node,
@@ -75,6 +79,7 @@ def manifest(
         executors=["process", "docker"],
         sensors=[SensorSpec(name=s, kind="env") for s in sensors],
         node_class=node_class,
+        devices=[DeviceSpec.model_validate(d) if isinstance(d, dict) else d for d in devices],
     )
 
 

@@ -133,6 +133,8 @@ def plugin_name_problem(name: str) -> str | None:
         f"plugin name {name!r} must be lower-case letters, digits and '-' (as Sage's "
         f"scheduler requires): write {hint!r}"
     )
+
+
 Image = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$")]
 
 
@@ -207,6 +209,8 @@ class Placement(Part):
     plugin: Label
     bundle_id: BundleId
     score: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    devices: list[Label] = Field(default_factory=list)
+    """The node's devices the plugin claimed there (docs/scheduling.md), by name."""
 
 
 class ResourceRequest(Part):
@@ -215,6 +219,16 @@ class ResourceRequest(Part):
     cpu: NonNegFloat | None = None
     memory: NonNegInt | None = None
     gpu: NonNegInt = 0
+
+
+class GoalDevice(Part):
+    """A device of the node the scheduler gave a plugin for one of its claims: what an
+    executor would pass through (``path``); an exclusive one is the plugin's alone."""
+
+    name: Label
+    type: Label
+    path: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    exclusive: bool = True
 
 
 class GoalPlugin(Part):
@@ -231,6 +245,10 @@ class GoalPlugin(Part):
     """The executor that runs it on that node (``process``, ``docker``, ``wasm``), as the
     scheduler chose it: the selector's ``executor``, or ``wasm`` for a bundle placed there
     for its ``wasi/wasm`` build; None: the node decides (docs/executors.md)."""
+    devices: list[GoalDevice] | None = None
+    """The node's devices it claimed, one per claim (docs/scheduling.md); the scheduler
+    counts an exclusive one as held while the goal stands. None when it claims none, so a
+    goal without devices reads as before on an agent of an older release."""
 
 
 _Reasons = Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
@@ -357,6 +375,7 @@ __all__ = [
     "DEFAULT_REGISTRY",
     "PLUGIN_NAME",
     "GoalAssigned",
+    "GoalDevice",
     "GoalPlugin",
     "GoalRemoved",
     "JobCompleted",
