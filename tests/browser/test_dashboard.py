@@ -165,7 +165,7 @@ def test_the_jobs_shown_equal_the_view(up: Up, page: Any) -> None:
     assert page.locator("#triggers").is_visible()
 
 
-def test_the_app_store_shows_the_demo_app_and_its_grants_after_sign_in(up: Up, page: Any) -> None:
+def test_the_app_store_shows_the_demo_app_and_its_grants_after_sign_in(up: Up, page: Any, tmp_path: Path) -> None:
     bundle = up.sql("select bundle_id, version, state, public from bundles")[0]
     assert bundle["public"] is True  # the demo makes it public: anyone sees it
     goto(page, up, "#/apps")
@@ -182,8 +182,13 @@ def test_the_app_store_shows_the_demo_app_and_its_grants_after_sign_in(up: Up, p
     # anonymous may not read the grants; the owner, signed in, may
     assert page.locator("p#permissions").is_visible()
 
-    # a private app of waggle's: anonymous does not see it in the store
-    pushed = up.cli("ecr", "push", str(REPO / "examples/plugins/plugin-heat-index/sage.yaml"), "--user", "waggle")
+    # a private app of waggle's (its homepage a script: shown as text, never a link)
+    app = tmp_path / "plugin-heat-index"
+    shutil.copytree(REPO / "examples/plugins/plugin-heat-index", app)
+    manifest = (app / "sage.yaml").read_text()
+    (app / "sage.yaml").write_text(manifest.replace("homepage: https://github.com/example/plugin-heat-index",
+                                                    "homepage: javascript:alert(document.domain)"))
+    pushed = up.cli("ecr", "push", str(app / "sage.yaml"), "--user", "waggle")
     assert "registered waggle/plugin-heat-index:0.1.0" in pushed
     token = up.cli("user", "add", "waggle").strip().splitlines()[-1]
     page.fill("#token", token)
@@ -199,6 +204,11 @@ def test_the_app_store_shows_the_demo_app_and_its_grants_after_sign_in(up: Up, p
         [v["resource"], f"{v['grantee_type']} {v['grantee']}", v["permission"]] for v in viewed]
     assert viewed and viewed[0]["grantee"] == "AllUsers"
     # signed in, the store lists waggle's private app too; signed out, only the public one
+    goto(page, up, "#/apps")
+    page.locator('#apps tr[data-app="waggle/plugin-heat-index"]').wait_for(timeout=WAIT)
+    goto(page, up, "#/apps/waggle/plugin-heat-index")
+    page.get_by_text("javascript:alert(document.domain)").wait_for(timeout=WAIT)
+    assert page.locator('a[href^="javascript:"]').count() == 0
     goto(page, up, "#/apps")
     page.locator('#apps tr[data-app="waggle/plugin-heat-index"]').wait_for(timeout=WAIT)
     page.click("#signout")

@@ -589,7 +589,7 @@ async function appPage(id, namespace, name) {
   const anyVisible = versions.some((v) => v.permissions);
   show(el("h1", {}, app.id),
     facts([["description", latest.description], ["owner", latest.owner], ["authors", list(latest.authors)], ["license", latest.license],
-      ["homepage", latest.homepage ? link(latest.homepage, latest.homepage) : "—"], ["keywords", list(latest.keywords)],
+      ["homepage", /^https?:\/\//i.test(latest.homepage || "") ? link(latest.homepage, latest.homepage) : latest.homepage || "—"], ["keywords", list(latest.keywords)],
       ["source", `${latest.source_url || "—"}${latest.source_branch ? ` (${latest.source_branch})` : ""}${latest.source_tag ? ` tag ${latest.source_tag}` : ""}${latest.git_commit ? ` @ ${latest.git_commit}` : ""}`],
       ["architectures", list(latest.architectures)], ["resources", `${latest.resources_cpu ?? "?"} cpu · ${bytes(latest.resources_memory)}${latest.resources_gpu ? ` · ${latest.resources_gpu} gpu` : ""}`],
       ["visibility", latest.public ? "public (AllUsers may read)" : "private"]]),
