@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -148,6 +149,11 @@ class PluginRun:
         env = {**self.environment.env, **self.plugin.env}
         env.update({f"HIVEBUS_VAR_{_env_name(k)}": v for k, v in self.variables.items()})
         env.update(upload_env or {})  # the run's own upload dir: a job's env cannot move it
+        devices = self.plugin.devices or []
+        if devices:  # which of the node's devices the scheduler gave it: a job's env cannot say
+            env["HIVEBUS_DEVICES"] = json.dumps(
+                [d.model_dump(mode="json", exclude_none=True) for d in devices]
+            )
         return RunSpec(
             run_id=self.run_id,
             node=self.environment.node,
@@ -159,6 +165,7 @@ class PluginRun:
             args=tuple(self.plugin.args),
             env=env,
             limits=limits,
+            devices=tuple(d.path for d in devices if d.path),
         )
 
     async def _final(self, result: RunResult) -> None:

@@ -49,6 +49,10 @@ class RunSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     workdir: Path | None = None
+    # Host paths of the devices the scheduler gave the run (the goal's GoalPlugin.devices):
+    # the docker executor passes them into the container; the process executor's plugin
+    # opens them itself (HIVEBUS_DEVICES in env says which it got).
+    devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -132,6 +132,8 @@ def container_config(
         config["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     if cgroup_parent:
         config["cgroup_parent"] = cgroup_parent
+    if spec.devices:  # the devices the scheduler gave the run, at the same path inside
+        config["devices"] = [f"{path}:{path}:rwm" for path in spec.devices]
     upload_dir = env.get("HIVEBUS_UPLOAD_DIR")
     if upload_dir:
         config["volumes"] = {upload_dir: {"bind": upload_dir, "mode": "rw"}}
