@@ -184,3 +184,13 @@ def test_a_node_that_drops_the_device_frees_nothing_and_refuses_a_resume() -> No
         rejected(log.by("alice", JobResumed(job_id="heat-1", by="alice"), "heat-1")),
         "plugin imagesampler: device top_camera is no longer listed by W012",
     )
+
+
+def test_a_resource_selector_filters_on_a_device_name_or_type_without_claiming_it() -> None:
+    log = world(("W012", DEVICES, ["cam"]), ("W013", [], ["cam"]))
+    spec = job_spec([("bme680", BME)], tags=["cam"], selector={"resource.top_camera": "true"})
+    out = log.submit(spec, job_id="env")
+    assert [(p.node, p.devices) for p in out[0].data.placements] == [("W012", [])]
+    spec = job_spec([("bme680", BME)], tags=["cam"], selector={"resource.microphone": "false"})
+    out = log.submit(spec, job_id="env-2")
+    assert [p.node for p in out[0].data.placements] == ["W013"]

@@ -94,6 +94,12 @@ class NodeView:
                 working |= {sensor.name, sensor.kind}
         return working
 
+    def device_names(self) -> set[str]:
+        """Names and types of the manifest's devices."""
+        if self.manifest is None:
+            return set()
+        return {d.name for d in self.manifest.devices} | {d.type for d in self.manifest.devices}
+
     @property
     def allows_privileged(self) -> bool:
         return self.settings.get("allow_privileged", "").strip().lower() in ("true", "yes", "1")

@@ -2,7 +2,7 @@
 
 Keys, as Sage writes node labels: ``arch: linux/arm64``, ``gpu: true`` (or ``resource.gpu``),
 ``resource.<sensor>: true`` (a sensor of that name or kind in the manifest and not reported
-lost), ``node_class: <class>``, ``executor: docker``, ``vsn: W012``, ``tag: <tag>`` or
+lost, or a device of that name or type: a filter, not a claim, see ``devices``), ``node_class: <class>``, ``executor: docker``, ``vsn: W012``, ``tag: <tag>`` or
 ``tag.<tag>: true``, ``zone: core`` (Sage's compute unit of a node: a hivebus node is one
 unit, ``core`` unless its setting ``zone`` says otherwise). An unknown key is refused at submit time rather than matching nothing.
 """
@@ -37,7 +37,8 @@ def selector_mismatch(selector: dict[str, str], node: NodeView) -> str | None:
         if key in ("gpu", "resource.gpu"):
             ok = node.has_gpu == truth
         elif key.startswith("resource."):
-            ok = (key.removeprefix("resource.") in node.sensors_working()) == truth
+            wanted = key.removeprefix("resource.")
+            ok = (wanted in node.sensors_working() or wanted in node.device_names()) == truth
         elif key.startswith("tag."):
             ok = (key.removeprefix("tag.") in node.tags) == truth
         elif key == "tag":
