@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.js.errors import NotFoundError
 
 from hivebus.bus.client import Bus
 from hivebus.bus.consumer import DeadLetter
@@ -468,7 +469,10 @@ async def consumers_drained(bus: Bus) -> bool:
     """Every handler has acknowledged all it was given (ECR and health first: the
     scheduler consumes their outputs)."""
     for name in ("ecr", "health", "ses"):
-        info = await bus.js.consumer_info(EVENTS, f"handler-{name}")
+        try:
+            info = await bus.js.consumer_info(EVENTS, f"handler-{name}")
+        except NotFoundError:  # a handler starting again deletes and re-creates its durable
+            return False
         if info.num_pending or info.num_ack_pending:
             return False
     return True
