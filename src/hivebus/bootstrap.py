@@ -148,10 +148,7 @@ class Platform:
 
     def _start_node(self, node: str, url: str) -> subprocess.Popen[bytes]:
         log_file = (self.options.logs_dir / f"node-{node}.log").open("ab")
-        argv = [
-            sys.executable, "-m", "hivebus", "node", "run", "--virtual",
-            "--node-id", node, "--hub", url, "--data-dir", str(self.options.data_dir / "nodes" / node),
-        ]
+        argv = self._node_argv(node, url)
         env = {**os.environ, "HIVEBUS_LOG_FORMAT": "json"}
         if self.auth is not None:
             env["HIVEBUS_NATS_CREDENTIALS"] = str(self._node_creds(node))
@@ -161,6 +158,17 @@ class Platform:
         proc = spawn(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.info("platform.node_started", node=node, pid=proc.pid)
         return proc
+
+    def _node_argv(self, node: str, url: str) -> list[str]:
+        """``hivebus node run --virtual`` for ``node``, beating three times per
+        ``node_offline_after`` (a beat every 30 s against a 30 s timeout let a node flip
+        offline and back whenever one beat came a moment late)."""
+        beat = max(1.0, self.settings.node_offline_after.total_seconds() / 3)
+        return [
+            sys.executable, "-m", "hivebus", "node", "run", "--virtual",
+            "--node-id", node, "--hub", url, "--data-dir", str(self.options.data_dir / "nodes" / node),
+            "--heartbeat", f"{beat:g}",
+        ]  # fmt: skip
 
     def _node_creds(self, node: str) -> Path:
         return self.options.data_dir / "nodes" / node / "hub.creds"

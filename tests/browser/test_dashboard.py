@@ -274,3 +274,5 @@ def test_a_node_going_offline_shows_without_a_reload(up: Up, page: Any, screensh
                and "no heartbeat" in row.inner_text() and row.get_attribute("data-status") == "offline",
                60, "V002 offline in the view and on the page")  # fmt: skip
     page.screenshot(path=str(screenshots / "node-offline.png"))
+    # V001 beat all along (every 10 s against the hub's 30 s): it never went offline
+    assert up.sql("select count(*) as n from events where type = 'node.offline' and subject = 'V001'")[0]["n"] == 0
