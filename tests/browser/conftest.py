@@ -35,6 +35,7 @@ REQUIRE_ENV: Final = "HIVEBUS_REQUIRE_BROWSER"
 CHROMIUM: Final = os.environ.get("HIVEBUS_CHROMIUM", "/usr/bin/chromium")
 NODES: Final = ("V001", "V002")
 DEMO_JOB: Final = "demo-bme680"
+OFFLINE_AFTER: Final = 12.0  # seconds without a heartbeat before the hub says offline
 _URL = re.compile(r"HTTP\s+(http://\S+)")
 T = TypeVar("T")
 
@@ -160,7 +161,9 @@ def descendants(pid: int) -> list[int]:
 def start_up(root: Path) -> Up:
     port = free_port()
     env = {**os.environ, "HIVEBUS_LOG_LEVEL": "warning", "COLUMNS": "200",
-           "XDG_CONFIG_HOME": str(root / "config")}  # fmt: skip
+           "XDG_CONFIG_HOME": str(root / "config"),
+           # a killed node is declared offline within seconds (its peers beat every 4 s)
+           "HIVEBUS_NODE_OFFLINE_AFTER": f"{OFFLINE_AFTER:g}s"}  # fmt: skip
     env.pop("HIVEBUS_NATS_URL", None)
     log = root / "up.log"
     with log.open("wb") as sink:
