@@ -36,7 +36,8 @@ def test_a_node_may_publish_only_under_its_own_id() -> None:
     assert "data.W001.>" in publish and "fromedge.W001.>" in publish
     assert not any(s.startswith(("evt.", "toedge.", "data.W002", "fromedge.W002")) for s in publish)
     assert not any("W002" in s for s in publish)
-    assert rules["subscribe"]["allow"] == ["_INBOX_W001.>"]
+    # its inbox, and live only the scheduler's answer to its own offload request
+    assert rules["subscribe"]["allow"] == ["_INBOX_W001.>", "toedge.W001.ses.offload.decided"]
     # its to-edge consumer only with its own filter
     assert "$JS.API.CONSUMER.CREATE.EVENTS.toedge-W001.toedge.W001.>" in publish
     assert not any("DURABLE.CREATE" in s for s in publish)

@@ -94,3 +94,30 @@ def test_a_tie_keeps_it_on_the_requester_and_scores_are_home_edge_scores() -> No
     assert decision.scores["A"] == decision.scores["B"]
     assert decision.run_on == "B"  # running locally moves no data
     assert decision.scores == {c.node.id: pytest.approx(home_edge_score(c)) for c in candidates}
+
+
+def test_the_decision_goes_with_a_one_shot_goal_to_the_chosen_node_only() -> None:
+    from hivebus.edge.goals import Goal
+    from hivebus.handlers.offload import decide_request
+    from hivebus.schemas.envelope import Event
+    from hivebus.schemas.ses import GoalAssigned
+
+    log = world("A", "B")
+    log.heartbeat("A", resources(cpus=2, memory=2 * GiB, load1=1.8))
+    log.heartbeat("B", resources(cpus=8, memory=16 * GiB, load1=0.1))
+    request = OffloadRequested(node="A", request_id="r7", bundle=BME, resources={"cpu": "0.5"},
+                               entrypoint="python3", args=["-c", "print(1)"])
+    asked = Event.new(request, source="node/A", subject="A")
+    events = decide_request(log.state("ses"), asked, "handler/ses").events
+    assert [e.type for e in events] == ["ses.offload.decided", "ses.goal.assigned"]
+    goal = events[1].data
+    assert isinstance(goal, GoalAssigned) and goal.node == "B" and goal.job_id == "offload-r7"
+    (plugin,) = goal.plugins
+    assert plugin.bundle_id == BME and plugin.entrypoint == "python3" and plugin.args == ["-c", "print(1)"]
+    assert plugin.resources.cpu == 0.5
+    assert Goal.of(events[1]).continuous == []  # scheduled until one run completed, not restarted
+    # nobody else may ask for A; nowhere to run: a decision and no goal
+    assert decide_request(log.state("ses"), Event.new(request, source="node/B", subject="A"), "handler/ses").events == []
+    nowhere = OffloadRequested(node="A", request_id="r8", bundle=BME, resources={"cpu": "64"})
+    only = decide_request(log.state("ses"), Event.new(nowhere, source="node/A", subject="A"), "handler/ses").events
+    assert [e.type for e in only] == ["ses.offload.decided"] and only[0].data.run_on is None

@@ -441,7 +441,8 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
     ),
     "ses.goal.removed": st.builds(GoalRemoved, node=node_ids, job_id=keys, reason=text),
     "ses.offload.requested": st.builds(
-        OffloadRequested, node=node_ids, request_id=keys, bundle=bundle_ids, resources=str_maps
+        OffloadRequested, node=node_ids, request_id=keys, bundle=bundle_ids, resources=str_maps,
+        entrypoint=opt(nonempty), args=texts, env=str_maps,
     ),
     "ses.offload.decided": st.builds(
         OffloadDecided,

@@ -20,7 +20,8 @@ def test_a_sites_link_carries_only_its_nodes_subjects_in_the_hubs_domain() -> No
     # JetStream calls cross the link as $JS.<domain>.API (the leaf maps them), never plain
     assert "$JS.*.API.CONSUMER.MSG.NEXT.EVENTS.toedge-W1" in pub
     assert not any(s.startswith("$JS.API.") for s in pub)
-    assert perms["subscribe"]["allow"] == ["_INBOX_W1.>", "_INBOX_W2.>"]
+    assert perms["subscribe"]["allow"] == ["_INBOX_W1.>", "toedge.W1.ses.offload.decided",
+                                           "_INBOX_W2.>", "toedge.W2.ses.offload.decided"]
 
 
 def test_a_site_without_nodes_may_carry_nothing() -> None:

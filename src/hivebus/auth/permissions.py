@@ -2,7 +2,9 @@
 
 The node rules are the point of the whole scheme: a node publishes only under its own
 node id, reads the hub only through its own to-edge consumer and its own reconciliation
-readers, and can never publish ``evt.*`` (the platform's own decisions) or ``toedge.*``.
+readers, and can never publish ``evt.*`` (the platform's own decisions) or ``toedge.*``
+(it may hear one to-edge subject live: ``toedge.<ID>.ses.offload.decided``, the answer to
+its own offload request).
 JetStream API calls are plain subjects too, so "consume only your own consumer" is a
 publish permission on ``$JS.API.CONSUMER.MSG.NEXT.EVENTS.toedge-<ID>``; consumers are
 created on the API subject that carries their filter (``CONSUMER.CREATE.<stream>.<name>.
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from hivebus.bus.streams import DATA, DEADLETTERS, EVENTS
+from hivebus.schemas.offload import OffloadDecided
 from hivebus.schemas.storage import UPLOAD_SUBJECT, upload_bucket
 
 SERVICE: Final = "service"
@@ -83,7 +86,13 @@ def node_permissions(node: str) -> Permissions:
         f"$O.{store}.C.>",
         f"{UPLOAD_SUBJECT}.{node}",
     ]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(node_user(node))}.>"]}}
+    subscribe = [
+        f"{inbox_prefix(node_user(node))}.>",
+        # the scheduler's answer to its own offload request (edge.offload), the one to-edge
+        # subject it may hear live besides its durable consumer: a decision about itself only
+        f"toedge.{node}.{OffloadDecided.event_type}",
+    ]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
 def in_any_domain(subjects: Iterable[str]) -> list[str]:

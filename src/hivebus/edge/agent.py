@@ -10,7 +10,8 @@ run side by side until ``stop``:
 - goal runner: rules and cron evaluated locally every second, runs through the executor;
 - housekeeping: heartbeats (resources, outbox backlog, drop counters), ``sys.*`` readings,
   the sensor watch (``node.sensor.lost`` / ``restored``), virtual sensors with ``--virtual``;
-- uploads: ``local.upload`` from plugins, shipped to the hub's object store when online.
+- uploads: ``local.upload`` from plugins, shipped to the hub's object store when online;
+- offload: ``local.offload`` from plugins, asked of the hub's scheduler (``offload.py``).
 
 Stopping is orderly: runs are stopped (each reports ``stopped``), everything accepted is
 committed, the forwarder gets a moment to drain while the hub is reachable, and the rest
@@ -53,6 +54,7 @@ from hivebus.edge.manifest import (
     virtual_manifest,
     with_config,
 )
+from hivebus.edge.offload import OffloadService
 from hivebus.edge.outbox import Outbox, OutboxLimits, StateWrite
 from hivebus.edge.recent import RecentReadings
 from hivebus.edge.runner import GoalRunner
@@ -238,6 +240,13 @@ class NodeAgent:
             on_goals=self.runner.set_goals,
             on_config=self._apply_config,
         )
+        self.offloads = OffloadService(
+            self.local.nc,
+            self.node,
+            hub=lambda: self.uplink.bus if self.uplink.online else None,
+            append=self.outbox.append,
+            run_here=self._run_offload_here,
+        )
 
     def _make_executors(self) -> dict[str, Executor]:
         """The default executor (which must run here) and the optional ones that can."""
@@ -311,6 +320,14 @@ class NodeAgent:
             runs_dir=self.config.data_dir / "scratch" / "uploads",  # only files a run staged
         )
 
+    def _run_offload_here(self, event: Event) -> None:
+        """Hold an offloaded execution's one-shot goal the hub did not send (it did not answer):
+        beside the hub's goals, until the next change of those (not kept across a restart)."""
+        goal = Goal.of(event)
+        goals = {**self.toedge.goals, goal.job_id: goal}
+        self.toedge.goals = goals
+        self.runner.set_goals(goals)
+
     def _load_goals(self) -> dict[str, Goal]:
         goals = {}
         for job_id, event in self.state.goals.items():
@@ -327,6 +344,7 @@ class NodeAgent:
             ("toedge", lambda: self.toedge.run(self.uplink, stop)),
             ("runner", lambda: self.runner.run(self._loops)),
             ("uploads", lambda: self.uploads.run(self._loops)),
+            ("offload", lambda: self.offloads.run(self._loops)),
             ("heartbeat", lambda: self._every(lambda: self._heartbeat_seconds, self.heartbeat)),
             (
                 "metrics",

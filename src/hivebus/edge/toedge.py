@@ -27,6 +27,7 @@ from hivebus.edge.uplink import Uplink
 from hivebus.errors import RuleSyntaxError
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.node import NodeConfigUpdated, ToEdgeApplied
+from hivebus.schemas.offload import OffloadDecided
 from hivebus.schemas.ses import GoalAssigned, GoalRemoved
 
 log = structlog.get_logger()
@@ -122,6 +123,8 @@ class ToEdge:
         elif isinstance(payload, NodeConfigUpdated):
             config = merge_config(config, payload)
             write = node_state.put_value(node_state.CONFIG, config)
+        elif isinstance(payload, OffloadDecided):
+            pass  # answered live to whoever asked (edge.offload); its goal comes on its own
         else:
             outcome, reason = "refused", f"{event.type} is not something a node applies"
         report = Event.new(

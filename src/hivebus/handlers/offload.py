@@ -17,7 +17,9 @@ what moving work to a node over that link would suffer.
 
 The highest score runs it; on a tie the requester keeps it (running locally moves no data),
 then the lowest node id. ``run_on == node`` is "run locally". The decision carries every
-candidate's score and why the other nodes were left out. Pure: no I/O, no clock.
+candidate's score and why the other nodes were left out; with it goes the one-shot goal
+(``schemas.offload.offload_goal``, job ``offload-<request_id>``) to the chosen node, so the
+execution starts there -- the requester's own node for "run locally". Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from hivebus.handlers.nodes import NodeView
 from hivebus.handlers.placement import Candidate, home_edge_score
 from hivebus.handlers.ses_state import SesState
 from hivebus.schemas.envelope import Event
-from hivebus.schemas.offload import OffloadDecided, OffloadRequested
+from hivebus.schemas.offload import OffloadDecided, OffloadRequested, offload_goal
 
 
 def offload_candidates(
@@ -111,5 +113,12 @@ def decide_request(state: SesState, event: Event, source: str) -> Decision:
     if event.source != f"node/{request.node}":
         return Decision()
     out = Outputs(event, source)
-    out.emit(decide(state, request), request.node)
+    decided = decide(state, request)
+    out.emit(decided, request.node)
+    if decided.run_on is not None:
+        # the chosen node (the requester itself for "run locally") gets a one-shot goal
+        # through the normal to-edge path, so the execution starts there
+        wanted, _ = parse_request(request.resources)  # checked by offload_candidates
+        goal = offload_goal(decided.run_on, request, wanted)
+        out.emit(goal, goal.job_id)
     return out.decision()

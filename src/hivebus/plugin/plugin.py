@@ -48,6 +48,7 @@ from hivebus.plugin.uploader import Uploader
 
 PUBLISH_PREFIX: Final = "local.publish."
 UPLOAD_SUBJECT: Final = "local.upload"
+OFFLOAD_SUBJECT: Final = "local.offload"
 OUTSIDE_WITH: Final = "Plugin can only be used inside a with block! (use `with Plugin() as plugin:`)"
 
 
@@ -235,6 +236,33 @@ class Plugin:
                     self._upload_online(link, source, labels, timestamp, keep)
                 finally:
                     link.close(self.config.flush_timeout)
+
+    # offload (Home Edge; hivebus's own, not pywaggle's)
+
+    def request_offload(self, bundle: str, resources: Mapping[str, str] | None = None, *,
+                        entrypoint: str | None = None, args: list[str] | None = None,
+                        env: Mapping[str, str] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+        """Ask the node for one execution of ``bundle`` (docs/offload.md): the hub's scheduler
+        scores every capable node, this one included, and the execution starts on the best
+        one; with no answer from the hub within ``timeout`` s this node runs it. Returns
+        ``{"run_on", "local", "decided_by", "scores", "reasons", "request_id", "job_id"}``."""
+        if not self.config.local_bus:
+            raise RuntimeError("request_offload needs the node's local bus (HIVEBUS_LOCAL_BUS): run the plugin on a node")
+        body = json.dumps({"bundle": bundle, "resources": dict(resources or {}), "entrypoint": entrypoint,
+                           "args": list(args or []), "env": dict(env or {}), "timeout": timeout}).encode()
+        link = self._link
+        own = link is None
+        if link is None:
+            link = BusLink(self.config.local_bus, self.config, name=self._client_name())
+            link.start()
+        try:
+            answer: dict[str, Any] = json.loads(link.request(OFFLOAD_SUBJECT, body, timeout + 5.0))
+        finally:
+            if own:
+                link.close(self.config.flush_timeout)
+        if "error" in answer:
+            raise ValueError(f"the node refused the offload request: {answer['error']}")
+        return answer
 
     def _upload_online(self, link: BusLink, source: Path, meta: dict[str, str], timestamp: int, keep: bool) -> None:
         staged: Path | None = None
