@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test bench bench-quick lint fmt clean docker-engine
+.PHONY: run test bench bench-quick lint fmt clean docker-engine screenshot
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(BENCH_STAMP)
 ## bench-quick: the same at smaller sizes (~1-2 min); also rewrites both files
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --quick
+
+## screenshot: the browser test of the nodes page, saving docs/img/dashboard.png (the README's)
+screenshot: $(STAMP)
+	HIVEBUS_UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/browser/test_dashboard.py -k nodes_shown_equal
 
 ## docker-engine: a private dockerd with the plugin base image (Ctrl-C tears it down)
 docker-engine: $(STAMP)
