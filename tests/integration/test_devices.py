@@ -7,6 +7,7 @@ first job is removed the second one gets the camera."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,8 +22,9 @@ from hivebus.formats import load_manifest
 from hivebus.handlers.testing import app_spec, resources
 from hivebus.schemas.ecr import BundleApproved, BundlePushed
 from hivebus.schemas.node import NodeHeartbeat, NodeRegistered
+from hivebus.services.dryrun import DRYRUN_SUBJECT
 from hivebus.services.requests import request
-from tests.integration.test_handlers import by, handlers
+from tests.integration.test_handlers import by, handlers, until
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +144,70 @@ async def test_an_exclusive_camera_serves_one_job_at_a_time(
                 url, "job", "submit", counter, "--user", "alice", "--id", "count-2"
             )
             assert rc == 0 and "top_camera" in out, out
+
+
+async def test_a_real_agents_node_yaml_devices_reach_the_scheduler_and_the_nodes_view(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The edge path: ``hivebus node run --manifest node.yaml``'s agent registers its devices,
+    the scheduler places on them and ``hivebus node list`` shows them (through the projector)."""
+    from hivebus.bus.streams import DATA, EVENTS
+    from hivebus.formats import load_job
+    from hivebus.projections.runner import running as projecting
+    from tests.integration.test_agent import agent_config, running
+
+    url = nats_server.url
+    settings = Settings(nats_url=url)
+    (tmp_path / "node.yaml").write_text(
+        NODE_YAML + "  - {name: mic, type: microphone, exclusive: false}\n"
+    )
+    manifest = load_manifest(tmp_path / "node.yaml")
+    # Hourly on New Year's day at midnight: placed now, never run during the test.
+    job = tmp_path / "heat.yaml"
+    job.write_text(
+        JOB.format(name="heat", plugin="imagesampler", bundle=SAMPLER).replace(
+            "*/5 * * * *", "0 0 1 1 *"
+        )
+    )
+    async with await Bus.connect(url, settings=settings) as bus:
+        await bus.ensure_streams()
+        async with handlers(settings, bus), projecting(bus, tmp_path / "views.duckdb") as projector:
+            app = app_spec(SAMPLER, resource_list=TOP)
+            await request(
+                bus,
+                by("alice", BundlePushed(app=app, pusher="alice"), SAMPLER),
+                handler="ecr",
+                answers=[],
+            )
+            await request(
+                bus,
+                by("admin", BundleApproved(bundle_id=SAMPLER, by="admin"), SAMPLER),
+                handler="ecr",
+                answers=[],
+            )
+            config = agent_config(tmp_path, url, manifest=manifest, heartbeat_seconds=0.5)
+            async with running(config):
+                spec = load_job(job).model_dump(mode="json")
+
+                async def placed_on_the_camera() -> bool:
+                    body = {"user": "alice", "spec": spec}
+                    plan = json.loads(await bus.request(DRYRUN_SUBJECT, body, timeout=10))
+                    return [p.get("devices") for p in plan["placements"]] == [["top_camera"]]
+
+                await until(placed_on_the_camera, 30, "the agent's registration to be placed on")
+                rc, out = await hivebus(
+                    url, "job", "submit", str(job), "--user", "alice", "--id", "heat-1"
+                )
+                assert rc == 0 and "top_camera" in out, out
+                ends = {DATA: await bus.last_seq(DATA), EVENTS: await bus.last_seq(EVENTS)}
+                assert await projector.wait_for(ends, 30)
+                rc, listed = await hivebus(url, "node", "list", "--json")
+                rc_table, table = await hivebus(url, "node", "list")
+    assert rc == 0, listed
+    (node,) = json.loads(listed)
+    assert [(d["name"], d["type"], d["exclusive"]) for d in node["devices"]] == [
+        ("top_camera", "RGB_image_producer", True),
+        ("mic", "microphone", False),
+    ]
+    assert node["devices"][0]["attributes"] == {"view": "top", "resolution": "1920x1080"}
+    assert rc_table == 0 and "top_camera,mic (shared)" in table, table

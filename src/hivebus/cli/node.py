@@ -29,7 +29,7 @@ app.add_typer(node_app, name="node")
 
 LIST_COLUMNS = (
     "node_id", "vsn", "status", "status_since", "tags", "arch", "cpus", "load1",
-    "mem_avail", "disk_avail", "backlog_messages", "dropped", "last_heartbeat",
+    "mem_avail", "disk_avail", "backlog_messages", "dropped", "last_heartbeat", "devices",
 )  # fmt: skip
 
 
@@ -170,15 +170,18 @@ def list_nodes(
             return (await query(bus, sql, params, limit=100_000)).records()
 
     records = run(go())
+    for r in records:  # a JSON column arrives as its text
+        r["devices"] = json.loads(r["devices"]) if isinstance(r["devices"], str) else r["devices"]
     if as_json:
         out.print_json(json.dumps(records, default=str))
         return
-    table = Table("node", "status", "tags", "load", "mem", "disk", "queued", "dropped", "seen")
+    table = Table("node", "status", "tags", "load", "mem", "disk", "queued", "dropped", "seen", "devices")
     for r in records:
         table.add_row(
             r["node_id"], r["status"], ",".join(r["tags"] or []), _num(r["load1"]),
             _size(r["mem_avail"]), _size(r["disk_avail"]), str(r["backlog_messages"] or 0),
             str(sum((r["dropped"] or {}).values())), _clock(r["last_heartbeat"]),
+            _devices(r["devices"]),
         )  # fmt: skip
     out.print(table)
     out.print(f"{len(records)} node(s)", highlight=False)
@@ -221,6 +224,13 @@ def outbox(
         kind = "its credential" if refused.what == "credential" else "its events"
         err.print(f"[bold red]the hub refuses {kind}[/] since {refused.since}: {refused.error}", highlight=False, soft_wrap=True)
         err.print(f"what to do: {refused.hint}", highlight=False, soft_wrap=True)
+
+
+def _devices(devices: list[dict[str, Any]] | None) -> str:
+    """``top_camera,mic (shared)``: names, a shared (non-exclusive) one marked."""
+    return ",".join(
+        d["name"] + ("" if d.get("exclusive", True) else " (shared)") for d in devices or []
+    )
 
 
 def _size(n: int | None) -> str:
