@@ -194,3 +194,14 @@ def test_a_resource_selector_filters_on_a_device_name_or_type_without_claiming_i
     spec = job_spec([("bme680", BME)], tags=["cam"], selector={"resource.microphone": "false"})
     out = log.submit(spec, job_id="env-2")
     assert [p.node for p in out[0].data.placements] == ["W013"]
+
+
+def test_an_app_resources_item_that_is_no_claim_refuses_the_job_with_the_reason() -> None:
+    log = world()
+    broken = "waggle/plugin-broken:1.0.0"
+    log.push(app_spec(broken, resource_list=[{"view": "top"}]), "alice")
+    log.by("admin", BundleApproved(bundle_id=broken, by="admin"), broken)
+    has(
+        rejected(submit(log, "b", ("broken", broken))),
+        f"plugin broken: bundle {broken}'s sage.yaml resources[0]: needs a type",
+    )
