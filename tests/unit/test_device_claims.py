@@ -214,3 +214,33 @@ def test_the_ecr_test_apps_top_camera_claim_through_load_app() -> None:
         "no device of W012 serves it (top_camera (RGB_image_producer): resolution 640x480 is "
         "below 600x800)"
     ]
+
+
+def test_a_job_claim_pins_the_apps_claim_instead_of_adding_a_device() -> None:
+    top = one({"type": "RGB_image_producer", "view": "top"})
+    any_camera = one({"type": "RGB_image_producer"})
+    mic = one({"type": "microphone"})
+    (top_by_name,) = job_claims({"device.top_camera": "1"})[0]
+    (bottom_by_name,) = job_claims({"device.bottom_camera": "1"})[0]
+    (mic_by_type,) = job_claims({"device.microphone": "1"})[0]
+    devices = [TOP, BOTTOM, MIC]
+    # The app asks for a top camera, the job names it: one device.
+    assert [d.name for d in assign("W012", [top, top_by_name], devices, {}).devices] == [
+        "top_camera"
+    ]
+    # The app asks for any camera, the job says which: that one.
+    assert [d.name for d in assign("W012", [any_camera, bottom_by_name], devices, {}).devices] == [
+        "bottom_camera"
+    ]
+    # The app asks for a microphone, the job asks for one by type: the same microphone.
+    assert [d.name for d in assign("W012", [mic, mic_by_type], devices, {}).devices] == ["mic"]
+    # The named device cannot serve the app's claim: both are needed.
+    got = assign("W012", [top, bottom_by_name], devices, {})
+    assert sorted(d.name for d in got.devices) == ["bottom_camera", "top_camera"]
+    # A pinned claim refused says both where it came from and who holds the device.
+    held = {"top_camera": Holder("heat-1", "imagesampler")}
+    assert assign("W012", [top, top_by_name], devices, held).problems == [
+        "pluginSpec.resource device.top_camera for sage.yaml resources[0] (name top_camera, "
+        "type RGB_image_producer, view top): W012's top_camera (RGB_image_producer) is claimed "
+        "by job heat-1's plugin imagesampler"
+    ]

@@ -14,6 +14,8 @@ A node's manifest lists devices (``NodeManifest.devices``: a name, a type, attri
   Sage job means anything else by it; cameras named in ``args`` (``-stream bottom_camera``)
   are not claims, since Sage's cameras are streams several plugins read at once.
 
+A job's claim pins one of the app's claims when the device it names serves it (or the type
+it names is the app claim's), rather than asking for one more device (``by_name_or_type``).
 Each claim of a plugin is served by a distinct device of the node (``assign``); an exclusive
 device held by another goal's plugin on that node is not available (the scheduler's
 ``held_devices``). All of it is pure.
@@ -46,7 +48,8 @@ class Claim:
     """``(attribute, least value)``: from ``min_<attribute>`` keys."""
 
     def describe(self) -> str:
-        parts = [f"name {self.name}"] if self.name else [f"type {self.type}"]
+        parts = [f"name {self.name}"] if self.name else []
+        parts += [f"type {self.type}"] if self.type else []
         parts += [f"{key} {value}" for key, value in self.equal]
         parts += [f"min_{key} {value}" for key, value in self.minimum]
         return f"{self.source} ({', '.join(parts)})"
@@ -161,23 +164,51 @@ def _count(value: str) -> int | None:
 
 
 def by_name_or_type(claims: list[Claim], devices: Sequence[DeviceSpec]) -> list[Claim]:
-    """A ``device.<x>`` claim names a device of the node; on a node with no device of that
-    name it asks for a device of type ``<x>``."""
-    names = {d.name for d in devices}
-    out = []
-    for claim in claims:
-        if claim.name is not None and claim.name not in names:
-            out.append(Claim(claim.source, type=claim.name))
+    """The job's ``device.<x>`` claims read on one node, together with the app's claims.
+
+    ``<x>`` names a device of the node; on a node with no device of that name it is a type.
+    A job's claim pins one of the app's claims rather than adding a device: a named device that
+    serves an app claim becomes that claim's device (``device.top_camera`` with an app asking
+    for a top camera is one device, the top_camera), a type the app already asks for is that
+    claim. Otherwise the job's claim is one more device."""
+    names = {d.name: d for d in devices}
+    app = [c for c in claims if c.name is None]
+    pinned: set[int] = set()
+    out: list[Claim] = []
+    for claim in (c for c in claims if c.name is not None):
+        device = names.get(claim.name or "")
+        free = [i for i in range(len(app)) if i not in pinned]
+        if device is not None:
+            match = next((i for i in free if mismatch(app[i], device) is None), None)
+            if match is None:
+                out.append(claim)
+                continue
+            pinned.add(match)
+            base = app[match]
+            out.append(
+                Claim(
+                    f"{claim.source} for {base.source}",
+                    type=base.type,
+                    name=claim.name,
+                    equal=base.equal,
+                    minimum=base.minimum,
+                )
+            )
         else:
-            out.append(claim)
-    return out
+            match = next((i for i in free if app[i].type == claim.name), None)
+            if match is None:
+                out.append(Claim(claim.source, type=claim.name))
+            else:  # the app's claim already asks for a device of that type: it is that one
+                pinned.add(match)
+                out.append(app[match])
+    return out + [c for i, c in enumerate(app) if i not in pinned]
 
 
 def mismatch(claim: Claim, device: DeviceSpec) -> str | None:
     """Why ``device`` cannot serve ``claim`` (its type, an attribute), or None."""
-    if claim.name is not None:
-        return None if device.name == claim.name else f"it is not {claim.name}"
-    if device.type != claim.type:
+    if claim.name is not None and device.name != claim.name:
+        return f"it is not {claim.name}"
+    if claim.type is not None and device.type != claim.type:
         return f"type is {device.type}"
     attributes = device.attributes
     for key, wanted in claim.equal:
