@@ -313,7 +313,7 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
                 why_not[name].append(f"{node.id}: {user} is not allowed there")
             continue
         placed: dict[str, Demand] = {}
-        held = node_held_devices(state, node)  # this job's plugins add theirs as they go
+        held: dict[str, Holder] | None = None  # read once a plugin claims a device
         for name, plugin in plugins.items():
             mismatch = selector_mismatch(plugin.spec.plugin_spec.selector, node)
             if mismatch is not None:
@@ -333,6 +333,8 @@ def plan_job(state: SesState, submitted: JobSubmitted) -> Plan:
                     f"bundle {plugin.bundle_id} is not approved (unapproved bundles run only on nodes tagged 'virtual')"
                 )
             if not problems and plugin.claims:
+                if held is None:  # this job's plugins add theirs as they take them
+                    held = node_held_devices(state, node)
                 got = assign(node.id, plugin.claims, node_devices(node), held)
                 problems += [f"claim {p}" for p in got.problems]
                 devices_at[(node.id, name)] = [_goal_device(d) for d in got.devices]
