@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from hivebus.bus.batch import bodies_of
 from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer
 from hivebus.bus.streams import DATA, EVENTS
@@ -71,9 +72,10 @@ async def stored_nodeseqs(bus: Bus, node: str) -> Counter[int]:
     for stream, subject in ((DATA, data_filter(node)), (EVENTS, fromedge_filter(node))):
         async for batch in bus.read(stream, filter_subjects=[subject], stop_at_end=True):
             for m in batch:
-                seq, _ = _identity(m.data)
-                assert seq is not None, f"{m.subject} #{m.seq} carries no nodeseq"
-                counts[seq] += 1
+                for body in bodies_of(m.data):  # readings travel packed (issue 18)
+                    seq, _ = _identity(body)
+                    assert seq is not None, f"{m.subject} #{m.seq} carries no nodeseq"
+                    counts[seq] += 1
     return counts
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from hivebus.bus.batch import bodies_of
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import DATA, EVENTS, platform_streams
 from hivebus.bus.subjects import data_filter, fromedge_filter
@@ -111,7 +112,8 @@ def outbox_state(data_dir: Path) -> OutboxState:
 
 @dataclass(frozen=True)
 class HubCopy:
-    """A node's events as the hub stored them: ``(nodeseq, stream sequence)`` per stream."""
+    """A node's events as the hub stored them: ``(nodeseq, stream sequence)`` per stream (the
+    readings of a packed message share its sequence)."""
 
     data: list[tuple[int, int]]
     events: list[tuple[int, int]]
@@ -135,8 +137,9 @@ async def hub_copy(bus: Bus, node: str) -> HubCopy:
     for stream, subject in ((DATA, data_filter(node)), (EVENTS, fromedge_filter(node))):
         async for batch in bus.read(stream, filter_subjects=[subject], stop_at_end=True):
             for message in batch:
-                nodeseq, event_id = _identity(message.data)
-                assert nodeseq is not None and event_id is not None, f"{stream}: {message.data!r}"
-                found[stream].append((nodeseq, message.seq))
-                ids[event_id] = nodeseq
+                for body in bodies_of(message.data):  # readings travel packed (issue 18)
+                    nodeseq, event_id = _identity(body)
+                    assert nodeseq is not None and event_id is not None, f"{stream}: {body!r}"
+                    found[stream].append((nodeseq, message.seq))
+                    ids[event_id] = nodeseq
     return HubCopy(found[DATA], found[EVENTS], ids)

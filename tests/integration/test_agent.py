@@ -15,6 +15,7 @@ from typing import Any
 import nats
 import pytest
 
+from hivebus.bus.batch import bodies_of
 from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer
 from hivebus.bus.streams import DATA, EVENTS, platform_streams
@@ -23,6 +24,7 @@ from hivebus.config import Settings
 from hivebus.edge.agent import AgentConfig, NodeAgent
 from hivebus.edge.forwarder import ForwarderOptions
 from hivebus.edge.outbox import DROPPED_FULL, OutboxLimits
+from hivebus.schemas import codec
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.node import NodeConfigUpdated, SensorSpec
 from hivebus.schemas.ses import GoalAssigned, GoalPlugin, GoalRemoved
@@ -80,8 +82,12 @@ async def node_events(bus: Bus, type_: str | None = None) -> list[Event]:
 
 
 async def node_readings(bus: Bus) -> list[Event]:
+    """The node's readings at the hub, each of a packed message too (issue 18)."""
     return [
-        e async for _, e in bus.events(DATA, filter_subjects=[data_filter(NODE)], stop_at_end=True)
+        codec.decode(body)
+        async for batch in bus.read(DATA, filter_subjects=[data_filter(NODE)], stop_at_end=True)
+        for m in batch
+        for body in bodies_of(m.data)
     ]
 
 

@@ -23,6 +23,7 @@ from hivebus.auth.credentials import Credential
 from hivebus.auth.hub import HubAuth
 from hivebus.auth.permissions import SERVICE
 from hivebus.auth.tokens import digest, new_token
+from hivebus.bus.batch import bodies_of
 from hivebus.bus.client import Bus
 from hivebus.bus.publisher import Outgoing
 from hivebus.bus.server import NatsServer
@@ -76,9 +77,10 @@ async def hub(nats_server_factory: NatsServerFactory, tmp_path: Path) -> AsyncIt
 
 
 async def stored(bus: Bus, stream: str, subject: str) -> list[bytes]:
+    """The events stored on ``subject``: each message, the readings of a packed one each (issue 18)."""
     found: list[bytes] = []
     async for batch in bus.read(stream, filter_subjects=[subject], stop_at_end=True):
-        found += [m.data for m in batch]
+        found += [body for m in batch for body in bodies_of(m.data)]
     return found
 
 
