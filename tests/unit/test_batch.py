@@ -28,7 +28,8 @@ def test_events_round_trip_and_decode_with_their_nodeseqs() -> None:
     assert wire.is_batch(data) and not wire.is_batch(bodies[0])
     assert wire.unpack(data) == bodies
     assert [codec.decode(b).nodeseq for b in wire.unpack(data)] == [100, 101, 102, 103, 104]
-    assert wire.bodies_of(bodies[0]) == [bodies[0]]  # the old wire: one event per message
+    assert wire.unpack(bodies[0]) == [bodies[0]]  # the old wire: one event per message
+    assert wire.bodies_of(data) == bodies
 
 
 @given(st.lists(st.binary(max_size=300), max_size=40))
@@ -42,7 +43,7 @@ def test_any_bodies_round_trip(bodies: list[bytes]) -> None:
 @given(st.lists(st.binary(max_size=100), min_size=1, max_size=20), st.data())
 def test_a_truncated_batch_is_refused_whole(bodies: list[bytes], data: st.DataObject) -> None:
     packed = wire.pack(bodies)
-    cut = data.draw(st.integers(min_value=0, max_value=len(packed) - 1))
+    cut = data.draw(st.integers(min_value=4, max_value=len(packed) - 1))  # (shorter: no magic, not a batch)
     with pytest.raises(DecodeError) as err:
         wire.unpack(packed[:cut])
     assert err.value.field == "<batch>"
@@ -51,8 +52,7 @@ def test_a_truncated_batch_is_refused_whole(bodies: list[bytes], data: st.DataOb
 @pytest.mark.parametrize(
     ("data", "says"),
     [
-        (b"HBB", "at least 8 bytes"),
-        (b'{"id":"x"}', "not a batch"),
+        (b"HBB1\x00", "at least 8 bytes"),
         (struct.pack(">4sI", b"HBB1", 3) + struct.pack(">I", 2) + b"ab", "cannot hold the 3 readings"),
         (struct.pack(">4sI", b"HBB1", 1) + struct.pack(">I", 9) + b"abc", "needs 9 bytes, 3 are left"),
         (wire.pack([b"ab"]) + b"junk", "4 bytes after the last of the 1 readings"),

@@ -69,14 +69,16 @@ def pack(bodies: Sequence[bytes]) -> bytes:
 
 
 def unpack(data: bytes | bytearray | memoryview) -> list[bytes]:
-    """The bodies of a batch, in order; ``DecodeError`` (field ``<batch>``) if it is not a
-    whole, well-formed batch: nothing is returned from a truncated or padded one."""
+    """The events a DATA message carries, in order: a batch's bodies, or the message itself
+    when it is one event (the old wire, which does not start with ``MAGIC``).
+    ``DecodeError`` (field ``<batch>``) for a batch that is not whole and well formed: nothing
+    is returned from a truncated or padded one."""
     raw = bytes(data)
+    if raw[:4] != MAGIC:
+        return [raw]
     if len(raw) < _HEAD.size:
         raise DecodeError(f"a batch is at least {_HEAD.size} bytes, this one {len(raw)}", field="<batch>")
-    magic, count = _HEAD.unpack_from(raw)
-    if magic != MAGIC:
-        raise DecodeError(f"not a batch: it starts with {magic!r}, not {MAGIC!r}", field="<batch>")
+    count = _HEAD.unpack_from(raw)[1]
     if count > (len(raw) - _HEAD.size) // PER_BODY:
         raise DecodeError(f"a batch of {len(raw)} bytes cannot hold the {count} readings it announces",
                           field="<batch>")
@@ -101,9 +103,8 @@ def unpack(data: bytes | bytearray | memoryview) -> list[bytes]:
     return bodies
 
 
-def bodies_of(data: bytes) -> list[bytes]:
-    """What a DATA message carries: a batch's bodies, or the message itself (one event)."""
-    return unpack(data) if is_batch(data) else [data]
+bodies_of = unpack
+"""What a DATA message carries: a batch's bodies, or the message itself (one event)."""
 
 
 def batch_subject(node: str) -> str:
