@@ -240,3 +240,34 @@ def test_bad_stream_requests_are_json_errors(web: WebProcess) -> None:
         assert answer.status_code == 400, (params, answer.text)
         assert words in answer.json()["error"] and answer.json()["hint"]
     assert httpx.get(url, params={"heartbeat": "0"}, timeout=10).status_code == 422
+
+
+async def test_to_edge_traffic_is_for_admins(hub: Bus, web: WebProcess) -> None:
+    """The public NATS identity cannot read toedge.>: neither can an anonymous SSE client; an admin can."""
+    from hivebus.auth.tokens import digest, new_token
+    from hivebus.schemas.auth import UserAdded
+    from hivebus.schemas.envelope import Event
+
+    tokens = {user: new_token() for user in ("admin", "alice")}
+    for user, token in tokens.items():
+        await hub.publish(Event.new(UserAdded(user=user, token_sha256=digest(token), by="admin"),
+                                    source="user/admin", subject=user))
+
+    def opened(token: str | None) -> int:
+        headers = {"Authorization": f"sage {token}"} if token else {}
+        with httpx.Client(base_url=f"{web.url}/api/v1", timeout=10) as http, \
+                http.stream("GET", "/stream", params={"to_edge": "*"}, headers=headers) as answer:
+            return answer.status_code
+
+    assert await asyncio.to_thread(opened, None) == 403
+    assert await asyncio.to_thread(opened, tokens["alice"]) == 403
+    assert await asyncio.to_thread(opened, "not-a-token") == 401
+    assert await asyncio.to_thread(opened, tokens["admin"]) == 200
+
+
+def test_the_unrouted_stream_leaves_to_edge_out_for_anonymous() -> None:
+    from hivebus.web.stream import public_only, selection
+
+    everything = selection("events", None, None, "*", None, None)
+    assert "toedge.>" in everything.subjects
+    assert public_only(everything, asked_to_edge=False).subjects == ["evt.>", "fromedge.>"]

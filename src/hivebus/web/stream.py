@@ -6,7 +6,11 @@ Two kinds, one per connection (``kind=events``, the default, or ``kind=readings`
   (goals and config the hub sends a node), ``from_edge=NODE|*`` (what nodes report: plugin
   states, triggers, heartbeats), ``type=GLOB`` (``trigger.fired``, ``ses.*``); neither route
   given means every event, the control log too. Each SSE message is ``hivebus tail --json``'s
-  line: ``{"seq", "id", "type", "source", "subject", "time", "data", ...}``.
+  line: ``{"seq", "id", "type", "source", "subject", "time", "data", ...}``. As on NATS, where
+  the public identity cannot read ``toedge.>``, to-edge traffic is for admins
+  (``Authorization: sage <token>``): ``to_edge=`` without is a 403, and the unrouted stream
+  leaves it out. Browsers' ``EventSource`` sends no header, so the dashboard's streams are
+  anonymous: facts, from-edge events and readings.
 - **readings** of the DATA stream: ``node=NODE|*``, ``name=GLOB`` (``env.temperature``,
   ``env.*``). Each message is ``{"seq", "node", "timestamp", "name", "value", "meta"}``.
 
@@ -28,7 +32,7 @@ import contextlib
 import fnmatch
 import json
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
@@ -159,6 +163,15 @@ def selection(kind: str, to_edge: str | None, from_edge: str | None, type_glob: 
     raise ApiError(400, f"kind {kind!r} is not a stream", "kind=events (the default) or kind=readings")
 
 
+def public_only(chosen: Selection, *, asked_to_edge: bool) -> Selection:
+    """What the public NATS identity may read of EVENTS (``auth.permissions``): the platform's
+    facts and what nodes send, never the goals and config the hub sends a node (to-edge)."""
+    if asked_to_edge:
+        raise ApiError(403, "to-edge goals and config are for admins",
+                       "send 'Authorization: sage <token>' of an admin; from_edge= and type= need no token")
+    return replace(chosen, subjects=[s for s in chosen.subjects if not s.startswith("toedge.")])
+
+
 async def follow(bus: Bus, chosen: Selection, *, start: datetime | None, after: Cursor | None) -> AsyncIterator[Item]:
     """Items from ``after`` (exclusive), or from ``start``, or from now on; across hub restarts."""
     last: Cursor | None = after
@@ -246,9 +259,13 @@ async def stream(
     last_event_id: Annotated[str | None, Query(description="resume after this id (as the Last-Event-ID header)")] = None,
     heartbeat: Annotated[float, Query(gt=0, le=300, description="seconds between keep-alive comments")] = 15.0,
     last_event_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Follow events or readings live as Server-Sent Events; ``Last-Event-ID`` resumes without loss."""
     chosen = selection(kind, to_edge, from_edge, type, node, name)
+    viewer = await web.identities.user_of(authorization)  # 401 for a bad token
+    if chosen.kind == "events" and not (viewer is not None and web.identities.is_admin(viewer)):
+        chosen = public_only(chosen, asked_to_edge=to_edge is not None)
     resume = last_event_header or last_event_id
     after = Cursor.parse(resume) if resume else None
     start = None
