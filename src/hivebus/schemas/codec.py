@@ -29,6 +29,11 @@ def _typed(model: type[Payload]) -> type[Event]:
     return typed
 
 
+def typed_model(model: type[Payload]) -> type[Event]:
+    """``Event`` with ``data`` typed as ``model`` (what ``decode`` validates against)."""
+    return _typed(model)
+
+
 def encode(event: Event) -> bytes:
     """The wire form: CloudEvents structured JSON."""
     body = event.model_dump_json(exclude_none=True, round_trip=True).encode()
