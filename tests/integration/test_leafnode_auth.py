@@ -177,12 +177,13 @@ async def test_the_hub_bounds_a_tampered_leaf_to_its_sites_nodes(
         assert await bus.last_seq("EVENTS") == 0
 
 
-def test_site_cli_links_with_a_site_credential_and_refuses_a_wrong_one(tmp_path: Path, server_binary: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_site_cli_links_with_a_site_credential_and_refuses_a_wrong_one(tmp_path: Path, server_binary: Path, tls: bool) -> None:
     hub = start_cli("site", "hub", "--data-dir", str(tmp_path / "hub"), "--nats-port", "0",
-                    "--leafnode-port", "0", cwd=tmp_path)
+                    "--leafnode-port", "0", *(["--tls"] if tls else []), cwd=tmp_path)
     procs = [hub]
     try:
-        hub_url = read_until(hub, r"running at (nats://\S+)").group(1)
+        hub_url = read_until(hub, r"running at ((?:nats|tls)://\S+)").group(1)
         leaf_url = read_until(hub, r"site run --hub (nats-leaf://\S+)").group(1)
         for args in (("node", "add", NODE, "--out", f"{NODE}.creds"),
                      ("site", "add", "north", "--node", NODE, "--out", "north.creds")):
@@ -194,7 +195,8 @@ def test_site_cli_links_with_a_site_credential_and_refuses_a_wrong_one(tmp_path:
         good = start_cli("site", "run", "--hub", leaf_url, "--credentials", "north.creds",
                          "--data-dir", str(tmp_path / "site"), "--nats-port", "0", cwd=tmp_path)
         procs.append(good)
-        site_url = read_until(good, r"site leaf running at (nats://\S+),").group(1)
+        site_url = read_until(good, r"site leaf running at ((?:nats|tls)://\S+),").group(1)
+        assert site_url.startswith("tls://") == tls  # a TLS hub's leaf serves its nodes TLS too
         read_until(good, r"link: up")
         # the leaf's config holds the link's password: owner-only
         conf = tmp_path / "site" / "nats" / "nats-server.conf"
@@ -202,6 +204,7 @@ def test_site_cli_links_with_a_site_credential_and_refuses_a_wrong_one(tmp_path:
 
         async def publish_and_count() -> int:
             node = Credential.load(tmp_path / f"{NODE}.creds")
+            assert (node.ca is not None) == tls  # the node's own credential, unchanged
             nc = await nats.connect(site_url, **node.connect_options())
             try:
                 await nc.jetstream().publish(f"data.{NODE}.env.temperature", encode(reading(NODE, 1)), timeout=5)

@@ -33,7 +33,7 @@ import structlog
 from hivebus.auth import permissions
 from hivebus.auth.credentials import Credential
 from hivebus.auth.sites import SiteCredential
-from hivebus.auth.tls import hub_ca
+from hivebus.auth.tls import hub_ca, issue_leaf_cert
 from hivebus.bus.server import reload_server
 from hivebus.errors import SetupError
 
@@ -129,7 +129,8 @@ class HubAuth:
         log.info("auth.node_added", node=node, rotated=rotate)
         return Credential(user=user, password=password, inbox_prefix=permissions.inbox_prefix(user), ca=self.ca())
 
-    def add_site(self, site: str, nodes: Sequence[str], *, rotate: bool = False, domain: str = "hub") -> SiteCredential:
+    def add_site(self, site: str, nodes: Sequence[str], *, rotate: bool = False, domain: str = "hub",
+                 leaf_hosts: Sequence[str] = ()) -> SiteCredential:
         """A site leaf's link credential, bound to ``nodes`` (each needs its own credential
         already: the leaf checks the nodes' passwords against the hashes it carries)."""
         if not NODE_ID.match(site):
@@ -153,8 +154,13 @@ class HubAuth:
             users[user] = hash_password(password)
             sites[site] = sorted(set(nodes))
             hashes = {n: users[permissions.node_user(n)] for n in sites[site]}
-        log.info("auth.site_added", site=site, nodes=sorted(set(nodes)), rotated=rotate)
-        return SiteCredential(site=site, user=user, password=password, nodes=hashes, domain=domain, ca=self.ca())
+        ca = self.ca()
+        cert = key = None
+        if ca is not None:  # a TLS hub: the leaf serves its nodes TLS too, with the hub's CA
+            cert, key = issue_leaf_cert(self.dir.parent, ["localhost", "127.0.0.1", "::1", *leaf_hosts])
+        log.info("auth.site_added", site=site, nodes=sorted(set(nodes)), rotated=rotate, tls=ca is not None)
+        return SiteCredential(site=site, user=user, password=password, nodes=hashes, domain=domain, ca=ca,
+                              leaf_cert=cert, leaf_key=key)
 
     def remove_site(self, site: str) -> bool:
         with self._locked_doc() as (users, sites):

@@ -13,7 +13,10 @@
   would: a node connects to the leaf with the same file ``hivebus node add`` gave it and is
   confined to its own subjects there, so one node of a site cannot speak for another. Hashes,
   not passwords: the leaf cannot log in as a node anywhere.
-- ``ca``: the hub's CA when the hub runs TLS (not used by the link yet, docs/sites.md).
+- ``ca``: the hub's CA when the hub runs TLS: the leaf's link verifies the hub against it.
+- ``leaf_cert``/``leaf_key``: with TLS, a certificate for the leaf's client port signed by the
+  hub's CA (for the names ``site add --leaf-host`` gave), so the nodes' own credentials, which
+  carry that CA, trust the leaf as they trust the hub, and connect to it over TLS unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class SiteCredential:
     domain: str = "hub"
     nodes: dict[str, str] = field(default_factory=dict)  # node id -> bcrypt hash of its password
     ca: str | None = None
+    leaf_cert: str | None = None  # the leaf's client-port certificate (PEM), from the hub's CA
+    leaf_key: str | None = None
 
     def dumps(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2) + "\n"
@@ -58,9 +63,11 @@ class SiteCredential:
         try:
             doc = json.loads(Path(path).read_text())
             ca = doc.get("ca")
+            cert, key = doc.get("leaf_cert"), doc.get("leaf_key")
             return cls(site=str(doc["site"]), user=str(doc["user"]), password=str(doc["password"]),
                        domain=str(doc.get("domain", "hub")), nodes={str(k): str(v) for k, v in dict(doc["nodes"]).items()},
-                       ca=None if ca is None else str(ca))
+                       ca=None if ca is None else str(ca), leaf_cert=None if cert is None else str(cert),
+                       leaf_key=None if key is None else str(key))
         except FileNotFoundError:
             raise SetupError(
                 f"site credentials file {path} does not exist",

@@ -129,6 +129,35 @@ class HubTLS:
                 "  timeout: 5")
 
 
+    def leafnode_block(self) -> str:
+        """The body of the hub's ``leafnodes { tls { } }``: site leaves link over TLS only (they
+        trust the CA from their site credential, ``auth.sites``)."""
+        q = json.dumps
+        return (f"    cert_file: {q(str(self.cert_file.resolve()))}\n"
+                f"    key_file: {q(str(self.key_file.resolve()))}\n"
+                "    timeout: 5")
+
+
+def issue_leaf_cert(data_dir: Path, hosts: Sequence[str]) -> tuple[str, str]:
+    """A server certificate and key (PEM) for a site leaf's client port, signed by the hub's own
+    CA in ``<data_dir>/tls``: nodes whose credentials carry that CA then trust the leaf too."""
+    directory = Path(data_dir) / TLS_DIR
+    ca_file, ca_key = directory / CA_FILE, directory / _CA_KEY
+    if not ca_key.exists():
+        raise SetupError(
+            "this hub's TLS CA is not its own (--tls-cert/--tls-key/--tls-ca): it cannot issue the site leaf's certificate",
+            hint="issue one for the leaf's names from your CA and run `hivebus site run --tls-cert --tls-key`, "
+            "or run the hub with its own CA (--tls alone)",
+        )
+    cert, key = _new_server_cert(ca_file, ca_key, list(dict.fromkeys(hosts)))
+    return cert.decode(), key.decode()
+
+
+def server_tls_block(cert_file: Path, key_file: Path) -> str:
+    """A client port's ``tls { }`` body for ``cert_file``/``key_file`` (as ``HubTLS.server_block``)."""
+    return HubTLS(cert_file, key_file, cert_file).server_block()
+
+
 def hub_ca(data_dir: Path) -> Path | None:
     """The CA file of the hub whose data dir this is, if it runs with TLS."""
     path = Path(data_dir) / TLS_DIR / CA_FILE

@@ -75,6 +75,8 @@ class ServerConfig:
     hub_jetstream_domain: str | None = None
     authorization: str | None = None
     tls: str | None = None  # the body of a ``tls { ... }`` block: TLS required on the client port
+    leafnode_tls: str | None = None  # the body of ``leafnodes { tls { } }``: leaves link over TLS only
+    leafnode_remote_ca: Path | None = None  # a leaf's remote verifies the hub against this CA (TLS)
     include: Path | None = None
     debug: bool = False
 
@@ -169,11 +171,16 @@ def render_config(config: ServerConfig, ports: Ports) -> str:
         lines.append("leafnodes {")
         if ports.leafnode is not None:
             lines.append(f"  listen: {q(hostport(config.host, ports.leafnode))}")
+            if config.leafnode_tls is not None:
+                lines += ["  tls {", config.leafnode_tls, "  }"]
         if config.leafnode_remotes:
             # one remote with every URL: the servers of one hub (a cluster's members), tried in
             # turn, so the leaf keeps one link and moves it when its server goes away
             urls = ", ".join(q(url) for url in config.leafnode_remotes)
-            lines.append(f"  remotes: [{{urls: [{urls}]}}]")
+            tls = ""
+            if config.leafnode_remote_ca is not None:
+                tls = f", tls: {{ca_file: {q(str(Path(config.leafnode_remote_ca).resolve()))}}}"
+            lines.append(f"  remotes: [{{urls: [{urls}]{tls}}}]")
         lines.append("}")
     if config.tls is not None:
         lines += ["tls {", config.tls, "}"]

@@ -22,9 +22,19 @@ import typer
 from hivebus.auth import permissions
 from hivebus.auth.hub import HubAuth
 from hivebus.auth.sites import SiteCredential
+from hivebus.auth.tls import HubTLS, server_tls_block
 from hivebus.bus.server import NatsServer, ServerConfig
 from hivebus.cli.app import app, out, run, settings
-from hivebus.cli.server import _create_streams, _wait_for_signal
+from hivebus.cli.server import (
+    Tls,
+    TlsCa,
+    TlsCert,
+    TlsHost,
+    TlsKey,
+    _create_streams,
+    _wait_for_signal,
+    tls_note,
+)
 from hivebus.errors import BusError, SetupError
 
 site_app = typer.Typer(
@@ -85,12 +95,19 @@ def hub(
         bool,
         typer.Option("--auth/--no-auth", help="Authenticate nodes, services and site links (identities in <data-dir>/auth)."),
     ] = True,
+    tls: Tls = False,
+    tls_host: TlsHost = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
 ) -> None:
     """The hub's nats-server accepting site leaves (JetStream domain, streams created) until Ctrl-C.
 
     With --auth (the default) a leaf links only with a site credential (`hivebus site add`)
     and carries only its own nodes' subjects; see docs/sites.md."""
     cfg = settings(None, data_dir=data_dir)
+    # before any credential is written: they carry its CA
+    hub_tls = HubTLS.choose(data_dir, enabled=tls, hosts=tls_host or (), files=(tls_cert, tls_key, tls_ca))
     hub_auth = HubAuth.of_data_dir(data_dir).ensure() if auth else None
     srv = NatsServer(
         ServerConfig(
@@ -101,6 +118,8 @@ def hub(
             leafnode_port=leafnode_port,
             jetstream_domain=check_domain(domain),
             include=hub_auth.conf_path if hub_auth is not None else None,
+            tls=hub_tls.server_block() if hub_tls is not None else None,
+            leafnode_tls=hub_tls.leafnode_block() if hub_tls is not None else None,
         )
     ).start()
     try:
@@ -116,6 +135,8 @@ def hub(
         else:
             out.print("auth: [yellow]off[/] (--no-auth): any leaf may link and publish")
             out.print(f"sites:  hivebus site run --hub {srv.leafnode_url} --domain {domain}")
+        if hub_tls is not None:
+            out.print(tls_note(hub_tls) + "; site leaves link over TLS (their site credential carries the CA)")
         out.print("stop: Ctrl-C")
         run(_wait_for_signal())
     finally:
@@ -130,12 +151,16 @@ def site_add(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the site credential to this file (mode 0600) instead of printing it.")] = None,
     rotate: Annotated[bool, typer.Option(help="Replace the site's credential and its nodes (the old file stops working).")] = False,
     domain: Domain = DOMAIN,
+    leaf_host: Annotated[
+        list[str] | None,
+        typer.Option("--leaf-host", help="A name or address nodes reach the site's leaf by, for its TLS certificate (repeatable; localhost and 127.0.0.1 are in it)."),
+    ] = None,
 ) -> None:
     """Create a site's link credential for `hivebus site run` (on the hub machine)."""
     auth = HubAuth.of_data_dir(data_dir)
     if not (auth.dir / "identities.json").exists():
         raise SetupError(f"{auth.dir} has no hub identities", hint="run this on the hub machine, in the data dir of `hivebus site hub` (--data-dir)")
-    credential = auth.add_site(name, node, rotate=rotate, domain=check_domain(domain))
+    credential = auth.add_site(name, node, rotate=rotate, domain=check_domain(domain), leaf_hosts=leaf_host or ())
     reloaded = auth.reload(data_dir / "nats")
     if out_file is not None:
         credential.save(out_file)
@@ -196,22 +221,7 @@ def site_run(
     hub_urls = [check_leaf_url(u.strip()) for u in hub_url.split(",")]
     site = SiteCredential.load(credentials) if credentials is not None else None
     domain = check_domain(domain or (site.domain if site is not None else DOMAIN))
-    include = None
-    if site is not None:
-        include = write_leaf_auth(data_dir / "auth", site)
-    srv = NatsServer(
-        ServerConfig(
-            store_dir=data_dir / "nats",
-            host=host,
-            port=nats_port,
-            server_name=name,
-            # one remote with every member's URL: the link moves when its member goes away
-            leafnode_remotes=tuple(site.remote_url(u) if site is not None else u for u in hub_urls),
-            jetstream=False,
-            hub_jetstream_domain=domain,
-            include=include,
-        )
-    ).start()
+    srv = NatsServer(leaf_config(data_dir, hub_urls, site, host=host, port=nats_port, name=name, domain=domain)).start()
     try:
         who = f" as site {site.site} (nodes {', '.join(site.nodes)})" if site is not None else " without a credential"
         out.print(
@@ -240,6 +250,42 @@ def site_run(
         run(_wait_for_signal())
     finally:
         srv.stop()
+
+
+def leaf_config(data_dir: Path, hub_urls: list[str], site: SiteCredential | None, *, host: str = "127.0.0.1",
+                port: int = 0, name: str = "site", domain: str = DOMAIN) -> ServerConfig:
+    """A site leaf's server config, its auth and TLS files written under ``data_dir``: the
+    site's nodes as its users, its link's password in the remote URL, and with a TLS hub the
+    hub's CA for the link and the leaf's own certificate (from the hub's CA) for its nodes."""
+    include = remote_ca = tls = None
+    if site is not None:
+        include = write_leaf_auth(data_dir / "auth", site)
+        if site.ca is not None:
+            remote_ca = _write_private(data_dir / "auth" / "hub-ca.pem", site.ca)
+        if site.leaf_cert is not None and site.leaf_key is not None:
+            tls = server_tls_block(_write_private(data_dir / "auth" / "leaf.pem", site.leaf_cert),
+                                   _write_private(data_dir / "auth" / "leaf.key", site.leaf_key))
+    return ServerConfig(
+        store_dir=data_dir / "nats",
+        host=host,
+        port=port,
+        server_name=name,
+        # one remote with every member's URL: the link moves when its member goes away
+        leafnode_remotes=tuple(site.remote_url(u) if site is not None else u for u in hub_urls),
+        leafnode_remote_ca=remote_ca,
+        jetstream=False,
+        hub_jetstream_domain=domain,
+        include=include,
+        tls=tls,
+    )
+
+
+def _write_private(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
 
 
 def write_leaf_auth(auth_dir: Path, site: SiteCredential) -> Path:
