@@ -130,9 +130,9 @@ async def test_blue_green_rebuilds_keep_answering_queries(bus: Bus, tmp_path: Pa
 
 
 class NodesWithNote(NodesView):
-    """NodesView, version 2: one more column."""
+    """NodesView, one version on: one more column."""
 
-    version = 2
+    version = NodesView.version + 1
     table: ClassVar[Table] = Table(
         "nodes", NodesView.table.ddl.replace("node_id VARCHAR NOT NULL,", "node_id VARCHAR NOT NULL, note VARCHAR,")
     )
@@ -150,7 +150,7 @@ async def test_a_view_whose_version_changed_is_rebuilt_at_start(bus: Bus, tmp_pa
         report = await projector._rebuild  # type: ignore[misc]
         assert report["views"] == ["nodes"]
         versions = dict((await query(bus, "SELECT name, version FROM projector.views")).rows)
-        assert versions["nodes"] == 2 and versions["readings"] == ReadingsView.version
+        assert versions["nodes"] == NodesView.version + 1 and versions["readings"] == ReadingsView.version
         rows = await query(bus, "SELECT node_id, note, status FROM nodes ORDER BY node_id")
         assert rows.rows == [["W001", None, "online"], ["W002", None, "online"], ["W003", None, "online"]]
         assert (await query(bus, "SELECT count(*) FROM readings")).rows == [[1000]]

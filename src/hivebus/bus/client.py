@@ -25,6 +25,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NoStreamResponseError
 
 from hivebus.auth.credentials import Credential
+from hivebus.bus.batch import unpack
 from hivebus.bus.consumer import Delivery, RawMessage
 from hivebus.bus.publisher import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -317,13 +318,20 @@ class Bus:
         return info.state.last_seq
 
     async def events(self, stream: str, **kwargs: Any) -> AsyncIterator[tuple[int, Event]]:
-        """Decoded events of ``stream`` (see ``read``); undecodable ones are skipped."""
+        """Decoded events of ``stream`` (see ``read``), a packed DATA message's readings each
+        with that message's sequence (``bus.batch``); undecodable ones are skipped."""
         async for batch in self.read(stream, **kwargs):
             for m in batch:
                 try:
-                    yield m.seq, codec.decode(m.data)
+                    bodies = unpack(m.data)  # one event, or a packed message's readings
                 except Exception:
                     log.warning("read.undecodable", stream=stream, seq=m.seq)
+                    continue
+                for body in bodies:
+                    try:
+                        yield m.seq, codec.decode(body)
+                    except Exception:
+                        log.warning("read.undecodable", stream=stream, seq=m.seq)
 
     async def subscribe(self, subject: str) -> AsyncIterator[tuple[str, Event | None, bytes]]:
         """Live core-NATS messages on ``subject``: (subject, event or None if undecodable, raw)."""
