@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from hivebus.auth.tokens import digest, new_token
+from hivebus.bus import batch
 from hivebus.bus.client import Bus
 from hivebus.bus.publisher import Outgoing
 from hivebus.bus.server import NatsServer
@@ -325,16 +326,19 @@ async def test_apps_are_filtered_by_the_ecrs_read_rule(hub: Hub) -> None:
 async def test_dead_letters_are_for_admins(hub: Hub) -> None:
     junk = [Outgoing("evt.node.heartbeat.W001", b"{not json", "junk-1"),
             Outgoing("data.W001.env.temperature", b"\x00\x01 not a reading", "junk-2"),
-            Outgoing("fromedge.W001.plugin.status", json.dumps({"type": "plugin.status"}).encode(), "junk-3")]
+            Outgoing("fromedge.W001.plugin.status", json.dumps({"type": "plugin.status"}).encode(), "junk-3"),
+            # a packed message with two bad readings: two letters under one (stream, seq, consumer)
+            Outgoing(batch.batch_subject("W001"), batch.pack([b"{bad 1", b"{bad 2"]), "junk-4")]
     await hub.bus.publish_raw_many(junk)
 
     async def recorded() -> bool:
-        letters = await hub.view("SELECT DISTINCT stream, seq FROM dead_letters")
-        return len(letters) >= len(junk)
+        letters = await hub.view("SELECT stream, seq FROM dead_letters")
+        return len(letters) >= len(junk) + 1
 
     await until(recorded, 30, "the projector to record the dead letters")
     await hub.settled()
-    letters = await hub.view("SELECT * FROM dead_letters ORDER BY stream, seq, consumer")
+    letters = await hub.view("SELECT * FROM dead_letters ORDER BY stream, seq, consumer, coalesce(batch_index, -1)")
+    assert sorted(r["batch_index"] for r in letters if r["batch_index"] is not None) == [0, 1]
     async with hub.client("admin") as admin, hub.client("erin") as erin, hub.client("bob") as bob, \
             hub.client() as anyone:
         assert await walk(admin, "/dead-letters", 1) == letters

@@ -78,7 +78,10 @@ JOBS = Listing("jobs", "jobs", ("job_id",))
 APPS = Listing("apps", "(SELECT namespace, name FROM bundles WHERE list_contains(?::VARCHAR[], bundle_id) "
                        "AND (state = ? OR (? IS NULL AND state <> 'deleted')) GROUP BY namespace, name) apps",
                 ("namespace", "name"))
-DEAD_LETTERS = Listing("dead-letters", "dead_letters", ("stream", "seq", "consumer"))
+# A packed DATA message has a dead letter per bad reading (``batch_index``; NULL for a whole
+# message), so the key needs it; NULL would drop out of the row comparison of a cursor.
+DEAD_LETTERS = Listing("dead-letters", "(SELECT *, coalesce(batch_index, -1) AS batch_position FROM dead_letters) letters",
+                       ("stream", "seq", "consumer", "batch_position"))
 BUNDLE_STATES: Final = ("registered", "approved", "frozen", "deleted")
 JOB_STATES: Final = ("Created", "Submitted", "Running", "Completed", "Suspended", "Removed")
 JSON_COLUMNS: Final = frozenset({"attributes", "spec", "inputs", "metadata", "artifacts", "provenance", "data"})
@@ -316,7 +319,7 @@ async def list_dead_letters(web: WebFace, viewer: Viewer, limit: LimitParam = No
                             stream: Annotated[str | None, Query(description="EVENTS | DATA")] = None,
                             consumer: Annotated[str | None, Query(description="the consumer that gave up on it")] = None,
                             ) -> dict[str, Any]:
-    """Messages no consumer could read, by (stream, seq, consumer), with the reason (admins only)."""
+    """Messages no consumer could read, by (stream, seq, consumer, batch index), with the reason (admins only)."""
     if viewer is None:
         raise ApiError(401, "dead letters are for admins", "send 'Authorization: sage <token>' of an admin")
     if not web.identities.is_admin(viewer):
@@ -329,4 +332,7 @@ async def list_dead_letters(web: WebFace, viewer: Viewer, limit: LimitParam = No
     if consumer:
         where.append("consumer = ?")
         params.append(consumer)
-    return await page(web, DEAD_LETTERS, where=where, params=params, limit=limit, cursor=cursor)
+    found = await page(web, DEAD_LETTERS, where=where, params=params, limit=limit, cursor=cursor)
+    for item in found["items"]:
+        item.pop("batch_position", None)  # the key's helper column; batch_index is the view's
+    return found
