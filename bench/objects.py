@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 from common import Timer, fresh_server, machine, peak_rss_mib, result
+from nats.js.errors import BucketNotFoundError
 
 from hivebus.auth.tokens import digest, new_token
 from hivebus.bus.client import Bus
@@ -110,12 +111,11 @@ def http_round(base: str, token: str, bucket: str, source: Path, sink: Path, key
             put = http.put(f"/objects/{bucket}/", files={"file": (key, f, "application/octet-stream")})
         if put.status_code != 200:
             raise SystemExit(f"upload failed: {put.status_code} {put.text}")
-        with sink.open("wb") as out, Timer() as down:
-            with http.stream("GET", f"/objects/{bucket}/{key}") as got:
-                if got.status_code != 200:
-                    raise SystemExit(f"download failed: {got.status_code}")
-                for chunk in got.iter_bytes(1 * MiB):
-                    out.write(chunk)
+        with sink.open("wb") as out, Timer() as down, http.stream("GET", f"/objects/{bucket}/{key}") as got:
+            if got.status_code != 200:
+                raise SystemExit(f"download failed: {got.status_code}")
+            for chunk in got.iter_bytes(1 * MiB):
+                out.write(chunk)
     return up.seconds, down.seconds
 
 
@@ -124,7 +124,7 @@ async def raw_round(url: str, source: Path, sink: Path, key: str) -> tuple[float
     async with await Bus.connect(url) as bus:
         try:
             store = await bus.js.object_store("bench-raw")
-        except Exception:  # noqa: BLE001 - the first round creates it
+        except BucketNotFoundError:  # the first round creates it
             store = await bus.js.create_object_store("bench-raw")
         with source.open("rb") as f, Timer() as up:
             await store.put(key, f)
