@@ -136,7 +136,7 @@ async def test_a_leafs_link_fails_over_to_another_cluster_member_and_each_readin
             await asyncio.sleep(0.2)
         await until(lambda: (m := linked_member(cluster)) is not None and m is not first, 20,
                     "the leaf's link to move to another member")
-        await until(lambda: outbox.backlog_now()[0] == 0, 40, "the outbox to drain over the moved link")
+        await until(lambda: outbox.backlog_now()[0] == 0, 120, "the outbox to drain over the moved link")
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
