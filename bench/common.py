@@ -3,9 +3,11 @@ the machine description and the ``RESULT`` lines bench/run.py gathers into its s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import shlex
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +21,10 @@ import pyarrow as pa
 from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer, ServerConfig
 from hivebus.bus.streams import DATA
+from hivebus.edge.db import NodeDatabase
+from hivebus.edge.forwarder import Forwarder, ForwarderOptions
+from hivebus.edge.outbox import Outbox, OutboxLimits
+from hivebus.edge.uplink import Uplink
 from hivebus.logs import configure_logging
 from hivebus.projections.duck import to_arrow_table
 from hivebus.projections.views.readings import ReadingsView
@@ -114,6 +120,34 @@ def duckdb_arrow_insert(rows: pa.Table, path: Path, batch: int) -> float:
             con.unregister("chunk")
     con.close()
     return t.seconds
+
+
+async def drain_copy(url: str, source: Path, work: Path, node: str, limits: OutboxLimits,
+                     options: ForwarderOptions | None = None) -> tuple[float, int]:
+    """Seconds for a real ``Forwarder`` to empty a copy of the outbox ``source`` into the hub at
+    ``url`` (timed from when the hub is reachable: "the hub comes back"); the events it held."""
+    path = work / "drain.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    shutil.copy(source, path)
+    db = await NodeDatabase.open(path)
+    outbox = await Outbox.open(db, node, limits)
+    held = outbox.backlog_now()[0]
+    uplink = Uplink(url, name="bench-node")
+    forwarder = Forwarder(outbox, uplink, options)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(uplink.run(stop))]
+    await uplink.wait_online(stop)
+    with Timer() as t:
+        tasks.append(asyncio.create_task(forwarder.run(stop)))
+        while outbox.backlog_now()[0]:
+            await asyncio.sleep(0.002)
+    stop.set()
+    await asyncio.gather(*tasks)
+    await uplink.close()
+    await outbox.close()
+    await db.close()
+    return t.seconds, held
 
 
 def peak_rss_mib(pid: int) -> float:

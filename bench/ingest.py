@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import tempfile
 import time
 from dataclasses import fields
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from common import (
     Timer,
+    drain_copy,
     duckdb_arrow_insert,
     fresh_data_stream,
     fresh_server,
@@ -49,9 +49,8 @@ from hivebus.bus.publisher import Outgoing
 from hivebus.bus.streams import DATA
 from hivebus.bus.subjects import subject_for
 from hivebus.edge.db import NodeDatabase
-from hivebus.edge.forwarder import Forwarder, ForwarderOptions
+from hivebus.edge.forwarder import ForwarderOptions
 from hivebus.edge.outbox import Outbox, OutboxLimits
-from hivebus.edge.uplink import Uplink
 from hivebus.projections.pump import PumpConfig
 from hivebus.projections.views import all_views
 from hivebus.replay.build import Build
@@ -88,32 +87,6 @@ async def fill_outbox(path: Path, n: int) -> None:
     await db.close()
 
 
-async def drain(url: str, source: Path, work: Path, options: ForwarderOptions) -> tuple[float, int]:
-    """Seconds for a forwarder to empty a copy of ``source`` into the hub; events it held."""
-    path = work / "drain.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    shutil.copy(source, path)
-    db = await NodeDatabase.open(path)
-    outbox = await Outbox.open(db, NODE, LIMITS)
-    held = outbox.backlog_now()[0]
-    uplink = Uplink(url, name="bench-node")
-    forwarder = Forwarder(outbox, uplink, options)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(uplink.run(stop))]
-    await uplink.wait_online(stop)
-    with Timer() as t:
-        tasks.append(asyncio.create_task(forwarder.run(stop)))
-        while outbox.backlog_now()[0]:
-            await asyncio.sleep(0.002)
-    stop.set()
-    await asyncio.gather(*tasks)
-    await uplink.close()
-    await outbox.close()
-    await db.close()
-    return t.seconds, held
-
-
 async def stored_readings(bus: Bus) -> tuple[int, int]:
     """(messages, readings) in DATA, every reading counted once by its nodeseq."""
     messages, seqs = 0, set()
@@ -140,7 +113,7 @@ async def ingest(n: int, work: Path) -> None:
             for _ in range(2):  # alternate, keep the best of each: fsyncs move with the machine
                 for name, options in sides.items():
                     await fresh_data_stream(bus)
-                    seconds, held = await drain(server.url, source, work, options)
+                    seconds, held = await drain_copy(server.url, source, work, NODE, LIMITS, options)
                     messages, readings = await stored_readings(bus)
                     assert held == n and readings == n, f"{name}: stored {readings} of {n} readings"
                     times[name].append(seconds)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -29,14 +28,13 @@ import time
 from pathlib import Path
 
 import psutil
-from common import Timer, fresh_data_stream, fresh_server, rate, result
+from common import Timer, drain_copy, fresh_data_stream, fresh_server, rate, result
 
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import DATA
 from hivebus.edge.db import NodeDatabase
-from hivebus.edge.forwarder import Forwarder
+from hivebus.edge.forwarder import ForwarderOptions
 from hivebus.edge.outbox import Outbox, OutboxLimits
-from hivebus.edge.uplink import Uplink
 from hivebus.schemas.data import Reading
 from hivebus.schemas.envelope import Event
 
@@ -134,31 +132,6 @@ async def bench_append(n: int, work: Path) -> Path:
 # --- 2. drain -----------------------------------------------------------------------------
 
 
-async def drain_outbox(url: str, source: Path, work: Path) -> tuple[float, int]:
-    path = work / "drain.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    shutil.copy(source, path)
-    db = await NodeDatabase.open(path)
-    outbox = await Outbox.open(db, NODE, LIMITS)
-    n = outbox.backlog_now()[0]
-    uplink = Uplink(url, name="bench-node")
-    forwarder = Forwarder(outbox, uplink)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(uplink.run(stop))]
-    await uplink.wait_online(stop)  # "the hub comes back": timing starts once it is reachable
-    with Timer() as t:
-        tasks.append(asyncio.create_task(forwarder.run(stop)))
-        while outbox.backlog_now()[0]:
-            await asyncio.sleep(0.002)
-    stop.set()
-    await asyncio.gather(*tasks)
-    await uplink.close()
-    await outbox.close()
-    await db.close()
-    return t.seconds, n
-
-
 async def raw_publish_async(bus: Bus, wire: list[tuple[str, bytes, str]]) -> float:
     js = bus.nc.jetstream(publish_async_max_pending=8192)
     with Timer() as t:
@@ -184,7 +157,9 @@ async def bench_drain(source: Path, fsync: str, work: Path) -> None:
                 await fresh_data_stream(bus)
                 raw_times.append(await raw_publish_async(bus, wire))
                 await fresh_data_stream(bus)
-                seconds, held = await drain_outbox(server.url, source, work)
+                # one message per reading, as the raw side publishes them: the same bytes on the wire
+                # (packed readings are bench/ingest.py's comparison)
+                seconds, held = await drain_copy(server.url, source, work, NODE, LIMITS, ForwarderOptions(pack=1))
                 assert held == n
                 stored = (await bus.js.stream_info(DATA)).state.messages
                 assert stored == n, f"drain stored {stored} of {n}"
