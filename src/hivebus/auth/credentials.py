@@ -45,13 +45,7 @@ class Credential:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2) + "\n"
 
     def save(self, path: Path) -> Path:
-        """Write it readable by its owner only."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(self.dumps())
-        os.chmod(path, 0o600)
-        return path
+        return save_private(path, self.dumps())
 
     @classmethod
     def load(cls, path: Path) -> Credential:
@@ -70,3 +64,13 @@ class Credential:
                 f"credentials file {path} is not a hivebus credential ({type(exc).__name__}: {exc})",
                 hint='expected JSON {"user": ..., "password": ..., "inbox_prefix": ...}',
             ) from None
+
+
+def save_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only (a credential: never group/world)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(path, 0o600)
+    return path

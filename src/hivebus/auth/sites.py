@@ -22,10 +22,10 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hivebus.auth.credentials import save_private
 from hivebus.errors import SetupError
 
 
@@ -44,13 +44,7 @@ class SiteCredential:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=2) + "\n"
 
     def save(self, path: Path) -> Path:
-        """Write it readable by its owner only."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(self.dumps())
-        os.chmod(path, 0o600)
-        return path
+        return save_private(path, self.dumps())
 
     def remote_url(self, hub_url: str) -> str:
         """``hub_url`` (``nats-leaf://HOST:PORT``) with this site's user and password in it, the
