@@ -95,8 +95,8 @@ class Bus:
         creds = settings.credentials_file()
         if creds is not None and "user" not in options:
             options = {**Credential.load(creds).connect_options(), **options}
-        if "tls" not in options and (ca := settings.tls_ca_file()) is not None:
-            options["tls"] = tls_context_from(ca)
+        if "tls" not in options and (context := hub_tls(settings)) is not None:
+            options["tls"] = context
         if options.get("tls") is not None:
             # TLS before anything else: nothing, the password least of all, goes to a server
             # that has not proven itself with the hub's certificate (auth.tls: handshake_first)
@@ -390,6 +390,15 @@ async def _unsubscribe_quietly(sub: Any) -> None:
         await sub.unsubscribe()
     except Exception as exc:
         log.debug("nats.unsubscribe_failed", error=str(exc))
+
+
+def hub_tls(settings: Settings, credential: Credential | None = None) -> ssl.SSLContext | None:
+    """The TLS context for the hub: the CA ``credential`` carries, else ``HIVEBUS_TLS_CA`` or this
+    machine's own hub CA (``Settings.tls_ca_file``); None: plain NATS."""
+    if credential is not None and credential.ca is not None:
+        return credential.tls_context()
+    ca = settings.tls_ca_file()
+    return tls_context_from(ca) if ca is not None else None
 
 
 def tls_context_from(ca_file: Path) -> ssl.SSLContext:

@@ -77,14 +77,13 @@ def nats_router(settings: Settings) -> NatsRouter:
     """FastStream's router, connecting as this machine's service identity (if it has one)."""
     from faststream.nats.security import NatsSecurity, NatsUserPassword
 
-    from hivebus.bus.client import tls_context_from
+    from hivebus.bus.client import hub_tls
 
     options: dict[str, Any] = {}
     security: BaseSecurity | None = None
     creds = settings.credentials_file()
     credential = Credential.load(creds) if creds is not None else None
-    ca = settings.tls_ca_file()
-    tls = credential.tls_context() if credential is not None and credential.ca else tls_context_from(ca) if ca else None
+    tls = hub_tls(settings, credential)
     # as Bus.connect: with the hub's CA, TLS first (auth.tls)
     tls_options: dict[str, Any] = {"ssl_context": tls, "tls_handshake_first": True} if tls is not None else {}
     if credential is not None:
