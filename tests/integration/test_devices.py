@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from hivebus.schemas.node import NodeHeartbeat, NodeRegistered
 from hivebus.services.dryrun import DRYRUN_SUBJECT
 from hivebus.services.requests import request
 from tests.integration.test_handlers import by, handlers, until
+from tests.integration.test_services import hivebus as run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -57,19 +56,7 @@ HELD = "W012's top_camera (RGB_image_producer) is claimed by job heat-1's plugin
 
 
 async def hivebus(url: str, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hivebus",
-        *args,
-        "--hub",
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "250"},
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode()
+    return await run_cli(url, *args, columns=250)  # wide enough for a holder's whole reason on one line
 
 
 def job_file(tmp_path: Path, name: str, plugin: str, bundle: str) -> str:

@@ -226,7 +226,8 @@ def submission() -> Event:
 # --- the commands ---------------------------------------------------------------------------------
 
 
-async def hivebus(url: str, *args: str) -> tuple[int, str]:
+async def hivebus(url: str, *args: str, columns: int = 200) -> tuple[int, str]:
+    """``hivebus ARGS --hub URL`` as a user runs it: (exit code, stdout and stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -236,7 +237,7 @@ async def hivebus(url: str, *args: str) -> tuple[int, str]:
         url,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": str(columns)},
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode()
