@@ -67,7 +67,7 @@ def node_permissions(node: str) -> Permissions:
     publish = [
         f"data.{node}.>",
         f"fromedge.{node}.>",
-        f"dlq.{EVENTS}.{toedge}",  # dead letters of its own to-edge consumer
+        f"dlq.{EVENTS}.{toedge}.>",  # dead letters of its own to-edge consumer, one subject each
         f"{api}.INFO",
         f"{api}.STREAM.INFO.{DATA}",
         f"{api}.STREAM.INFO.{EVENTS}",
