@@ -1,13 +1,16 @@
 """What a consumer receives: ``Delivery`` (decoded, ackable) and ``RawMessage``.
 
 A message that cannot be decoded never stops a consumer: ``Delivery.dead_letter`` sends
-it to ``dlq.<stream>.<consumer>`` with the reason (stored in the DEADLETTERS stream, from
-which the projector builds the ``dead_letters`` view) and acknowledges it.
+it to ``dlq.<stream>.<consumer>.<seq>`` with the reason (stored in the DEADLETTERS stream, from
+which the projector builds the ``dead_letters`` view) and acknowledges it. Each letter has its
+own subject and is published only if that subject is still empty, so a letter sent again after
+a crash is stored once however late it comes (the duplicate window alone covers 2 minutes).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
@@ -15,8 +18,9 @@ from typing import TYPE_CHECKING, NamedTuple
 from nats.aio.msg import Msg
 from pydantic import BaseModel
 
-from hivebus.bus.subjects import dlq_subject
-from hivebus.errors import DecodeError
+from hivebus.bus.publisher import EXPECTED_LAST_SUBJECT_SEQUENCE, MSG_ID
+from hivebus.bus.subjects import dlq_letter_subject
+from hivebus.errors import ConcurrencyConflict, DecodeError
 from hivebus.schemas import codec
 from hivebus.schemas.envelope import Event
 
@@ -52,7 +56,7 @@ def reply_position(reply: str) -> tuple[int, int]:
 
 
 class DeadLetter(BaseModel):
-    """The body of a ``dlq.<stream>.<consumer>`` message."""
+    """The body of a ``dlq.<stream>.<consumer>.<seq>[.<index>]`` message."""
 
     stream: str
     seq: int
@@ -88,13 +92,15 @@ async def dead_letter(
         payload_b64=base64.b64encode(data).decode(),
     )
     msg_id = f"dlq:{stream}:{seq}:{consumer}" + ("" if index is None else f":{index}")
-    await bus._publish_one(
-        dlq_subject(stream, consumer),
-        letter.model_dump_json().encode(),
-        {"Nats-Msg-Id": msg_id},
-        timeout=5.0,
-        retries=3,
-    )
+    headers = {MSG_ID: msg_id, EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}  # only onto an empty subject
+    with contextlib.suppress(ConcurrencyConflict):  # stored already (sent before a crash): once is the point
+        await bus._publish_one(
+            dlq_letter_subject(stream, consumer, seq, index),
+            letter.model_dump_json().encode(),
+            headers,
+            timeout=5.0,
+            retries=3,
+        )
 
 
 @dataclass(slots=True)

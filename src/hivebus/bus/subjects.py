@@ -107,4 +107,17 @@ def evt_filter(type_glob: str = ">", key: str | None = None) -> str:
 
 
 def dlq_subject(stream: str, consumer: str) -> str:
+    """Where ``consumer``'s dead letters of ``stream`` go: one subject per letter below it
+    (``dlq_letter_subject``); older logs hold letters on this subject itself."""
     return f"dlq.{encode_token(stream)}.{encode_token(consumer)}"
+
+
+def dlq_letter_subject(stream: str, consumer: str, seq: int, index: int | None = None) -> str:
+    """The one subject of the dead letter of message ``seq`` (or of its reading ``index``):
+    a letter's own subject lets the stream refuse it a second time, whenever it comes."""
+    return f"{dlq_subject(stream, consumer)}.{seq}" + ("" if index is None else f".{index}")
+
+
+def dlq_filters(stream: str, consumer: str) -> list[str]:
+    """Every dead letter of ``consumer`` on ``stream``, old logs' and new."""
+    return [dlq_subject(stream, consumer), f"{dlq_subject(stream, consumer)}.>"]

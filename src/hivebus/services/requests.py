@@ -25,7 +25,7 @@ from hivebus.auth.tokens import find_token
 from hivebus.bus.client import Bus
 from hivebus.bus.consumer import DeadLetter
 from hivebus.bus.streams import DEADLETTERS, EVENTS
-from hivebus.bus.subjects import dlq_subject
+from hivebus.bus.subjects import dlq_filters
 from hivebus.errors import NoAnswer, PermissionDenied, RequestRejected, RequestTimeout, Unauthorized
 from hivebus.schemas import codec
 from hivebus.schemas.envelope import Event
@@ -192,7 +192,7 @@ async def request(
     async for batch in bus.read(
         DEADLETTERS,
         start_seq=dlq_from + 1,
-        filter_subjects=[dlq_subject(EVENTS, durable)],
+        filter_subjects=dlq_filters(EVENTS, durable),
         stop_at_end=True,
     ):
         for message in batch:
