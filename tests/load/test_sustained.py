@@ -65,7 +65,7 @@ import nats
 import psutil
 import pytest
 
-from hivebus.bus.batch import count
+from hivebus.bus.batch import count, unpack
 from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer, free_port
 from hivebus.bus.streams import DATA, EVENTS, platform_streams
@@ -106,7 +106,9 @@ class Probes:
     stored: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     backlog: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    cpu: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # CPU seconds used
     latency_ms: list[float] = field(default_factory=list)
+    at_hub_ms: list[float] = field(default_factory=list)  # publish -> seen on the hub's DATA subjects
     published: dict[tuple[str, int], int] = field(default_factory=dict)  # marker -> ns
     misses: int = 0
     data: StoredData = field(default_factory=lambda: StoredData())
@@ -146,15 +148,19 @@ class StoredData:
     next: int = 1
     messages: dict[str, int] = field(default_factory=dict)
     readings: dict[str, int] = field(default_factory=dict)
+    # one look at a time: the sampler and the drain check both look, and two reading on from
+    # the same ``next`` counted the messages between twice
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def read(self, bus: Bus) -> dict[str, int]:
-        async for batch in bus.read(DATA, start_seq=self.next, stop_at_end=True, batch=5000):
-            for m in batch:
-                node = m.subject.split(".")[1]
-                self.messages[node] = self.messages.get(node, 0) + 1
-                self.readings[node] = self.readings.get(node, 0) + count(m.data)
-                self.next = m.seq + 1
-        return {node: self.readings.get(node, 0) for node in NODES}
+        async with self.lock:
+            async for batch in bus.read(DATA, start_seq=self.next, stop_at_end=True, batch=5000):
+                for m in batch:
+                    node = m.subject.split(".")[1]
+                    self.messages[node] = self.messages.get(node, 0) + 1
+                    self.readings[node] = self.readings.get(node, 0) + count(m.data)
+                    self.next = m.seq + 1
+            return {node: self.readings.get(node, 0) for node in NODES}
 
 
 def sample_rss(probes: Probes, pids: dict[str, int]) -> None:
@@ -163,13 +169,29 @@ def sample_rss(probes: Probes, pids: dict[str, int]) -> None:
         try:
             process = psutil.Process(pid)
             probes.rss.setdefault(name, []).append((t, process.memory_info().rss))
+            probes.cpu.setdefault(name, []).append((t, _cpu_seconds(process)))
             for child in process.children():
                 if "nats-server" in child.name():
                     probes.rss.setdefault(f"{name}/localbus", []).append(
                         (t, child.memory_info().rss)
                     )
+                    probes.cpu.setdefault(f"{name}/localbus", []).append((t, _cpu_seconds(child)))
         except psutil.Error:
             continue
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def cpu_share(samples: list[tuple[float, float]], end: float) -> float:
+    """The share of one core a process used while the load ran (1.0: a whole core)."""
+    during = [(t, s) for t, s in samples if t <= end]
+    if len(during) < 2:
+        return 0.0
+    (t0, s0), (t1, s1) = during[0], during[-1]
+    return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
 
 
 async def publish_markers(local: dict[str, nats.NATS], probes: Probes, stop: asyncio.Event) -> None:
@@ -184,6 +206,29 @@ async def publish_markers(local: dict[str, nats.NATS], probes: Probes, stop: asy
         i += 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1 / MARKERS_PER_S)
+
+
+async def watch_hub(bus: Bus, probes: Probes) -> Any:
+    """Subscribe to the nodes' DATA subjects on the hub: when each marker gets there (the hub
+    routes a message to subscribers as it stores it), the edge's share of the latency."""
+    seen: set[tuple[str, int]] = set()
+
+    async def on_message(msg: Any) -> None:
+        if b"test.latency" not in msg.data:  # cheap: most messages are batches of others
+            return
+        now = time.time_ns()
+        node = msg.subject.split(".")[1]
+        for body in unpack(msg.data):
+            if b'"test.latency"' not in body:
+                continue
+            i = int(json.loads(body)["data"]["value"])
+            sent = probes.published.get((node, i))
+            if sent is not None and (node, i) not in seen:
+                seen.add((node, i))
+                probes.at_hub_ms.append((now - sent) / 1e6)
+
+    return await bus.nc.subscribe("data.*.>", cb=on_message, pending_msgs_limit=-1,
+                                  pending_bytes_limit=-1)
 
 
 async def watch_markers(bus: Bus, probes: Probes, stop: asyncio.Event) -> None:
@@ -236,6 +281,7 @@ def report(
     total_lag = [(t, sum(v.values())) for t, v in probes.lag]
     at_stop = [v for t, v in total_lag if t <= load_end][-1]
     lat = probes.latency_ms
+    hub = probes.at_hub_ms or [0.0]
     return {
         "seconds": SECONDS,
         "rate_asked_per_node": RATE,
@@ -258,6 +304,12 @@ def report(
             "p99": round(percentile(lat, 0.99), 1),
             "max": round(max(lat), 1),
         },
+        "at_hub_latency_ms": {  # the edge's share: publish on the node -> on the hub
+            "markers": len(probes.at_hub_ms),
+            "p50": round(percentile(hub, 0.5), 1),
+            "p99": round(percentile(hub, 0.99), 1),
+            "max": round(max(hub), 1),
+        },
         "rss_mib": {
             name: {
                 "first_third": round(flat(s)[0], 1),
@@ -266,6 +318,7 @@ def report(
             }
             for name, s in probes.rss.items()
         },
+        "cpu_cores": {name: round(cpu_share(s, load_end), 2) for name, s in probes.cpu.items()},
         "samples_missed": probes.misses,
         "lag_series": [(round(t, 1), v) for t, v in probes.lag],
         "rss_series_mib": {
@@ -321,7 +374,10 @@ async def test_sustained_load_the_projector_keeps_up_and_memory_stays_flat(
 
         async def rss() -> None:
             sample_rss(probes, {k: v for k, v in pids.items() if v is not None})
+            # the test's own load (markers, control events, samplers, queries)
+            probes.cpu.setdefault("test", []).append((probes.now(), _cpu_seconds(psutil.Process())))
 
+        hub_markers = await watch_hub(bus, probes)
         probes.started = time.monotonic()
         tasks = [
             asyncio.create_task(every(1.0, stop, lambda: sample_streams(bus, probes, data_dirs))),
@@ -349,6 +405,7 @@ async def test_sustained_load_the_projector_keeps_up_and_memory_stays_flat(
         drained_in = time.monotonic() - drain_started
         stop.set()
         await asyncio.gather(*tasks)
+        await hub_markers.unsubscribe()
         ends = await stream_ends(bus, [DATA, EVENTS])
         await query(bus, "SELECT 1", min_seq=ends, timeout=60)
         views = await query(

@@ -11,6 +11,17 @@ own subject with its id, and closes the readings before it, so the hub stores ev
 nodeseq order. A reading alone (nothing else was waiting) goes as before: one message, its own
 subject and id. Nothing waits to fill a message: what arrived during the previous batch's
 round trip is the next batch, so packing adds no latency. ``pack=1`` sends every reading alone.
+
+Bounded by count, bytes and age
+    A message holds at most ``pack`` readings and ``pack_bytes`` bytes; a batch at most
+    ``batch`` events (20,000: under a backlog one round trip carries 20 full messages, so a
+    forwarder slowed by a busy CPU or disk still sends faster than 2 x 5,000 readings/s
+    arrive). Age: a reading is read for sending as soon as its group commit is done if the
+    forwarder is idle (``wait_appended`` wakes it), else when the round trip in flight ends;
+    there is no timer to wait for, so the age bound is the round trip itself (tens of ms on
+    an idle node: the issue's 100 ms). ``ForwarderStats.max_wait_s`` keeps the longest an
+    event waited before it was read; a round trip over a second is logged
+    (``forwarder.slow_batch``, with the time spent reading, publishing and deleting).
 After a failure the messages are formed again with the same bounds (same first nodeseq, same
 readings, so the same id: JetStream drops the copy if the first attempt was stored after all).
 
@@ -42,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -66,13 +78,14 @@ log = structlog.get_logger()
 _NODESEQ: Final = re.compile(rb'"nodeseq":(\d+)')
 _ID: Final = re.compile(rb'"id":"([0-9A-Za-z]+)"')
 _CHECKS_BEFORE_RESENDING: Final = 3
+_SLOW_S: Final = 1.0  # a batch whose round trip takes longer is logged (forwarder.slow_batch)
 # JetStream errors about the message itself (JSStreamMessageExceedsMaximumErr).
 _REFUSED_FOR_WHAT_IT_IS: Final = frozenset({10054})
 
 
 @dataclass(frozen=True, kw_only=True)
 class ForwarderOptions:
-    batch: int = 5000  # events read from the outbox and sent per round trip
+    batch: int = 20_000  # events read from the outbox and sent per round trip at most
     pack: int = wire.MAX_BATCH_READINGS  # readings per DATA message at most (1: one each)
     pack_bytes: int = wire.MAX_BATCH_BYTES  # bytes per packed DATA message at most
     ack_timeout: float = 5.0  # seconds without any ack before a batch counts as failed
@@ -142,6 +155,7 @@ class ForwarderStats:
     failures: int = 0
     reconciled: int = 0  # events found already stored by the hub and deleted without resending
     parked: int = 0  # events the hub refused for what they are, set aside on the node
+    max_wait_s: float = 0.0  # longest an event waited in the outbox before its batch was read
 
 
 class Forwarder:
@@ -235,7 +249,9 @@ class Forwarder:
             self._check_failures = 0
             self._uncertain = False
         await self.ensure_positions(bus)
+        began = time.monotonic()
         entries = await self.outbox.next_batch(self.options.batch)
+        read, read_ns = time.monotonic(), self.outbox.clock_ns()
         if not entries:
             self._probe = False
             return 0
@@ -263,6 +279,7 @@ class Forwarder:
             self._bounds = {m.entries[0].nodeseq: m.entries[-1].nodeseq for m in messages if len(m.entries) > 1}
         sent = [e for m in messages for e in m.entries]
         seqs = await self._publish(bus, messages)
+        acked = time.monotonic()
         if len(sent) == len(entries):
             self._bounds = {}
         positions: dict[str, int] = {}
@@ -271,6 +288,13 @@ class Forwarder:
             if seq > positions.get(stream, 0):
                 positions[stream] = seq
         await self.outbox.remove(sent, positions)
+        done = time.monotonic()
+        waited = max(0.0, (read_ns - sent[0].t) / 1e9)  # the oldest, from its commit to this read
+        self.stats.max_wait_s = max(self.stats.max_wait_s, waited)
+        if done - began > _SLOW_S:
+            log.info("forwarder.slow_batch", n=len(sent), messages=len(messages),
+                     read_s=round(read - began, 3), publish_s=round(acked - read, 3),
+                     remove_s=round(done - acked, 3), oldest_waited_s=round(waited, 3))
         self.stats.sent += len(sent)
         self.stats.messages += len(messages)
         self.stats.batches += 1

@@ -113,6 +113,7 @@ class Entry:
     msg_id: str
     body: bytes
     size: int
+    t: int = 0  # when it was appended (ns since the epoch, the outbox's clock)
 
     @property
     def stream(self) -> str:
@@ -607,9 +608,9 @@ class Outbox:
     def _read_batch(self, limit: int) -> list[Entry]:
         # On the database thread, so no commit can drop a row between this read and the mark.
         rows = self.db.conn.execute(
-            "SELECT * FROM (SELECT nodeseq, subject, msg_id, body, size FROM readings "
+            "SELECT * FROM (SELECT nodeseq, subject, msg_id, body, size, t FROM readings "
             "ORDER BY nodeseq LIMIT :n) UNION ALL SELECT * FROM (SELECT nodeseq, subject, "
-            "msg_id, body, size FROM lifecycle ORDER BY nodeseq LIMIT :n) ORDER BY 1 LIMIT :n",
+            "msg_id, body, size, t FROM lifecycle ORDER BY nodeseq LIMIT :n) ORDER BY 1 LIMIT :n",
             {"n": limit},
         ).fetchall()
         if rows:
