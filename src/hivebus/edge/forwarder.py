@@ -24,6 +24,11 @@ Bounded by count, bytes and age
     (``forwarder.slow_batch``, with the time spent reading, publishing and deleting).
 After a failure the messages are formed again with the same bounds (same first nodeseq, same
 readings, so the same id: JetStream drops the copy if the first attempt was stored after all).
+The bounds are stored in the outbox before the batch is published (``Outbox.hold_bounds``, one
+small transaction per round trip), so this holds after a crash too: a forwarder started again
+re-forms the batch that was in flight exactly, and a first attempt that reaches the hub only
+after the new run's reconciliation looked (still on its way when the agent died) is dropped as
+a duplicate within the window instead of storing its readings a second time.
 
 Exactly once, beyond the duplicate window
     After a failure (or at start-up, after a crash that may have struck between a publish and
@@ -173,7 +178,8 @@ class Forwarder:
         self._uncertain = True
         self._probe = False  # after a failure: send the oldest message alone first
         self._pack_bytes = self.options.pack_bytes  # halved when the hub refuses a packed message's size
-        self._bounds: dict[int, int] = {}  # the failed batch's packed messages: first -> last nodeseq
+        # the packed messages in flight (first -> last nodeseq), stored before they are sent
+        self._bounds: dict[int, int] = outbox.inflight_bounds
         self._check_failures = 0
         self.idle = asyncio.Event()
         # why the hub refuses this node's events (no or a withdrawn credential), or None
@@ -276,7 +282,10 @@ class Forwarder:
             self._probe = False
             messages = messages[:1]  # (stored: sent again below, dropped as a duplicate)
         else:  # if this fails, the retry forms the same messages (see the module docstring)
-            self._bounds = {m.entries[0].nodeseq: m.entries[-1].nodeseq for m in messages if len(m.entries) > 1}
+            bounds = {m.entries[0].nodeseq: m.entries[-1].nodeseq for m in messages if len(m.entries) > 1}
+            if bounds != self._bounds:
+                await self.outbox.hold_bounds(bounds)  # on disk before any of them is sent
+            self._bounds = bounds
         sent = [e for m in messages for e in m.entries]
         seqs = await self._publish(bus, messages)
         acked = time.monotonic()

@@ -356,6 +356,18 @@ class Outbox:
             self._inflight_hi = entries[-1].nodeseq
         return entries
 
+    @property
+    def inflight_bounds(self) -> dict[int, int]:
+        """The bounds (first nodeseq -> last) of the packed messages of the batch last sent
+        and not yet acknowledged, as stored (they outlive a crash: ``outbox_batches``)."""
+        return dict(self._bounds)
+
+    async def hold_bounds(self, bounds: Mapping[int, int]) -> None:
+        """Store the bounds of the packed messages about to be published (before they are),
+        replacing those stored, so a forwarder started after a crash forms the same ones."""
+        await self.db.transaction(lambda conn: batches.save_bounds(conn, bounds))
+        self._bounds = dict(bounds)
+
     def release(self) -> None:
         """The batch in flight failed: its readings may be dropped again if space runs out."""
         self._inflight_hi = 0
