@@ -18,11 +18,15 @@ from functools import cache
 from itertools import count, repeat
 from typing import Annotated, Any, Literal, Protocol
 
+import numpy as np
+import pyarrow.compute as pc
 from pydantic import Field, TypeAdapter, ValidationError, create_model
 
 from hivebus.bus import batch as wire
 from hivebus.bus.consumer import DeadLetter
 from hivebus.errors import DecodeError
+from hivebus.projections import bulk
+from hivebus.projections.bulk import ReadingRows
 from hivebus.projections.dedup import NodeSeqs
 from hivebus.projections.views.base import DATA, DEADLETTERS, INT64_MAX, Item
 from hivebus.schemas import codec
@@ -75,10 +79,12 @@ class Decoded:
     messages: int = 0
 
 
-def decode_slice(stream: str, messages: Iterable[Message], after: int) -> Decoded:
+def decode_slice(stream: str, messages: Iterable[Message], after: int, *, bulk: bool = True) -> Decoded:
     """Decode ``messages`` of ``stream`` with a sequence above ``after`` (older ones are already
-    in the views and are skipped)."""
+    in the views and are skipped). ``bulk``: the readings of packed DATA messages go through
+    ``bulk.decode`` first (False: every reading is decoded on its own, the reference path)."""
     out = Decoded(stream, last_seq=after)
+    packed: list[tuple[Message, list[bytes]]] = []
     for m in messages:
         out.messages += 1
         if m.seq <= out.last_seq:
@@ -88,7 +94,16 @@ def decode_slice(stream: str, messages: Iterable[Message], after: int) -> Decode
             out.items.append((m, _letter(m.data), None, b""))
             continue
         if stream == DATA and wire.is_batch(m.data):
-            _decode_batch(m, out)
+            try:
+                bodies = wire.unpack(m.data)
+            except DecodeError as exc:
+                out.rejected.append(Rejected(DATA, m.seq, m.subject, bytes(m.data), exc.reason, exc.field))
+                continue
+            if bulk:
+                packed.append((m, bodies))
+                out.items.append((m, _PENDING, len(packed) - 1, b""))
+            else:
+                _decode_batch(m, bodies, out.items, out.rejected)
             continue
         try:
             event = codec.decode(m.data)
@@ -100,41 +115,80 @@ def decode_slice(stream: str, messages: Iterable[Message], after: int) -> Decode
             out.rejected.append(Rejected(stream, m.seq, m.subject, bytes(m.data), reason, "type"))
             continue
         out.items.append((m, event, None, b""))
+    if packed:
+        _decode_packed(packed, out)
     return out
 
 
-def _decode_batch(m: Message, out: Decoded) -> None:
-    """The readings of one packed DATA message (a damaged batch is rejected whole).
+_PENDING: Any = object()
+"""Stands in ``Decoded.items`` for a packed message until its readings are decoded in bulk."""
+
+
+def _decode_packed(packed: list[tuple[Message, list[bytes]]], out: Decoded) -> None:
+    """The readings of the packed messages of a slice, all in one ``bulk.decode``: each
+    message's proven readings become ``ReadingRows`` (one per run of them), the others go
+    through ``_decode_batch`` (which names what is wrong with a bad one)."""
+    decoded = bulk.decode([body for _, bodies in packed for body in bodies])
+    ok = decoded.ok
+    starts = np.zeros(len(packed) + 1, dtype=np.int64)
+    np.cumsum([len(bodies) for _, bodies in packed], out=starts[1:])
+    rows_before = np.zeros(len(ok) + 1, dtype=np.int64)
+    np.cumsum(ok, out=rows_before[1:])
+    items: list[Decodable] = []
+    for entry in out.items:
+        if entry[1] is not _PENDING:
+            items.append(entry)
+            continue
+        m, k = entry[0], entry[2]
+        assert k is not None
+        bodies = packed[k][1]
+        lo, hi = int(starts[k]), int(starts[k + 1])
+        mine = ok[lo:hi]
+        if hi == lo:  # an empty batch: nothing to apply
+            continue
+        if mine.all():
+            table = decoded.table.slice(int(rows_before[lo]), hi - lo)
+            items.append((m, ReadingRows(table, np.arange(hi - lo)), None, b""))
+            continue
+        # Runs of proven readings and of the others, in the message's order.
+        edges = np.flatnonzero(np.diff(mine.astype(np.int8))) + 1
+        for a, b in zip(np.concatenate(([0], edges)).tolist(), np.concatenate((edges, [hi - lo])).tolist(), strict=True):
+            if mine[a]:
+                table = decoded.table.slice(int(rows_before[lo + a]), b - a)
+                items.append((m, ReadingRows(table, np.arange(a, b)), None, b""))
+            else:
+                _decode_batch(m, bodies[a:b], items, out.rejected, first=a)
+    out.items = items
+    out.rejected.sort(key=lambda r: (r.seq, -1 if r.index is None else r.index))  # stream order, as one pass gives
+
+
+def _decode_batch(m: Message, bodies: Sequence[bytes], items: list[Decodable], rejected: list[Rejected],
+                  first: int = 0) -> None:
+    """Readings of one packed DATA message (``bodies``: its readings from index ``first`` on).
 
     All at once first: the bodies joined into one JSON array and validated in one pydantic
     call against the current ``data.reading`` model (1.7x faster than one ``codec.decode``
     each). Anything that pass refuses (one bad reading, an old ``dataversion`` to upcast, a
-    body over the size limit) sends the batch through ``codec.decode`` body by body, which
+    body over the size limit) sends the bodies through ``codec.decode`` one by one, which
     finds and names each bad reading.
     """
-    try:
-        bodies = wire.unpack(m.data)
-    except DecodeError as exc:
-        out.rejected.append(Rejected(DATA, m.seq, m.subject, bytes(m.data), exc.reason, exc.field))
-        return
-    items = out.items
     if max(map(len, bodies), default=0) <= codec.MAX_EVENT_BYTES:
         try:
             events = _readings_adapter().validate_json(b"[" + b",".join(bodies) + b"]")
         except ValidationError:
             pass
         else:
-            items.extend(zip(repeat(m), events, count(), bodies))
+            items.extend(zip(repeat(m), events, count(first), bodies))
             return
     decode = codec.decode
-    for index, body in enumerate(bodies):
+    for index, body in enumerate(bodies, first):
         try:
             event = decode(body)
         except DecodeError as exc:
-            out.rejected.append(Rejected(DATA, m.seq, m.subject, body, exc.reason, exc.field, index))
+            rejected.append(Rejected(DATA, m.seq, m.subject, body, exc.reason, exc.field, index))
             continue
         if event.type != READING:
-            out.rejected.append(Rejected(DATA, m.seq, m.subject, body, _misplaced(DATA, event.type), "type", index))
+            rejected.append(Rejected(DATA, m.seq, m.subject, body, _misplaced(DATA, event.type), "type", index))
             continue
         items.append((m, event, index, body))
 
@@ -159,21 +213,54 @@ def deduplicate(parts: Sequence[Decoded], seen: NodeSeqs) -> Deduplicated:
         ]
         walk = (entry[3:] for entry in heapq.merge(*ordered))
     for stream, m, event, index, body in walk:
-        if stream != DEADLETTERS:
-            node, nodeseq = event.node, event.nodeseq
-            if node is not None and nodeseq is not None:
-                if not 0 < nodeseq <= INT64_MAX:
-                    reason = f"nodeseq {nodeseq} is not between 1 and 2^63-1"
-                    data = body if index is not None else bytes(m.data)
-                    out.rejected.append(Rejected(stream, m.seq, m.subject, data, reason, "nodeseq", index))
-                    continue
-                if not seen.add(node, nodeseq, stream):
-                    out.duplicates += 1
-                    continue
-            out.items[stream].append(Item(m.seq, m.subject, event, body, index))
-        else:
+        if stream == DEADLETTERS:
             out.items[stream].append(Item(m.seq, m.subject, event, bytes(m.data)))
+            continue
+        if type(event) is ReadingRows:
+            fresh = _fresh(event, seen, stream)
+            out.duplicates += len(event) - len(fresh)
+            if len(fresh):
+                out.items[stream].append(Item(m.seq, m.subject, fresh))
+            continue
+        node, nodeseq = event.node, event.nodeseq
+        if node is not None and nodeseq is not None:
+            if not 0 < nodeseq <= INT64_MAX:
+                reason = f"nodeseq {nodeseq} is not between 1 and 2^63-1"
+                data = body if index is not None else bytes(m.data)
+                out.rejected.append(Rejected(stream, m.seq, m.subject, data, reason, "nodeseq", index))
+                continue
+            if not seen.add(node, nodeseq, stream):
+                out.duplicates += 1
+                continue
+        out.items[stream].append(Item(m.seq, m.subject, event, body, index))
     return out  # (merge keeps each stream's own order: views see every stream in stream order)
+
+
+def _fresh(rows: ReadingRows, seen: NodeSeqs, stream: str) -> ReadingRows:
+    """The readings of ``rows`` their nodes had not delivered yet, recorded in ``seen`` as
+    ``seen.add`` would record them one by one (in bulk when a node's numbers are new and
+    increasing, as an outbox sends them; else one by one)."""
+    table = rows.table
+    nodes = table.column("node").combine_chunks().dictionary_encode()
+    seqs = table.column("nodeseq").combine_chunks()
+    counted = pc.and_(nodes.is_valid(), seqs.is_valid()).to_numpy(zero_copy_only=False)
+    if not counted.any():
+        return rows
+    codes = nodes.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    numbers = seqs.fill_null(0).to_numpy(zero_copy_only=False)
+    keep = np.ones(len(rows), dtype=bool)
+    names = nodes.dictionary.to_pylist()
+    for code, node in enumerate(names):
+        where = np.flatnonzero((codes == code) & counted) if len(names) > 1 or not counted.all() else None
+        mine = numbers if where is None else numbers[where]
+        if not len(mine) or seen.add_run(node, mine, stream):
+            continue
+        added = np.fromiter((seen.add(node, n, stream) for n in mine.tolist()), dtype=bool, count=len(mine))
+        if where is None:
+            keep = added
+        else:
+            keep[where] = added
+    return rows.take(keep)
 
 
 @cache

@@ -22,6 +22,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
+import numpy as np
+
 HORIZON = 1_000_000
 MAX_RANGES = 10_000
 
@@ -72,6 +74,41 @@ class SeenSeqs:
             self._insert(seq)
         if los and (los[0] <= highs[stream] - self.horizon or len(los) > self.max_ranges):
             self._compact()  # (the min over streams is at most this stream's high: a cheap test first)
+        return True
+
+    def add_run(self, seqs: np.ndarray, stream: str = "EVENTS") -> bool:
+        """Record ``seqs`` (int64, in delivery order) all at once, exactly as ``add`` one by
+        one would, when that is simple: the numbers strictly increase from above every number
+        seen (all new, as an outbox sends them) and open no more ranges than ``max_ranges``.
+        False (nothing recorded) otherwise: then call ``add`` for each."""
+        n = len(seqs)
+        if not n:
+            return True
+        los, his = self.los, self.his
+        top = his[-1] if los else self.watermark
+        first, last = int(seqs[0]), int(seqs[-1])
+        if first <= top or (n > 1 and not bool((np.diff(seqs) > 0).all())):
+            return False
+        breaks = np.flatnonzero(np.diff(seqs) != 1) if n > 1 else np.zeros(0, dtype=np.int64)
+        run_los = [first, *seqs[breaks + 1].tolist()]
+        run_his = [*seqs[breaks].tolist(), last]
+        joins_watermark = not los and first == self.watermark + 1
+        joins_last = bool(los) and first == his[-1] + 1
+        if len(los) + len(run_los) - (joins_watermark or joins_last) > self.max_ranges:
+            return False
+        highs = self.highs
+        if last > highs.get(stream, 0):
+            highs[stream] = last
+        if joins_watermark:
+            self.watermark = run_his[0]
+            del run_los[0], run_his[0]
+        elif joins_last:
+            his[-1] = run_his[0]
+            del run_los[0], run_his[0]
+        los.extend(run_los)
+        his.extend(run_his)
+        if los and (los[0] <= highs[stream] - self.horizon or len(los) > self.max_ranges):
+            self._compact()
         return True
 
     def _insert(self, seq: int) -> None:
@@ -129,6 +166,18 @@ class NodeSeqs:
             seen = base.copy() if base is not None else SeenSeqs(horizon=self.horizon, max_ranges=self.max_ranges)
             self._working[node] = seen
         return seen.add(seq, stream)
+
+    def add_run(self, node: str, seqs: np.ndarray, stream: str = "EVENTS") -> bool:
+        """``SeenSeqs.add_run`` for ``node``: True if ``seqs`` were all new and recorded."""
+        return self._seen(node).add_run(seqs, stream)
+
+    def _seen(self, node: str) -> SeenSeqs:
+        seen = self._working.get(node)
+        if seen is None:
+            base = self.state.get(node)
+            seen = base.copy() if base is not None else SeenSeqs(horizon=self.horizon, max_ranges=self.max_ranges)
+            self._working[node] = seen
+        return seen
 
     def touched(self) -> dict[str, SeenSeqs]:
         return self._working

@@ -34,6 +34,7 @@ import pyarrow as pa
 import structlog
 
 from hivebus.errors import ProjectionError
+from hivebus.projections.bulk import ReadingRows
 from hivebus.projections.cache import StateCache
 from hivebus.projections.decode import Message, Rejected, decode_slice, deduplicate
 from hivebus.projections.dedup import NodeSeqs, SeenSeqs
@@ -96,8 +97,10 @@ class Prepared:
 class Store:
     """One DuckDB file of views, written by one thread (the writer) and read by many cursors."""
 
-    def __init__(self, path: Path | str, views: Sequence[View], *, sql_views: bool = True) -> None:
+    def __init__(self, path: Path | str, views: Sequence[View], *, sql_views: bool = True, bulk: bool = True) -> None:
         self.path = Path(path)
+        self.bulk = bulk
+        """Decode packed readings in bulk (``projections.bulk``); False: one by one (the reference)."""
         self.views = list(views)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = connect(self.path)
@@ -204,7 +207,7 @@ class Store:
         slices = list(slices)
         self.seen.begin()
         prepared = Prepared(positions=dict(self.positions))
-        parts = [decode_slice(p.stream, p.messages, prepared.positions[p.stream]) for p in slices]
+        parts = [decode_slice(p.stream, p.messages, prepared.positions[p.stream], bulk=self.bulk) for p in slices]
         for part in parts:
             prepared.positions[part.stream] = max(prepared.positions[part.stream], part.last_seq)
             prepared.messages += part.messages
@@ -237,7 +240,8 @@ class Store:
                 else:
                     m = raw[(stream, key)]
                     prepared.rejected.append(Rejected(stream, key, m.subject, bytes(m.data), reason))
-        prepared.applied = sum(len(items) for items in unique.items.values()) - len(failures)
+        prepared.applied = sum(len(i.event) if type(i.event) is ReadingRows else 1
+                               for items in unique.items.values() for i in items) - len(failures)
         prepared.nodes = self.seen.touched()
         return prepared
 
@@ -314,7 +318,10 @@ class Store:
 
     def _write(self, change: Change, deletes: list[Scope]) -> None:
         if isinstance(change, Append):
-            if len(change):
+            if change.frame is not None:
+                if len(change):
+                    self._insert(change.table, self._frame_table(change.table, change.frame))
+            elif len(change):
                 self._insert(change.table, self._columns_table(change.table, change.columns))
             return
         if deletes:
@@ -324,6 +331,14 @@ class Store:
                 self._w.execute(f"DELETE FROM {change.table} t USING {name} k WHERE {match}")
         if change.rows:
             self._insert(change.table, pa.Table.from_pylist(change.rows, schema=self.schema(change.table)))
+
+    def _frame_table(self, table: str, frame: pa.Table) -> pa.Table:
+        """``frame`` with ``table``'s exact columns and types (missing ones null)."""
+        schema = self.schema(table)
+        n = frame.num_rows
+        arrays = [frame.column(f.name).cast(f.type) if f.name in frame.column_names else pa.nulls(n, f.type)
+                  for f in schema]
+        return pa.Table.from_arrays(arrays, schema=schema)
 
     def _columns_table(self, table: str, columns: dict[str, list[Any]]) -> pa.Table:
         """An Arrow table with ``table``'s exact columns (missing ones null)."""

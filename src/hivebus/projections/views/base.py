@@ -74,12 +74,17 @@ class Table:
 
 @dataclass(slots=True)
 class Append:
-    """Rows to add to ``table``, column-wise (each list has one value per row)."""
+    """Rows to add to ``table``, column-wise (each list has one value per row), or as an Arrow
+    table (``frame``: a view's rows decoded in bulk, its columns named as the table's)."""
 
     table: str
     columns: dict[str, list[Any]]
+    frame: Any = None
+    """A ``pyarrow.Table`` of the rows (``columns`` is then empty)."""
 
     def __len__(self) -> int:
+        if self.frame is not None:
+            return int(self.frame.num_rows)
         return len(next(iter(self.columns.values()), []))
 
 

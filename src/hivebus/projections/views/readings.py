@@ -11,10 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+import pyarrow as pa
+
+from hivebus.projections.bulk import ReadingRows
 from hivebus.projections.views.base import (
     DATA,
     Append,
     Applied,
+    Change,
     FailureKey,
     Item,
     Row,
@@ -24,6 +29,17 @@ from hivebus.projections.views.base import (
     failure,
     number_and_text,
 )
+
+SCHEMA = pa.schema([
+    ("timestamp", pa.timestamp("ns")),
+    ("name", pa.string()),
+    ("value", pa.float64()),
+    ("value_text", pa.string()),
+    ("node", pa.string()),
+    ("meta", pa.map_(pa.string(), pa.string())),
+    ("seq", pa.int64()),
+])  # fmt: skip
+"""The table's columns as Arrow (a batch's readings, decoded in bulk or one by one, are one table)."""
 
 
 class ReadingsView(View):
@@ -45,7 +61,41 @@ class ReadingsView(View):
     )
     tables = (table,)
 
+
     def apply(self, items: Sequence[Item], state: dict[str, dict[Scope, list[Row]]]) -> Applied:
+        """Columns of the readings in order: those decoded in bulk (``ReadingRows``) as Arrow,
+        the others built here, one by one (the reference the bulk path must equal)."""
+        if not any(type(item.event) is ReadingRows for item in items):
+            return self._apply_each(items)
+        pieces: list[pa.Table] = []
+        failures: dict[FailureKey, str] = {}
+        run: list[Item] = []
+        for item in items:
+            if type(item.event) is not ReadingRows:
+                run.append(item)
+                continue
+            if run:
+                pieces.append(self._each_table(run, failures))
+                run = []
+            table = item.event.table
+            pieces.append(table.drop_columns(["nodeseq"]).append_column(
+                "seq", pa.array(np.full(table.num_rows, item.seq, dtype=np.int64))))
+        if run:
+            pieces.append(self._each_table(run, failures))
+        frame = pa.concat_tables([p for p in pieces if p.num_rows]) if pieces else None
+        changes: list[Change] = [Append(self.table.name, {}, frame)] if frame is not None and frame.num_rows else []
+        return Applied(changes, failures)
+
+    def _each_table(self, items: Sequence[Item], failures: dict[FailureKey, str]) -> pa.Table:
+        applied = self._apply_each(items)
+        failures.update(applied.failures)
+        if not applied.changes:
+            return SCHEMA.empty_table()
+        change = applied.changes[0]
+        assert isinstance(change, Append)
+        return pa.table({f.name: pa.array(change.columns[f.name], type=f.type) for f in SCHEMA}, schema=SCHEMA)
+
+    def _apply_each(self, items: Sequence[Item]) -> Applied:
         timestamps: list[int] = []
         names: list[str] = []
         values: list[float | None] = []
