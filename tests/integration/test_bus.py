@@ -191,10 +191,15 @@ async def test_sigkill_loses_no_acknowledged_event(nats_server) -> None:
 async def test_publish_many_through_a_server_restart_stores_each_event_once(nats_server) -> None:
     async with await Bus.connect(nats_server.url) as bus:
         await bus.ensure_streams()
-        events = [counted(i) for i in range(20_000)]
+        events = [counted(i) for i in range(4_000)]
+        killed_at: list[int] = []
 
         async def bounce() -> None:
-            await asyncio.sleep(0.3)
+            # Kill as soon as the first events are stored, not after a guessed sleep: the
+            # restart then lands mid-publish however fast this machine publishes.
+            while (stored := await bus.last_seq(EVENTS)) == 0:
+                await asyncio.sleep(0.005)
+            killed_at.append(stored)
             await asyncio.to_thread(nats_server.kill)
             await asyncio.to_thread(nats_server.restart)
 
@@ -202,6 +207,7 @@ async def test_publish_many_through_a_server_restart_stores_each_event_once(nats
         seqs = await bus.publish_many(events, timeout=2.0)
         await bouncer
         stored = await drain(bus)
+    assert 0 < killed_at[0] < len(events)  # the server died with part of the batch stored
     ids = [e.id for _, e in stored]
     assert len(ids) == len(set(ids)) == len(events)
     assert set(ids) == {e.id for e in events}
