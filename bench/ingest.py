@@ -16,8 +16,11 @@
    - raw DuckDB: the very rows it wrote (read back as Arrow) inserted into a fresh file's
      ``readings`` table, 10,000 rows per transaction: the write path's ceiling, without
      NATS or decoding. Best of two each; printed: both rates and the ratio.
-3. replay: ``--replay`` readings (batched) rebuilt into a fresh file by ``hivebus replay``'s
-   engine (``replay.build.Build``); readings per second.
+3. replay: ``--replay`` readings (20 nodes, packed as the forwarder packs them: up to 1,000
+   readings or 256 KiB per DATA message) rebuilt into a fresh file by ``hivebus replay``'s
+   engine (``replay.build.Build``); seconds, and readings per second. The bodies are written
+   from a template of ``codec.encode``'s output (checked against it), in parts of 100,000:
+   ``--replay 10000000`` stores 4 GB of readings first (not timed).
 
     python bench/ingest.py [-n 50000] [-p 200000] [--replay 1000000] [--quick]
 """
@@ -29,9 +32,11 @@ import asyncio
 import tempfile
 import time
 from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
 
 from common import (
+    SERIES,
     Timer,
     drain_copy,
     duckdb_arrow_insert,
@@ -178,21 +183,89 @@ async def projection(n: int, work: Path) -> None:
                raw_rate, "raw DuckDB Arrow insert, 10k rows/txn, same rows")
 
 
+def reading_bodies(start: int, n: int, nodes: int = 20) -> list[tuple[str, int, bytes]]:
+    """(node, nodeseq, body) of readings ``start`` .. ``start + n`` as ``common.node_readings``
+    makes them (20 nodes taking turns, four series, a nodeseq per node), written straight from
+    a template of ``codec.encode``'s output: 10M ``Event`` objects would take longer to build
+    than the replay takes (``check_template`` holds the template to the codec)."""
+    t0 = T0_NS
+    out = []
+    for i in range(start, start + n):
+        node = f"W{i % nodes:03d}"
+        seq = i // nodes + 1
+        event_id = f"01BENCH{i:019d}"
+        value = 20.0 + (i % 100) / 10
+        out.append((node, seq, (
+            f'{{"specversion":"1.0","id":"{event_id}","type":"data.reading","dataversion":1,'
+            f'"source":"node/{node}","subject":"{node}","time":"{TIME}","correlationid":"{event_id}",'
+            f'"nodeseq":{seq},"data":{{"name":"{SERIES[(i // nodes) % len(SERIES)]}","value":{value!r},'
+            f'"timestamp":{t0 + i * 1000},"meta":{{"sensor":"bme680","plugin":"waggle/plugin-bme680:0.2.1",'
+            f'"vsn":"{node}"}},"scope":"all"}}}}'
+        ).encode()))
+    return out
+
+
+T0_NS = 1_790_000_000_000_000_000
+TIME = "2026-09-21T12:26:40.123456Z"
+
+
+def check_template() -> None:
+    """The template writes exactly what ``codec.encode`` writes for the same reading."""
+    for i in (0, 1, 21, 12345):
+        node, seq, raw = reading_bodies(i, 1)[0]
+        event = Event.new(
+            Reading(name=SERIES[(i // 20) % len(SERIES)], value=20.0 + (i % 100) / 10, timestamp=T0_NS + i * 1000,
+                    meta={"sensor": "bme680", "plugin": "waggle/plugin-bme680:0.2.1", "vsn": node}),
+            source=f"node/{node}", subject=node, nodeseq=seq, id=f"01BENCH{i:019d}",
+            time=datetime.fromisoformat(TIME))
+        assert codec.encode(event) == raw, (codec.encode(event), raw)
+
+
+def packed(readings: list[tuple[str, int, bytes]]) -> list[Outgoing]:
+    """DATA messages as the forwarder packs them: per node, up to 1,000 readings or 256 KiB."""
+    assert wire is not None
+    by_node: dict[str, list[tuple[int, bytes]]] = {}
+    for node, seq, raw in readings:
+        by_node.setdefault(node, []).append((seq, raw))
+    out = []
+    for node, items in by_node.items():
+        part: list[tuple[int, bytes]] = []
+        size = wire.OVERHEAD
+        for item in [*items, None]:
+            if item is None or len(part) == wire.MAX_BATCH_READINGS or size + wire.PER_BODY + len(item[1]) > wire.MAX_BATCH_BYTES:
+                if part:
+                    msg_id = f"bench:{node}:{part[0][0]}-{part[-1][0]}"
+                    out.append(Outgoing(wire.batch_subject(node), wire.pack([b for _, b in part]), msg_id))
+                part, size = [], wire.OVERHEAD
+            if item is not None:
+                part.append(item)
+                size += wire.PER_BODY + len(item[1])
+    return out
+
+
 async def replay(n: int, work: Path) -> None:
-    events = node_readings(n)
+    check_template()
     with fresh_server("interval") as server:
         async with await Bus.connect(server.url) as bus:
             await bus.ensure_streams()
-            messages = wire_messages(events, BATCHED)
-            del events
-            for lo in range(0, len(messages), 5000):
-                await bus.publish_raw_many(messages[lo : lo + 5000])
+            stored = 0
+            with Timer() as put:
+                for lo in range(0, n, 100_000):  # generated and stored in parts: 10M bodies are 4 GB
+                    messages = packed(reading_bodies(lo, min(100_000, n - lo)) if BATCHED else [])
+                    if not BATCHED:
+                        messages = wire_messages(node_readings(min(100_000, n - lo), start=lo), False)
+                    for part in range(0, len(messages), 500):
+                        await bus.publish_raw_many(messages[part : part + 500])
+                    stored += len(messages)
+            print(f"  ({n:,} readings stored as {stored:,} DATA messages in {put.seconds:.0f} s)")
             build = Build(bus, work / "replay.duckdb", all_views())
             with Timer() as t:
-                await build.run_to({DATA: len(messages)})
+                await build.run_to({DATA: stored})
+            rows = build.store.reader().execute("SELECT count(*) FROM readings").fetchone()[0] if build.store else 0
             await build.close(keep=False)
+    assert rows == n, f"the replay wrote {rows} readings of {n}"
     how = "batched" if BATCHED else "one message each"
-    print(f"replay of {n:,} readings ({how}, {len(messages):,} DATA messages) into a fresh file: "
+    print(f"replay of {n:,} readings ({how}, {stored:,} DATA messages) into a fresh file: "
           f"{rate(n, t.seconds)} ({t.seconds:.1f} s)")
     result(f"replay of {n:,} readings into a fresh file (s)", t.seconds, "s")
 
