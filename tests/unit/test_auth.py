@@ -48,5 +48,15 @@ def test_the_public_identity_has_no_password_and_cannot_touch_durables() -> None
     assert 'no_auth_user: "public"' in text
     public_line = next(line for line in text.splitlines() if '"user": "public"' in line)
     assert "password" not in public_line
-    deny = permissions.public_permissions(["W001"])["publish"]["deny"]
+    deny = permissions.public_permissions(["W001"], inbox="_INBOX.abc")["publish"]["deny"]
     assert "$JS.API.CONSUMER.MSG.NEXT.*.toedge-W001" in deny and "$JS.API.CONSUMER.DELETE.*.handler-ses" in deny
+
+
+def test_with_a_callout_the_server_checks_only_service_and_admin_itself() -> None:
+    text = permissions.render({"service": "$2b$11$x", "admin": "$2b$11$a", "public": "$2b$11$y", "node-W001": "$2b$11$z"},
+                              ["W001"], issuer="AISSUER")
+    assert "no_auth_user" not in text
+    assert 'issuer: "AISSUER"' in text and 'auth_users: ["service", "admin"]' in text
+    # every identity stays listed (a reload asks the callout again about their connections)
+    for user in ("service", "admin", "public", "node-W001"):
+        assert f'"user": "{user}"' in text

@@ -5,14 +5,16 @@
 - ``nats-auth.conf``: what the hub's nats-server includes (``permissions.render``).
 - ``service.creds`` and ``admin.creds`` (mode 0600): the platform's own credentials,
   used by the processes ``hivebus up`` starts and by the operator's CLI on the hub machine.
+- ``callout.nk`` (mode 0600): the key the hub's auth callout signs connections' permissions
+  with (``auth.callout``); the server config names its public half as the issuer.
 
 With TLS (``hivebus up --tls``, ``auth.tls``) every credential carries the hub's CA, so a node
 given its file connects over TLS to that hub and no other.
 
 A node's password exists only in what ``add_node`` returns: ``hivebus node add`` prints it
 once (or writes it to the file the operator asked for). Every change rewrites the config
-and asks the running server to reload it: new connections get the new rules at once
-(tested); what nats-server does with a removed user's open connection is its business.
+and asks the running server to reload it: the server then asks the callout again about each
+open connection and closes those of a removed identity at once (tested).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Final
 import bcrypt
 import structlog
 
-from hivebus.auth import permissions
+from hivebus.auth import callout, permissions
 from hivebus.auth.credentials import Credential
 from hivebus.auth.sites import SiteCredential
 from hivebus.auth.tls import hub_ca, issue_leaf_cert
@@ -96,9 +98,11 @@ class HubAuth:
     # --- changing ---------------------------------------------------------------------
 
     def ensure(self) -> HubAuth:
-        """Create the service, admin and public identities (and their creds files) if missing;
-        the creds files carry the hub's current CA."""
+        """Create the service, admin and public identities (and their creds files) and the
+        callout key if missing; the creds files carry the hub's current CA."""
         ca = self.ca()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        callout.ensure_issuer(self.dir)
         with self._locked() as users:
             for user in (permissions.SERVICE, permissions.ADMIN):
                 path = self.creds_path(user)
@@ -208,7 +212,8 @@ class HubAuth:
             doc: dict[str, Any] = {"users": users, **({"sites": sites} if sites else {})}
             _write_atomic(self.dir / IDENTITIES, json.dumps(doc, indent=2, sort_keys=True) + "\n")
             nodes = [u.removeprefix(permissions.NODE_PREFIX) for u in users if u.startswith(permissions.NODE_PREFIX)]
-            _write_atomic(self.conf_path, permissions.render(users, nodes, sites))
+            issuer = callout.ensure_issuer(self.dir).public_key
+            _write_atomic(self.conf_path, permissions.render(users, nodes, sites, issuer=issuer))
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -24,6 +24,7 @@ from nats.errors import AuthorizationError, NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NoStreamResponseError
 
+from hivebus.auth.callout import public_connect_options
 from hivebus.auth.credentials import Credential
 from hivebus.bus.batch import unpack
 from hivebus.bus.consumer import Delivery, RawMessage
@@ -95,6 +96,10 @@ class Bus:
         creds = settings.credentials_file()
         if creds is not None and "user" not in options:
             options = {**Credential.load(creds).connect_options(), **options}
+        elif "user" not in options and "inbox_prefix" not in options:
+            # no credentials: the public identity, with an inbox of this connection's own
+            # (auth.callout): nobody else can read the replies it gets
+            options = {**public_connect_options(), **options}
         if "tls" not in options and (context := hub_tls(settings)) is not None:
             options["tls"] = context
         if options.get("tls") is not None:

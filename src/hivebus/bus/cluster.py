@@ -97,6 +97,8 @@ class NatsCluster:
                 for server in self._servers:
                     server._await_ready(deadline, timeout)
                 self.wait_for_meta_leader(max(0.0, deadline - time.monotonic()))
+                for server in self._servers:  # the hub's auth callout, when its config names one
+                    server._start_callout(max(1.0, deadline - time.monotonic()))
             except PortBusy as busy:
                 self._kill_all()
                 if attempt == PORT_ATTEMPTS or any(s._started_once for s in self._servers):

@@ -93,6 +93,7 @@ class NatsServer:
         self._started_once = False
         # Pid of a previous run's server of this store dir that start() found and stopped.
         self.replaced_pid: int | None = None
+        self._callout: Any = None  # hivebus.auth.callout.CalloutThread, when the config needs one
 
     # -- what it is
 
@@ -200,11 +201,33 @@ class NatsServer:
                 self._ports = None
                 continue
             self._started_once = True
+            self._start_callout(max(1.0, deadline - time.monotonic()))
             return self
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _start_callout(self, timeout: float) -> None:
+        """The hub's auth callout (``hivebus.auth.callout``), when the server's config names one:
+        started before the server is handed to anyone, since without it only the service and
+        admin identities can connect."""
+        from hivebus.auth.callout import CalloutThread, has_callout
+
+        auth_dir = has_callout(self._config.include)
+        if auth_dir is None or self._callout is not None:
+            return
+        try:
+            self._callout = CalloutThread(self.url, auth_dir).start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _stop_callout(self) -> None:
+        callout, self._callout = self._callout, None
+        if callout is not None:
+            callout.stop()
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (nats-server shuts down cleanly, flushing JetStream), SIGKILL if stuck."""
+        self._stop_callout()
         proc = self._proc
         if proc is None:
             return
@@ -223,6 +246,7 @@ class NatsServer:
 
     def kill(self) -> None:
         """SIGKILL: the crash a fault test wants (no shutdown, no final flush)."""
+        self._stop_callout()
         proc = self._proc
         if proc is None:
             return

@@ -75,8 +75,9 @@ WebFace = Annotated[Face, Depends(face)]
 
 def nats_router(settings: Settings) -> NatsRouter:
     """FastStream's router, connecting as this machine's service identity (if it has one)."""
-    from faststream.nats.security import NatsSecurity, NatsUserPassword
+    from faststream.nats.security import NatsUserPassword
 
+    from hivebus.auth.callout import public_connect_options
     from hivebus.bus.client import hub_tls
 
     options: dict[str, Any] = {}
@@ -89,8 +90,10 @@ def nats_router(settings: Settings) -> NatsRouter:
     if credential is not None:
         security = NatsUserPassword(credential.user, credential.password, **tls_options)
         options["inbox_prefix"] = credential.inbox_prefix
-    elif tls is not None:
-        security = NatsSecurity(**tls_options)
+    else:  # the public identity, with an inbox of its own (auth.callout)
+        public = public_connect_options()
+        security = NatsUserPassword(public["user"], public["password"], **tls_options)
+        options["inbox_prefix"] = public["inbox_prefix"]
     servers = [s.strip() for s in settings.nats_url.split(",")]
     return NatsRouter(
         servers, name="hivebus-web", security=security, max_reconnect_attempts=-1, reconnect_time_wait=1,
