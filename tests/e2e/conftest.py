@@ -53,10 +53,11 @@ class RunningPlatform:
         raise AssertionError(f"timed out waiting for {query!r}; last rows {rows}\n{self.log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """`hivebus up --virtual-nodes 2 --demo` on a free port, in a scratch directory that
-    sees the repo's examples/ (as a checkout would)."""
+    sees the repo's examples/ (as a checkout would). One for the session: starting it takes
+    ~7 s, and the e2e modules each act as their own users on their own bundles and jobs."""
     workdir = tmp_path_factory.mktemp("platform")
     (workdir / "examples").symlink_to(REPO / "examples")
     port = free_port()

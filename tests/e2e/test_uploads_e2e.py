@@ -57,7 +57,7 @@ def test_a_submitters_plugin_upload_is_theirs_to_read_in_the_nodes_bucket(platfo
         time.sleep(1)
     assert "scheduled snap-1" in submitted.stdout, submitted.stdout + submitted.stderr
     [row, *_] = platform.wait_until(
-        "select bucket_id, key, size, put_by from objects where bucket_id = 'upload-V001'", bool, timeout=150)
+        "select bucket_id, key, size, put_by from objects where bucket_id = 'upload-V001' and key like 'snap-1/%'", bool, timeout=150)
     assert row["key"].startswith("snap-1/snapshot/") and row["key"].endswith(".pgm") and row["put_by"] == "node-V001"
     [bucket] = platform.sql("select owner, type from buckets where bucket_id = 'upload-V001'")
     assert bucket == {"owner": "node-V001", "type": "upload"}
