@@ -7,6 +7,11 @@ stream (readings on DATA, the rest on EVENTS). A DATA message may carry many rea
 on ``(node, nodeseq)`` (see ``dedup``), visiting the batch's messages of all streams in stored
 time order, the order the node sent them in. What cannot be used becomes a ``Rejected`` with
 the reason, which the projector dead-letters; nothing stops the batch.
+
+The readings of packed messages go through ``bulk`` first (issue 18): those it proves valid
+become ``ReadingRows`` (Arrow columns, one item per run of them in a message) and are
+de-duplicated per node in bulk (``SeenSeqs.add_run``); the rest take the per-body path. Both
+give the same views (``tests/unit/test_projector_bulk.py``).
 """
 
 from __future__ import annotations
