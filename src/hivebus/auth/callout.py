@@ -195,7 +195,8 @@ async def serve(url: str, auth_dir: Path, ready: threading.Event, stop: asyncio.
     async def on_request(msg: Any) -> None:
         try:
             doc = json.loads((Path(auth_dir) / IDENTITIES).read_text())
-            reply = answer(msg.data.decode(), issuer, doc, verified)
+            # off the loop: a node's first check is a bcrypt (~0.1 s), and requests keep coming
+            reply = await asyncio.to_thread(answer, msg.data.decode(), issuer, doc, verified)
         except Exception as exc:  # a bad request must not stop the service
             log.warning("auth.callout_failed", error=f"{type(exc).__name__}: {exc}")
             return  # the server refuses the connection when no answer comes

@@ -34,6 +34,10 @@ PUBLIC_SERVICES: Final = ("hivebus.query", "hivebus.cmd", "hivebus.ses.dryrun", 
 HANDLER_DURABLES: Final = ("handler-ecr", "handler-ses", "handler-health")
 
 Permissions = dict[str, dict[str, list[str]]]
+# The password of every identity the callout decides on, in the server's own list: a cheap
+# bcrypt (cost 4) of a random value nobody kept. The server's own check of it always fails
+# and costs ~1 ms instead of the ~130 ms a real hash costs; the callout's answer is what counts.
+_CALLOUT_DECIDES: Final = "$2b$04$MaN5doVgSkH2x6/pL6EVyOignFi1BUX81in1YF1cYKBSSCsU21sGW"
 
 
 def node_user(node: str) -> str:
@@ -164,7 +168,8 @@ def render(users: Mapping[str, str], nodes: Iterable[str], sites: Mapping[str, S
     With ``issuer`` (the hub's callout key, ``auth.callout``) the server checks only
     ``service`` and ``admin`` itself and asks the callout about every other connection,
     which then gets the permissions the callout signs (the same rules, and a public
-    connection its own inbox). The other identities stay listed: on a reload the server
+    connection its own inbox; the callout checks the passwords). The other identities stay
+    listed, with a password nobody holds (``_CALLOUT_DECIDES``): on a reload the server
     asks the callout again about each open connection of a listed user, and closes those
     of users no longer listed (a removed node) at once. Without ``issuer``: connections
     without credentials are ``public``, sharing the ``_INBOX`` prefix (no private replies).
@@ -182,7 +187,9 @@ def render(users: Mapping[str, str], nodes: Iterable[str], sites: Mapping[str, S
         else:
             perms = full()
         entry: dict[str, Any] = {"user": user, "permissions": perms}
-        if user != PUBLIC or issuer is not None:  # without a callout, public is who has no password
+        if issuer is not None and user not in (SERVICE, ADMIN):
+            entry["password"] = _CALLOUT_DECIDES
+        elif user != PUBLIC:  # without a callout, public is who has no password
             entry["password"] = hashed
         entries.append(entry)
     body = ",\n    ".join(json.dumps(e, separators=(", ", ": ")) for e in entries)
