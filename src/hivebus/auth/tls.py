@@ -15,9 +15,10 @@ Why the hub does not ask nodes for certificates (nats-server's ``verify_and_map`
 on nats-server 2.15, with ``verify_and_map`` every connection must present a certificate and
 its identity comes from the certificate alone -- a password user is refused ("user found in
 connect proto, but user required from cert") and connections without credentials (the public
-identity: queries, user commands) are refused at the handshake. Per-node x509 therefore needs
-every identity, users' laptops included, to hold a certificate, or an auth callout that checks
-the certificate against the claimed identity; both are left for later (docs/security.md).
+identity: queries, user commands) are refused at the handshake. The hub's auth callout
+(``auth.callout``) would see a client's certificate, but nats-server asks for one only with
+``verify: true``, which again requires one of every client: per-node x509 is left for later
+(docs/security.md).
 """
 
 from __future__ import annotations
