@@ -43,6 +43,14 @@ Exactly once, beyond the duplicate window
     membership as the last line, and alone if the check keeps failing (a hub whose
     permissions forbid a node to read streams): after three failed checks it resends anyway.
 
+    Within the duplicate window the check is a courtesy, not the guarantee: a batch whose first
+    attempt is younger than half the streams' window (learnt from the hub's stream info) is
+    re-formed with the same ids and JetStream drops any copy it already holds. So when the
+    check cannot be made quickly (a cluster hub that lost a member refuses new readers for a
+    minute or more while it accepts publishes again in seconds) the forwarder resends at once
+    instead of waiting for it. After a crash the age of what was in flight is unknown, and the
+    check is always made.
+
 A message the hub refuses for what it is
     After a failed batch (and the reconciliation), the oldest message is sent alone first. If
     JetStream refuses that very message (larger than the stream's ``max_msg_size``, or than
@@ -83,6 +91,8 @@ log = structlog.get_logger()
 _NODESEQ: Final = re.compile(rb'"nodeseq":(\d+)')
 _ID: Final = re.compile(rb'"id":"([0-9A-Za-z]+)"')
 _CHECKS_BEFORE_RESENDING: Final = 3
+# a check made while the failed batch is within the duplicate window gives up after this long
+_QUICK_CHECK_S: Final = 5.0
 _SLOW_S: Final = 1.0  # a batch whose round trip takes longer is logged (forwarder.slow_batch)
 # JetStream errors about the message itself (JSStreamMessageExceedsMaximumErr).
 _REFUSED_FOR_WHAT_IT_IS: Final = frozenset({10054})
@@ -176,6 +186,10 @@ class Forwarder:
         self._node = outbox.node
         # After a crash the last batch's fate is unknown: check before sending anything.
         self._uncertain = True
+        # When the oldest send that may be unacked began (monotonic); None: unknown or nothing
+        self._uncertain_since: float | None = None
+        self._batch_began = time.monotonic()  # when the last batch began to be sent
+        self._window: float | None = None  # the hub streams' duplicate window (s), once learnt
         self._probe = False  # after a failure: send the oldest message alone first
         self._pack_bytes = self.options.pack_bytes  # halved when the hub refuses a packed message's size
         # the packed messages in flight (first -> last nodeseq), stored before they are sent
@@ -196,6 +210,8 @@ class Forwarder:
                 sent = await self._step(bus)
             except Exception as exc:  # the hub went away, refused, or timed out: try again
                 self.outbox.release()
+                if not self._uncertain and self._uncertain_since is None:
+                    self._uncertain_since = self._batch_began  # certain before it: nothing older is unacked
                 self._uncertain = True
                 self._probe = True
                 self.stats.failures += 1
@@ -210,6 +226,8 @@ class Forwarder:
                 delay = min(delay * 2, self.options.retry_max)
                 continue
             delay = self.options.retry_min
+            if self._uncertain_since is not None and self.outbox.backlog_now()[0] == 0:
+                self._uncertain_since = None  # everything sent is acked
             if sent and (self.unauthorized is not None or not self._accepted):
                 if self.unauthorized is not None:
                     log.info("forwarder.authorized", node=self._node)
@@ -243,18 +261,29 @@ class Forwarder:
     async def _step(self, bus: Bus) -> int:
         """Send one batch; how many events it held (0 = the outbox is empty)."""
         if self._uncertain:
+            recent = await self._within_window(bus)
             try:
-                await self.reconcile(bus)
+                if recent:
+                    await asyncio.wait_for(self.reconcile(bus), _QUICK_CHECK_S)
+                else:
+                    await self.reconcile(bus)
+                self._uncertain_since = None  # what is left was never stored: its sends start anew
             except Exception as exc:
+                error = str(exc) or type(exc).__name__
                 self._check_failures += 1
-                if self._check_failures < _CHECKS_BEFORE_RESENDING:
+                if recent:  # the same ids again, inside the window: a stored copy is dropped
+                    log.info("forwarder.resend_within_window", error=error, window_s=self._window)
+                elif self._check_failures < _CHECKS_BEFORE_RESENDING:
                     raise
-                # e.g. a hub that does not let nodes read streams: resend unchecked; the
-                # duplicate window and the projections' (node, nodeseq) check still hold.
-                log.warning("forwarder.unchecked_resend", error=str(exc) or type(exc).__name__)
+                else:
+                    # e.g. a hub that does not let nodes read streams: resend unchecked; the
+                    # duplicate window and the projections' (node, nodeseq) check still hold.
+                    log.warning("forwarder.unchecked_resend", error=error)
             self._check_failures = 0
             self._uncertain = False
         await self.ensure_positions(bus)
+        if self._window is None:
+            await self._learn_window(bus)
         began = time.monotonic()
         entries = await self.outbox.next_batch(self.options.batch)
         read, read_ns = time.monotonic(), self.outbox.clock_ns()
@@ -287,6 +316,7 @@ class Forwarder:
                 await self.outbox.hold_bounds(bounds)  # on disk before any of them is sent
             self._bounds = bounds
         sent = [e for m in messages for e in m.entries]
+        self._batch_began = time.monotonic()
         seqs = await self._publish(bus, messages)
         acked = time.monotonic()
         if len(sent) == len(entries):
@@ -335,6 +365,21 @@ class Forwarder:
                 return f"JetStream refused it: {exc.description} (err_code {exc.err_code})"
             raise
         return None
+
+    async def _within_window(self, bus: Bus) -> bool:
+        """Whether every send that may be unacked began less than half the duplicate window ago."""
+        if self._uncertain_since is None or not self._window:
+            return False
+        return time.monotonic() - self._uncertain_since < self._window / 2
+
+    async def _learn_window(self, bus: Bus) -> None:
+        """The streams' duplicate window, asked once while the hub answers (0: unknown)."""
+        try:
+            infos = [await asyncio.wait_for(bus.js.stream_info(s), self.options.ack_timeout) for s in (DATA, EVENTS)]
+            self._window = min(float(i.config.duplicate_window or 0.0) for i in infos)
+        except Exception as exc:  # no shortcut then: every uncertain batch is checked
+            self._window = 0.0
+            log.debug("forwarder.window_unknown", error=str(exc) or type(exc).__name__)
 
     async def ensure_positions(self, bus: Bus) -> None:
         """Before the first publish ever, note where each stream ends: nothing of this
