@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from nats.js.errors import NotFoundError
 
 from hivebus.bus.client import Bus
 from hivebus.bus.server import NatsServer
@@ -43,7 +44,10 @@ async def processed_history(bus: Bus) -> None:
     async with handlers(bus.settings, bus):
         async def floors_at_end() -> bool:
             end = await bus.last_seq(EVENTS)
-            infos = [await bus.js.consumer_info(EVENTS, f"handler-{n}") for n in ("ecr", "ses")]
+            try:
+                infos = [await bus.js.consumer_info(EVENTS, f"handler-{n}") for n in ("ecr", "ses")]
+            except NotFoundError:  # a handler has not created its durable yet
+                return False
             return all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos) and end > 0
 
         await until(floors_at_end, 60, "the handlers through the history")
