@@ -261,7 +261,7 @@ class Forwarder:
     async def _step(self, bus: Bus) -> int:
         """Send one batch; how many events it held (0 = the outbox is empty)."""
         if self._uncertain:
-            recent = await self._within_window(bus)
+            recent = self._within_window()
             try:
                 if recent:
                     await asyncio.wait_for(self.reconcile(bus), _QUICK_CHECK_S)
@@ -366,7 +366,7 @@ class Forwarder:
             raise
         return None
 
-    async def _within_window(self, bus: Bus) -> bool:
+    def _within_window(self) -> bool:
         """Whether every send that may be unacked began less than half the duplicate window ago."""
         if self._uncertain_since is None or not self._window:
             return False

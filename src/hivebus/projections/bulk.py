@@ -75,15 +75,16 @@ MATCH: Final = re.sub(r"\(\?P<\w+>", "(?:", PATTERN)
 """``PATTERN`` without its named groups: RE2 matches it with its DFA, several times faster."""
 
 COLUMNS: Final = ("timestamp", "name", "value", "value_text", "node", "meta", "nodeseq")
-SCHEMA: Final = pa.schema([
-    ("timestamp", pa.timestamp("ns")),
-    ("name", pa.string()),
-    ("value", pa.float64()),
-    ("value_text", pa.string()),
-    ("node", pa.string()),
-    ("meta", pa.map_(pa.string(), pa.string())),
-    ("nodeseq", pa.int64()),
-])  # fmt: skip
+READING_FIELDS: Final = [
+    pa.field("timestamp", pa.timestamp("ns")),
+    pa.field("name", pa.string()),
+    pa.field("value", pa.float64()),
+    pa.field("value_text", pa.string()),
+    pa.field("node", pa.string()),
+    pa.field("meta", pa.map_(pa.string(), pa.string())),
+]
+"""A reading's columns in the ``readings`` view (which adds its message's ``seq``)."""
+SCHEMA: Final = pa.schema([*READING_FIELDS, pa.field("nodeseq", pa.int64())])
 
 
 @dataclass(frozen=True, slots=True)

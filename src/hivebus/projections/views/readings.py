@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from hivebus.projections.bulk import ReadingRows
+from hivebus.projections.bulk import READING_FIELDS, ReadingRows
 from hivebus.projections.views.base import (
     DATA,
     Append,
@@ -30,15 +30,7 @@ from hivebus.projections.views.base import (
     number_and_text,
 )
 
-SCHEMA = pa.schema([
-    ("timestamp", pa.timestamp("ns")),
-    ("name", pa.string()),
-    ("value", pa.float64()),
-    ("value_text", pa.string()),
-    ("node", pa.string()),
-    ("meta", pa.map_(pa.string(), pa.string())),
-    ("seq", pa.int64()),
-])  # fmt: skip
+SCHEMA = pa.schema([*READING_FIELDS, pa.field("seq", pa.int64())])
 """The table's columns as Arrow (a batch's readings, decoded in bulk or one by one, are one table)."""
 
 
