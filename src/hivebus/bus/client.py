@@ -132,8 +132,8 @@ class Bus:
 
         nc = NATS()
         try:
-            await asyncio.wait_for(
-                nc.connect(
+            async with asyncio.timeout(connect_timeout):
+                await nc.connect(
                     urls,
                     name=name,
                     allow_reconnect=True,
@@ -148,9 +148,7 @@ class Bus:
                     # regex check cost ~10% of a pipelined publish.
                     skip_subject_validation=True,
                     **options,
-                ),
-                timeout=connect_timeout,
-            )
+                )
         except (AuthorizationError, TimeoutError, NoServersError, OSError) as exc:
             await _close_quietly(nc)
             if untrusted:

@@ -179,7 +179,8 @@ class Pipeline:
                 return False
             batch.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(batch.wake.wait(), min(_RECHECK_S, timeout))
+                async with asyncio.timeout(min(_RECHECK_S, timeout)):
+                    await batch.wake.wait()
             now = loop.time()
             if batch.replies != replies:
                 quiet_since, replies = now, batch.replies

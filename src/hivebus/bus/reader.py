@@ -151,7 +151,8 @@ async def _next(queue: asyncio.Queue[Msg], nc: Client, timeout: float) -> Msg | 
         if left <= 0 or nc.stats.get("reconnects", 0) != connection:
             return None
         try:
-            return await asyncio.wait_for(queue.get(), timeout=min(left, _RECHECK_S))
+            async with asyncio.timeout(min(left, _RECHECK_S)):
+                return await queue.get()
         except TimeoutError:
             continue
 

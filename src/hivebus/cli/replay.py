@@ -97,7 +97,8 @@ async def _rebuild_live(url: str, views: list[str] | None) -> None:
             with Bars() as bars:
                 while True:
                     try:
-                        body = await asyncio.wait_for(updates.get(), timeout=600)
+                        async with asyncio.timeout(600):
+                            body = await updates.get()
                     except TimeoutError:
                         raise RequestTimeout("no progress from the projector for 10 minutes") from None
                     if body["_subject"] != reply["progress"]:

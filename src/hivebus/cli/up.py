@@ -143,7 +143,8 @@ async def _watch(platform: Platform, stop: asyncio.Event) -> None:
             except HivebusError as exc:
                 live.update(_status_table(None, note=str(exc)))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await stop.wait()
 
 
 def _status_table(row: dict | None, note: str = "") -> Table:

@@ -378,7 +378,8 @@ class NodeAgent:
             except Exception:
                 log.exception("agent.task_failed", task=name, restart_in=1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._forwarder_stop.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._forwarder_stop.wait()
 
     async def _every(
         self, seconds: Callable[[], float], action: Callable[[], Awaitable[Any]]
@@ -387,7 +388,8 @@ class NodeAgent:
         delay = 0.0
         while not self._loops.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._loops.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._loops.wait()
             if self._loops.is_set():
                 return
             try:
@@ -409,7 +411,8 @@ class NodeAgent:
         await self.intake.drain()
         if self.uplink.online and self.config.drain_on_stop_seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained(), self.config.drain_on_stop_seconds)
+                async with asyncio.timeout(self.config.drain_on_stop_seconds):
+                    await self._drained()
         self._forwarder_stop.set()
         await asyncio.sleep(0)
         for task in self._tasks:

@@ -264,7 +264,8 @@ class Forwarder:
             recent = self._within_window()
             try:
                 if recent:
-                    await asyncio.wait_for(self.reconcile(bus), _QUICK_CHECK_S)
+                    async with asyncio.timeout(_QUICK_CHECK_S):
+                        await self.reconcile(bus)
                 else:
                     await self.reconcile(bus)
                 self._uncertain_since = None  # what is left was never stored: its sends start anew
@@ -375,7 +376,10 @@ class Forwarder:
     async def _learn_window(self, bus: Bus) -> None:
         """The streams' duplicate window, asked once while the hub answers (0: unknown)."""
         try:
-            infos = [await asyncio.wait_for(bus.js.stream_info(s), self.options.ack_timeout) for s in (DATA, EVENTS)]
+            infos = []
+            for stream in (DATA, EVENTS):
+                async with asyncio.timeout(self.options.ack_timeout):
+                    infos.append(await bus.js.stream_info(stream))
             self._window = min(float(i.config.duplicate_window or 0.0) for i in infos)
         except Exception as exc:  # no shortcut then: every uncertain batch is checked
             self._window = 0.0
@@ -438,4 +442,5 @@ def _identity(body: bytes) -> tuple[int | None, str | None]:
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()

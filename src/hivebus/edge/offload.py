@@ -88,7 +88,8 @@ async def ask_offload(
     asked = Event.new(request, source=f"node/{node}", subject=node)
     if bus is not None:
         with contextlib.suppress(TimeoutError, HivebusError, OSError):
-            decision = await asyncio.wait_for(_ask(bus, asked), timeout)
+            async with asyncio.timeout(timeout):
+                decision = await _ask(bus, asked)
             return OffloadOutcome(decision.run_on, decision)
     reason = f"the hub did not answer within {timeout:g} s" if bus is not None else "no hub link"
     ran = OffloadRanLocally(node=node, request_id=request.request_id, bundle=bundle, reason=reason)

@@ -131,7 +131,8 @@ class Outbox:
         self._space.set()
         if self._committer is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._committer), timeout=5.0)
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(self._committer)
             except TimeoutError:
                 self._committer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -472,4 +473,5 @@ class Outbox:
     @staticmethod
     async def _wait(event: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()

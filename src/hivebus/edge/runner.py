@@ -103,7 +103,8 @@ class GoalRunner:
             self.tick(self.clock())
             delay = self.tick_seconds - (time.time() % self.tick_seconds)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.01, delay))
+                async with asyncio.timeout(max(0.01, delay)):
+                    await stop.wait()
 
     def tick(self, now: datetime) -> None:
         """One evaluation round at ``now``."""

@@ -83,7 +83,8 @@ class ToEdge:
                         retry_in=delay,
                     )
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await stop.wait()
                     delay = min(delay * 2, 30.0)
                 else:
                     delay = 1.0

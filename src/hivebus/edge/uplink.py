@@ -68,7 +68,8 @@ class Uplink:
             except CredentialRefused as exc:
                 self._refused(exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
                 delay = min(delay * 2, self.retry_max)
                 continue
             except ConnectError as exc:
@@ -77,7 +78,8 @@ class Uplink:
                         "uplink.unreachable", url=self.url, attempts=self.attempts, error=str(exc)
                     )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
                 delay = min(delay * 2, self.retry_max)
                 continue
             log.info("uplink.connected", url=self.url, attempts=self.attempts)

@@ -150,7 +150,8 @@ class BusLink:
             closing.cancel()
             if not attempt.done():  # closing while still unreachable: wait until the deadline
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(attempt), max(0.0, self._deadline - time.monotonic()))
+                    async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
+                        await asyncio.shield(attempt)
             if not attempt.done():
                 attempt.cancel()
                 with contextlib.suppress(BaseException):
@@ -203,12 +204,14 @@ class BusLink:
 
         remaining = max(0.1, self._deadline - time.monotonic())
         try:
-            await asyncio.wait_for(self._nc.flush(), remaining)
+            async with asyncio.timeout(remaining):
+                await self._nc.flush()
         except Exception as exc:
             detail = str(exc) or type(exc).__name__
             print(f"hivebus.plugin: could not confirm delivery to {self.url}: {detail}", file=sys.stderr)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._nc.close(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self._nc.close()
 
     async def _subscribe(self, pairs: list[tuple[str, Callable[[str, bytes], None]]]) -> None:
         self._subscriptions += pairs

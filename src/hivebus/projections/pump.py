@@ -166,7 +166,8 @@ class Pump:
                 return []
             timeout = config.max_wait if pending else config.quiet_after
             try:
-                stream, msgs = await asyncio.wait_for(self._inbox.get(), timeout)
+                async with asyncio.timeout(timeout):
+                    stream, msgs = await self._inbox.get()
             except TimeoutError:
                 continue
             self._queued[stream] -= _weigh(msgs)

@@ -162,7 +162,8 @@ class QueryEngine:
         future = loop.run_in_executor(self._pool, self._execute, running, statement, checked.kind, params, limit)
         future.add_done_callback(lambda _: self._running.discard(running))
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
         except TimeoutError:
             while not future.done():  # interrupt until the thread lets go (an interrupt can land early)
                 running.interrupt()

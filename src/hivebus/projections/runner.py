@@ -213,7 +213,8 @@ class Projector:
             if remaining <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tick.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._tick.wait()
 
     # --- rebuilds ---------------------------------------------------------------------------
 

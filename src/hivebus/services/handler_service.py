@@ -151,7 +151,8 @@ class HandlerService:
                 log.warning("handler.restarting", handler=self.handler.name, error=str(exc))
                 self.ready.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await stop.wait()
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         self._stopping = False
@@ -164,7 +165,8 @@ class HandlerService:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
+                    async with asyncio.timeout(self.tick_seconds):
+                        await stop.wait()
                 if (
                     consumer.done()
                     and not consumer.cancelled()

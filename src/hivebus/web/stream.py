@@ -228,7 +228,8 @@ async def sse(source: AsyncIterator[Item], heartbeat: float) -> AsyncIterator[by
         yield b": hivebus stream\nretry: 1000\n\n"
         while True:
             try:
-                got = await asyncio.wait_for(queue.get(), timeout=heartbeat)
+                async with asyncio.timeout(heartbeat):
+                    got = await queue.get()
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue

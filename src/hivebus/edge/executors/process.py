@@ -157,7 +157,8 @@ class ProcessExecutor:
         run = _run_of(handle)
         await run.terminate("stopped", "stopped on request", self.kill_grace)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(run.result), self.kill_grace + 5.0)
+            async with asyncio.timeout(self.kill_grace + 5.0):
+                await asyncio.shield(run.result)
 
     async def logs(self, handle: RunHandle, lines: int = 50) -> list[str]:
         return _run_of(handle).output.tail(lines)
@@ -308,7 +309,8 @@ class _Run:
         if grace > 0:
             signal_group(self.pid, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.result), grace)
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self.result)
             if self.result.done():
                 return
         self.killed_hard = True

@@ -85,4 +85,5 @@ class RunLog:
     async def done(self, timeout: float) -> None:
         """Let the reader drain what was written; a leftover holding the pipe is not waited for."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._closed.wait()
