@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -158,6 +159,17 @@ def test_relative_and_absolute_times_resolve_to_nanoseconds() -> None:
     assert hivebus.data.resolve_time("2025-05-01T12:00:00.000000001Z", now) == now_ns + 1
     assert hivebus.data.resolve_time("2025-05-01T12:00:00", now) == now_ns  # no zone: UTC
     assert hivebus.data.resolve_time("2025-05-01T14:00:00+02:00", now) == now_ns
+
+
+@pytest.mark.parametrize(("text", "days"), [("-1d", 1), ("-2d12h", 2.5), ("-3 d", 3), ("-1days", 1), ("+1d", -1)])
+def test_days_written_d_resolve_without_the_pandas_deprecation(text: str, days: float) -> None:
+    """pandas 3 warns on the unit "d" (pandas 4 drops it); users write "-1d" for
+    sage-data-client, so hivebus reads it as "D"."""
+    now = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = hivebus.data.resolve_time(text, now)
+    assert got == 1_746_100_800 * 10**9 - int(days * 86400 * 10**9)
 
 
 async def test_the_data_query_command(hub: Any, nats_server: Any) -> None:

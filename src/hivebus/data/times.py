@@ -12,9 +12,14 @@ The window is ``start <= timestamp < end``; a missing ``end`` is now.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hivebus.errors import QueryError
+
+# pandas 3 deprecates the unit "d" for days (pandas 4 drops it) while users write "-1d" for
+# sage-data-client; read it as "D", which every pandas accepts, so "-1d" keeps working.
+_LOWER_DAYS = re.compile(r"(?<=\d)\s*d(?![a-z])", re.IGNORECASE)
 
 _HINT = 'write e.g. "-1h", "-30min", "-1h30m", "2025-05-01T10:30:00Z", "2025-05-01" or a pd.Timestamp'
 
@@ -30,12 +35,16 @@ def sage_time(value: Any, now: Any) -> Any:
     import pandas as pd
 
     if isinstance(value, str) and value.startswith(("+", "-")):
-        return now + pd.to_timedelta(value)
+        return now + pd.to_timedelta(_days_upper(value))
     try:
         return pd.to_datetime(value)
     except (TypeError, ValueError):
         pass
-    return now + pd.to_timedelta(value)
+    return now + pd.to_timedelta(_days_upper(value) if isinstance(value, str) else value)
+
+
+def _days_upper(text: str) -> str:
+    return _LOWER_DAYS.sub("D", text)
 
 
 def wire_text(moment: Any) -> str:
