@@ -16,6 +16,8 @@ import asyncio
 import json
 import shutil
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -607,3 +609,22 @@ async def test_wasm_a_module_reads_its_inputs_from_the_node_local_bus(
         await nc.close()
     assert result.state == "completed", (result.message, result.log_tail)
     assert doubled == [43.0]
+
+
+@pytest.mark.docker
+async def test_the_docker_executors_watch_of_the_engines_events_ends_with_its_last_run(
+    docker_engine: DockerEngine,
+) -> None:
+    """The OOM watch reads the engine's events in windows of a few seconds: once no run is
+    left its thread ends (an endless stream kept one thread per executor blocked forever)."""
+    ex = make_executor("docker", base_url=docker_engine.host, kill_grace=1.0)
+    try:
+        result = await run(ex, plugin("print('done')"))
+        assert result.state == "completed", result.log_tail
+        watchers = [t for t in threading.enumerate() if t.name == "docker-events"]
+        deadline = time.monotonic() + 30
+        while any(t.is_alive() for t in watchers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert [t for t in watchers if t.is_alive()] == []
+    finally:
+        getattr(ex, "close", lambda: None)()

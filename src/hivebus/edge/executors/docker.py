@@ -65,6 +65,7 @@ MIB: Final = 2**20
 OOM_EXIT: Final = 137  # SIGKILL: by the kernel's OOM killer or by the executor at an OOM
 MERGE_WRAPPER: Final = ("/bin/sh", "-c", 'exec "$@" 2>&1', "hivebus-plugin")
 _EXEC_FAILED: Final = 127  # the shell's "command not found"
+_EVENTS_WINDOW_S: Final = 5  # how long one read of the engine's events lasts (see _watch_events)
 _MEMORY_MARKERS: Final = (
     "MemoryError",
     "std::bad_alloc",
@@ -599,19 +600,24 @@ class DockerExecutor:
                     self._watcher = None
                     return
             try:
+                # A window of a few seconds, not an endless stream: the engine ends the stream
+                # at ``until``, so the loop sees when no run is left and the thread ends (an
+                # endless one stayed blocked in its read, one thread per executor, forever).
+                until = int(time.time()) + _EVENTS_WINDOW_S
                 events = self._docker().events(
                     since=since,
+                    until=until,
                     decode=True,
                     filters={"type": "container", "event": "oom", "label": f"{LABEL_PREFIX}run_id"},
                 )
                 for event in events:
-                    since = max(since, int(event.get("time") or since))
                     with self._runs_lock:
                         run = self._runs.get(
                             event.get("id") or event.get("Actor", {}).get("ID", "")
                         )
                     if run is not None:
                         self._kill_for_oom(run)
+                since = until  # an event at ``until`` itself is seen twice: killing twice is a no-op
             except Exception as exc:
                 log.debug("executor.events_ended", executor=NAME, error=str(exc))
                 time.sleep(1.0)
