@@ -53,6 +53,7 @@ from hivebus.schemas.envelope import Event, Payload
 from hivebus.schemas.fields import ARCHITECTURES, STRICT, architecture_problem
 from hivebus.schemas.node import (
     Hardware,
+    HubRefusal,
     NodeConfigUpdated,
     NodeHeartbeat,
     NodeManifest,
@@ -475,6 +476,15 @@ STRATEGIES: dict[str, st.SearchStrategy[Payload]] = {
         ),
         dropped=st.dictionaries(text, nonneg_ints, max_size=3),
         uptime_seconds=nonneg,
+        refusal=opt(
+            st.builds(
+                HubRefusal,
+                kind=st.sampled_from(["credential", "events"]),
+                reason=nonempty,
+                since=aware,
+                until=opt(aware),
+            )
+        ),
     ),
     "node.online": st.builds(NodeOnline, node=node_ids),
     "node.offline": st.builds(NodeOffline, node=node_ids, last_seen=opt(aware), reason=text),

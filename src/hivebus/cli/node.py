@@ -30,6 +30,7 @@ app.add_typer(node_app, name="node")
 LIST_COLUMNS = (
     "node_id", "vsn", "status", "status_since", "tags", "arch", "cpus", "load1",
     "mem_avail", "disk_avail", "backlog_messages", "dropped", "last_heartbeat", "devices",
+    "refusal", "refusal_reason", "refused_since", "refused_until",
 )  # fmt: skip
 
 
@@ -175,13 +176,14 @@ def list_nodes(
     if as_json:
         out.print_json(json.dumps(records, default=str))
         return
-    table = Table("node", "status", "tags", "load", "mem", "disk", "queued", "dropped", "seen", "devices")
+    table = Table("node", "status", "tags", "load", "mem", "disk", "queued", "dropped", "seen", "devices",
+                  "refused by the hub")
     for r in records:
         table.add_row(
             r["node_id"], r["status"], ",".join(r["tags"] or []), _num(r["load1"]),
             _size(r["mem_avail"]), _size(r["disk_avail"]), str(r["backlog_messages"] or 0),
             str(sum((r["dropped"] or {}).values())), _clock(r["last_heartbeat"]),
-            _devices(r["devices"]),
+            _devices(r["devices"]), _refused(r),
         )  # fmt: skip
     out.print(table)
     out.print(f"{len(records)} node(s)", highlight=False)
@@ -222,8 +224,24 @@ def outbox(
     refused = refusal.read(data_dir)
     if refused is not None:
         kind = "its credential" if refused.what == "credential" else "its events"
-        err.print(f"[bold red]the hub refuses {kind}[/] since {refused.since}: {refused.error}", highlight=False, soft_wrap=True)
-        err.print(f"what to do: {refused.hint}", highlight=False, soft_wrap=True)
+        if refused.ongoing:
+            err.print(f"[bold red]the hub refuses {kind}[/] since {refused.since}: {refused.error}", highlight=False, soft_wrap=True)
+            err.print(f"what to do: {refused.hint}", highlight=False, soft_wrap=True)
+        else:
+            out.print(f"the hub refused {kind} from {refused.since} until {refused.until} ({refused.error}); "
+                      "the node's next heartbeat reports it to the hub", highlight=False, soft_wrap=True)
+
+
+def _refused(r: dict[str, Any]) -> str:
+    """``events since 12-03 13:04`` while the node reports it, ``credential 12-03 13:04 to 16:05``
+    once ended (UTC; the date again when it ended on another day)."""
+    if not r.get("refused_since"):
+        return ""
+    since, until = str(r["refused_since"]).replace("T", " "), r.get("refused_until")
+    if not until:
+        return f"{r['refusal']} since {since[5:16]}"
+    until = str(until).replace("T", " ")
+    return f"{r['refusal']} {since[5:16]} to {until[11:16] if until[:10] == since[:10] else until[5:16]}"
 
 
 def _devices(devices: list[dict[str, Any]] | None) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any
 import structlog
 
 from hivebus.config import Settings
-from hivebus.edge import housekeeping
+from hivebus.edge import housekeeping, refusal
 from hivebus.edge import state as node_state
 from hivebus.edge.db import NodeDatabase
 from hivebus.edge.executors import (
@@ -507,6 +508,7 @@ class NodeAgent:
 
     async def heartbeat(self) -> Event:
         backlog = await self.outbox.backlog()
+        held = await self._refusal_to_report()
         beat = NodeHeartbeat(
             node=self.node,
             resources=housekeeping.resources(self.config.data_dir, self.manifest),
@@ -517,8 +519,31 @@ class NodeAgent:
             ),
             dropped=self.outbox.dropped(),
             uptime_seconds=time.monotonic() - self.started,
+            refusal=None if held is None else refusal.for_heartbeat(held),
         )
-        return await self.emit(beat)
+        event = Event.new(beat, source=self.source, subject=self.node)
+        (nodeseq,) = await self.outbox.append_many([event])
+        if held is not None and not held.ongoing and nodeseq is not None:
+            refusal.reported_in(self.config.data_dir, held, nodeseq)
+        return event
+
+    async def _refusal_to_report(self) -> refusal.Refusal | None:
+        """The hub's refusal the next heartbeat carries (edge.refusal). An ended one is carried
+        until the heartbeat noted as reporting it has left the outbox acked by the hub; then
+        its record is removed. One parked instead (refused for what it is) is carried again."""
+        data_dir = self.config.data_dir
+        held = refusal.read(data_dir)
+        if held is None or held.reported is None:
+            return held
+        seq = held.reported
+        where = await self.db.call(lambda: _held_in(self.db.conn, seq))
+        if where == "lifecycle":
+            return held  # on its way: carried again meanwhile
+        if where == "parked":
+            refusal.unreported(data_dir, held)
+        else:
+            refusal.done(data_dir, held)
+        return refusal.read(data_dir)  # (a new refusal may have begun meanwhile)
 
     async def publish_metrics(self) -> None:
         await self.intake.accept(housekeeping.system_readings(self.config.data_dir))
@@ -541,3 +566,12 @@ class NodeAgent:
         if not hasattr(self, "_bme680"):
             self._bme680 = VirtualBme680(readings_per_second=self.config.virtual_rate)
         await self.intake.accept(self._bme680.due(time.time_ns(), meta={"task": "virtual-bme680"}))
+
+
+def _held_in(conn: sqlite3.Connection, nodeseq: int) -> str | None:
+    """Where the outbox holds the event ``nodeseq``: ``lifecycle`` (not acked yet), ``parked``
+    (refused by the hub for what it is), or None (acked: the hub stored it)."""
+    for table in ("lifecycle", "parked"):
+        if conn.execute(f"SELECT 1 FROM {table} WHERE nodeseq = ?", (nodeseq,)).fetchone():
+            return table
+    return None

@@ -234,7 +234,7 @@ class Forwarder:
                 self.unauthorized = None
                 self._accepted = True
                 if self.uplink.data_dir is not None:  # a refusal recorded before (this run or an earlier one) is over
-                    refusal.clear(self.uplink.data_dir)
+                    refusal.end(self.uplink.data_dir)  # (kept until a heartbeat reporting it is stored)
             if not sent:
                 self.idle.set()
                 await self.outbox.wait_appended(self.options.idle_poll)

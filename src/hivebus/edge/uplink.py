@@ -84,8 +84,8 @@ class Uplink:
                 continue
             log.info("uplink.connected", url=self.url, attempts=self.attempts)
             self.refused = None
-            if self.data_dir is not None and (held := refusal.read(self.data_dir)) and held.what == "credential":
-                refusal.clear(self.data_dir)  # accepted now (events refused are the forwarder's to clear)
+            if self.data_dir is not None:  # accepted now (events refused are the forwarder's to end)
+                refusal.end(self.data_dir, "credential")
             self._connected.set()
         await stop.wait()
 

@@ -153,6 +153,21 @@ class OutboxBacklog(Part):
     oldest_age_seconds: NonNegFloat | None = None
 
 
+RefusalReason = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+
+
+class HubRefusal(Part):
+    """The hub refusing this node, as the node saw it: ``credential`` (the connection's
+    credential is wrong or withdrawn) or ``events`` (connected, but its events may not be
+    published: no credential, or a permission the hub does not give). ``until`` is None while
+    it lasts; ``reason`` is the hub's refusal as the node met it (no secrets)."""
+
+    kind: Literal["credential", "events"]
+    reason: RefusalReason
+    since: UtcTime
+    until: UtcTime | None = None
+
+
 class Perf(Part):
     """Measured cost of one plugin run."""
 
@@ -187,6 +202,9 @@ class NodeHeartbeat(Payload):
     dropped: dict[str, NonNegInt] = Field(default_factory=dict)
     """Counters of what the node had to drop, by reason (``readings.outbox_full``...)."""
     uptime_seconds: NonNegFloat
+    refusal: HubRefusal | None = None
+    """The hub's current or most recent refusal of this node, carried until a heartbeat
+    reporting its end was stored (docs/security.md); a log written before it has none."""
 
 
 @event("node.online")
@@ -292,6 +310,7 @@ __all__ = [
     "DeviceSpec",
     "Executor",
     "Hardware",
+    "HubRefusal",
     "NodeConfigUpdated",
     "NodeHeartbeat",
     "NodeManifest",

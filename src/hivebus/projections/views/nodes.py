@@ -8,6 +8,13 @@ Resource columns come from the latest heartbeat (the offer placement reads); har
 executors, sensors and class from the manifest, also kept whole in ``attributes``;
 ``devices`` is the manifest's devices as JSON (``[{"name", "type", "path", "exclusive",
 "attributes"}]``, ``[]`` for a node that lists none; docs/scheduling.md).
+
+``refusal`` (``credential`` or ``events``), ``refusal_reason``, ``refused_since`` and
+``refused_until`` are the hub's latest refusal of the node as its heartbeats reported it
+(docs/security.md): ``refused_until`` is NULL while the node still reported it as lasting.
+They stay after the node stops carrying it (once its end was reported), so the view keeps
+the last refusal; a heartbeat of an older refusal, or an older report of this one, changes
+nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ TYPES = frozenset({REGISTERED, HEARTBEAT, ONLINE, OFFLINE, CONFIG_UPDATED})
 
 class NodesView(FoldView):
     name = "nodes"
-    version = 2
+    version = 3  # 3: the hub's latest refusal of the node (refusal, refused_since...)
     stream = EVENTS
     public = ("nodes",)
     scope_columns = ("node_id",)
@@ -65,6 +72,10 @@ class NodesView(FoldView):
             dropped MAP(VARCHAR, BIGINT),
             attributes JSON,
             devices JSON,
+            refusal VARCHAR,
+            refusal_reason VARCHAR,
+            refused_since TIMESTAMP,
+            refused_until TIMESTAMP,
             updated_at TIMESTAMP NOT NULL,
             last_seq BIGINT NOT NULL
         )""",
@@ -106,6 +117,8 @@ class NodesView(FoldView):
             if row["last_heartbeat"] is None or when >= row["last_heartbeat"]:
                 _resources(row, data)
                 row["last_heartbeat"] = when
+            if data.refusal is not None:
+                _refusal(row, data.refusal)
             _seen(row, when, online=True)
         elif kind == ONLINE:
             _seen(row, when, online=True)
@@ -148,6 +161,17 @@ def _resources(row: Row, beat: Any) -> None:
         row["cpus"] = res.cpus
 
 
+def _refusal(row: Row, refusal: Any) -> None:
+    """The latest refusal: a later one replaces it; its end, once reported, is kept."""
+    since, until = utc(refusal.since), utc(refusal.until)
+    held = row["refused_since"]
+    if held is not None and since < held:
+        return  # an older refusal, reported late
+    if held is not None and since == held and until is None and row["refused_until"] is not None:
+        return  # an older report of this refusal, from before it ended
+    row.update(refusal=refusal.kind, refusal_reason=refusal.reason, refused_since=since, refused_until=until)
+
+
 def _blank(node_id: str) -> Row:
     row: Row = {
         "node_id": node_id, "vsn": None, "status": "offline", "status_since": None,
@@ -157,6 +181,7 @@ def _blank(node_id: str) -> Row:
         "mem_avail": None, "disk_total": None, "disk_avail": None, "load1": None,
         "has_gpu": None, "uptime_seconds": None, "backlog_messages": None, "backlog_bytes": None,
         "backlog_oldest_age_seconds": None, "dropped": None, "attributes": None,
-        "devices": None, "updated_at": None, "last_seq": 0,
+        "devices": None, "refusal": None, "refusal_reason": None, "refused_since": None,
+        "refused_until": None, "updated_at": None, "last_seq": 0,
     }  # fmt: skip
     return row
