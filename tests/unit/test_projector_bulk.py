@@ -352,3 +352,54 @@ def test_the_bulk_path_is_taken_for_packed_readings(tmp_path: Path) -> None:
         assert count == (50, float(sum(range(50))))
     finally:
         store.close()
+
+
+def project_decoded_ahead(path: Path, batches: list[list[Slice]]) -> list[Any]:
+    """``project``, each batch decoded (``Store.decode``) before the previous one commits, after
+    the checkpoints that batch will leave: as the pump decodes ahead while the writer commits."""
+    store = Store(path, all_views())
+    seen = []
+    try:
+        decoding = store.decode(batches[0], store.positions)
+        for i, slices in enumerate(batches):
+            prepared = store.prepare(slices, decoding)
+            seen.append(([(r.stream, r.seq, r.index, r.reason, r.field, r.data) for r in prepared.rejected],
+                         prepared.duplicates, prepared.applied, prepared.messages, prepared.positions))
+            if i + 1 < len(batches):
+                decoding = store.decode(batches[i + 1], prepared.positions)
+            store.commit(prepared)
+    finally:
+        store.close()
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_batches_decoded_ahead_leave_every_table_as_in_turn(tmp_path: Path, seed: int) -> None:
+    batches = history(seed)
+    reference = project(tmp_path / "each.duckdb", batches, use_bulk=False)
+    ahead = project_decoded_ahead(tmp_path / "ahead.duckdb", batches)
+    assert ahead == reference
+    assert tables(tmp_path / "each.duckdb") == tables(tmp_path / "ahead.duckdb")
+
+
+def test_a_batch_decoded_after_another_checkpoint_is_decoded_again(tmp_path: Path) -> None:
+    """Decoded ahead after checkpoint 0 but prepared once the store stands at 2: the messages it
+    holds up to 2 are already in the views and are not applied again."""
+    messages = [RawMessage(s, "data.W001.BATCH", wire.pack([body(reading(10 * s + k)) for k in range(10)]), s)
+                for s in range(1, 6)]
+    store = Store(tmp_path / "v.duckdb", all_views())
+    try:
+        first = [Slice("DATA", messages[:2])]
+        store.commit(store.prepare(first))
+        later = [Slice("DATA", messages[1:4])]  # message 2 again (a reader restarted), then 3 and 4
+        stale = store.decode(later, {"DATA": 0})
+        assert len(stale.parts[0].items) == 3
+        prepared = store.prepare(later, stale)
+        assert (prepared.applied, prepared.duplicates, prepared.positions["DATA"]) == (20, 0, 4)
+        store.commit(prepared)
+        rows = store.reader().execute("SELECT count(*), count(DISTINCT timestamp), min(seq) FROM readings").fetchone()
+        assert rows == (40, 40, 1)
+        other = [Slice("DATA", messages[4:])]
+        assert store.prepare(other, store.decode(later, store.positions)).applied == 10  # another batch's: not used
+    finally:
+        store.close()

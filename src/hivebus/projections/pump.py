@@ -35,13 +35,15 @@ from hivebus.bus.consumer import dead_letter
 from hivebus.errors import HivebusError, ProjectionError
 from hivebus.projections.decode import Message, Rejected
 from hivebus.projections.merge import Merger
-from hivebus.projections.store import Prepared, Slice, Store
+from hivebus.projections.store import Decoding, Prepared, Slice, Store
 from hivebus.projections.views.base import STREAMS
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 CONSUMER = "projector"
+Ahead = tuple[list[Slice], "asyncio.Future[Decoding]"]
+"""The next batch, taken while the current one commits, and its decoding (``Store.decode``)."""
 
 
 def _weight(m: Message) -> int:
@@ -67,6 +69,8 @@ class PumpConfig:
     """Events (as ``batch_size`` counts them) a stream may have buffered before its reader pauses."""
     stall_after: float = 5.0
     """Seconds without a message while the stream has more: the reader is restarted."""
+    decode_ahead: bool = True
+    """Decode the next batch (if one is ready) while the current one commits (False: in turn)."""
 
 
 class Pump:
@@ -106,6 +110,9 @@ class Pump:
         self.idle = asyncio.Event()  # set while no batch is being applied
         self.idle.set()
         self.committed = 0
+        self._decoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hivebus-decode")
+        """Decodes the next batch while the writer commits the current one (see ``_apply``)."""
+        self._ahead: Ahead | None = None
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -119,13 +126,17 @@ class Pump:
         watchdog = asyncio.create_task(self._watch(stop))
         try:
             while not stop.is_set() and not self.reached():
-                slices = await self._gather(stop)
+                if self._ahead is not None:
+                    slices, decoding = self._ahead
+                else:
+                    slices, decoding = await self._gather(stop), None
                 if not slices:
                     continue
                 await self.paused.wait()
                 self.idle.clear()
+                self._ahead = None
                 try:
-                    await self._apply(slices)
+                    self._ahead = await self._apply(slices, decoding, stop)
                 finally:
                     self.idle.set()
         finally:
@@ -133,6 +144,9 @@ class Pump:
             for task in self._readers.values():
                 task.cancel()
             await asyncio.gather(watchdog, *self._readers.values(), return_exceptions=True)
+            if self._ahead is not None:  # decoded, never applied: read again next time
+                await asyncio.gather(self._ahead[1], return_exceptions=True)
+            self._decoder.shutdown(wait=False)
 
     def reached(self) -> bool:
         """With targets: every stream is applied up to its target."""
@@ -141,7 +155,7 @@ class Pump:
         if all(self.store.positions.get(s, 0) >= self.targets.get(s, 0) for s in self.streams):
             return True
         # A stream whose last messages were deleted (retention) ends below its target.
-        return self._inbox.empty() and all(
+        return self._ahead is None and self._inbox.empty() and all(
             self.store.positions.get(s, 0) >= self.targets.get(s, 0) or (self._done[s] and not self.merger.pending(s))
             for s in self.streams
         )
@@ -281,25 +295,61 @@ class Pump:
     async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
 
-    async def _apply(self, slices: list[Slice]) -> None:
+    def _take_ready(self) -> list[Slice]:
+        """The next batch, if one may be taken now without waiting (a full one, or every
+        stream quiet or with messages buffered): what ``_gather`` would return at once."""
+        self._drain_inbox()
+        self._update_quiet()
+        pending = self.merger.pending()
+        if not pending or not (pending >= self.config.batch_size or self._all_quiet_or_full()):
+            return []
+        taken = self.merger.take(self.config.batch_size)
+        self._update_room()
+        return [Slice(s, msgs) for s, msgs in taken]
+
+    async def _decoded(self, decoding: asyncio.Future[Decoding] | None) -> Decoding | None:
+        """The batch decoded ahead, or None if that failed (``prepare`` decodes it again and
+        meets the failure where it is handled)."""
+        if decoding is None:
+            return None
         try:
-            prepared = await self._in_writer(self.store.prepare, slices)
+            return await decoding
+        except Exception:
+            return None
+
+    async def _apply(self, slices: list[Slice], decoding: asyncio.Future[Decoding] | None = None,
+                     stop: asyncio.Event | None = None) -> Ahead | None:
+        """Prepare and commit ``slices``. With ``stop`` (the main loop), the next batch, if one
+        is ready, is taken while this one commits and decoded on the decoder's thread
+        meanwhile (DuckDB's insert and Arrow's kernels leave the GIL): it is returned, for
+        the next call. ``_split`` applies without looking ahead."""
+        decoded = await self._decoded(decoding)
+        try:
+            prepared = await self._in_writer(self.store.prepare, slices, decoded)
         except Exception as exc:  # a view or the store failed outside the per-message guards
             await self._in_writer(self.store.seen.rollback)
             await self._split(slices, ProjectionError(f"cannot prepare the batch: {type(exc).__name__}: {exc}"))
-            return
+            return None
         await self._dead_letter(prepared.rejected)
+        ahead: Ahead | None = None
+        commit = asyncio.ensure_future(self._in_writer(self.store.commit, prepared))
+        if stop is not None and not stop.is_set() and self.config.decode_ahead:
+            nxt = self._take_ready()
+            if nxt:
+                loop = asyncio.get_running_loop()
+                ahead = (nxt, loop.run_in_executor(self._decoder, self.store.decode, nxt, prepared.positions))
         try:
-            await self._in_writer(self.store.commit, prepared)
+            await commit
         except ProjectionError as exc:
             await self._split(slices, exc)
-            return
+            return ahead
         self.committed += prepared.messages
         if prepared.rejected or prepared.duplicates:
             log.info("projector.batch", messages=prepared.messages, rows=prepared.rows,
                      rejected=len(prepared.rejected), duplicates=prepared.duplicates, positions=prepared.positions)
         if self.on_commit is not None:
             self.on_commit(prepared)
+        return ahead
 
     async def _split(self, slices: list[Slice], error: ProjectionError) -> None:
         flat = [(s.stream, m) for s in slices for m in s.messages]

@@ -36,7 +36,7 @@ import structlog
 from hivebus.errors import ProjectionError
 from hivebus.projections.bulk import ReadingRows
 from hivebus.projections.cache import StateCache
-from hivebus.projections.decode import Message, Rejected, decode_slice, deduplicate
+from hivebus.projections.decode import Decoded, Message, Rejected, decode_slice, deduplicate
 from hivebus.projections.dedup import NodeSeqs, SeenSeqs
 from hivebus.projections.duck import connect, to_arrow_reader, to_arrow_table
 from hivebus.projections.views.base import (
@@ -73,6 +73,17 @@ class Slice:
 
     stream: str
     messages: Sequence[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class Decoding:
+    """A batch's slices decoded ahead of ``prepare`` (``Store.decode``), and the checkpoints
+    they were decoded after: ``prepare`` uses a slice's part only for that very slice and only
+    if its stream still stands there (else it decodes that slice again)."""
+
+    slices: list[Slice]
+    after: dict[str, int]
+    parts: list[Decoded]
 
 
 @dataclass(slots=True)
@@ -202,12 +213,29 @@ class Store:
 
     # --- a batch --------------------------------------------------------------------------
 
-    def prepare(self, slices: Iterable[Slice]) -> Prepared:
-        """Decode, de-duplicate and apply ``slices`` without writing (see the module doc)."""
+    def decode(self, slices: Sequence[Slice], after: dict[str, int]) -> Decoding:
+        """The decoding step of ``prepare`` alone, for the messages above ``after`` (each
+        stream's checkpoint once the batches before this one are committed). It touches no
+        state of the store, so it may run on another thread while the writer commits the
+        previous batch (``Pump``: decoding overlaps the commit)."""
+        after = {p.stream: after.get(p.stream, 0) for p in slices}
+        parts = [decode_slice(p.stream, p.messages, after[p.stream], bulk=self.bulk) for p in slices]
+        return Decoding(list(slices), after, parts)
+
+    def prepare(self, slices: Iterable[Slice], decoded: Decoding | None = None) -> Prepared:
+        """Decode, de-duplicate and apply ``slices`` without writing (see the module doc).
+        ``decoded``: the slices already decoded (``decode``); a part decoded after another
+        checkpoint than its stream's now is decoded again."""
         slices = list(slices)
         self.seen.begin()
         prepared = Prepared(positions=dict(self.positions))
-        parts = [decode_slice(p.stream, p.messages, prepared.positions[p.stream], bulk=self.bulk) for p in slices]
+        parts = [
+            decoded.parts[i]
+            if decoded is not None and i < len(decoded.slices) and decoded.slices[i] is p
+            and decoded.after[p.stream] == prepared.positions[p.stream]
+            else decode_slice(p.stream, p.messages, prepared.positions[p.stream], bulk=self.bulk)
+            for i, p in enumerate(slices)
+        ]
         for part in parts:
             prepared.positions[part.stream] = max(prepared.positions[part.stream], part.last_seq)
             prepared.messages += part.messages
