@@ -99,6 +99,7 @@ class Platform:
             ServerConfig(
                 store_dir=self.options.data_dir / "nats", port=self.options.nats_port, fsync=self.settings.fsync,
                 include=include, tls=tls.server_block() if tls is not None else None,
+                node_port=tls.node_port if tls is not None else None, node_tls=tls.node_block() if tls is not None else None,
             )
         ).start()
         return self.server.url

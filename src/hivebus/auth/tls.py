@@ -11,14 +11,16 @@ store is not consulted, so a certificate some other CA issued for the hub's name
 The CA reaches clients inside their credential file (``hivebus node add`` embeds it; see
 ``auth.credentials``) or as ``HIVEBUS_TLS_CA=<file>`` for connections without credentials.
 
-Why the hub does not ask nodes for certificates (nats-server's ``verify_and_map``): measured
-on nats-server 2.15, with ``verify_and_map`` every connection must present a certificate and
-its identity comes from the certificate alone -- a password user is refused ("user found in
-connect proto, but user required from cert") and connections without credentials (the public
-identity: queries, user commands) are refused at the handshake. The hub's auth callout
-(``auth.callout``) would see a client's certificate, but nats-server asks for one only with
-``verify: true``, which again requires one of every client: per-node x509 is left for later
-(docs/security.md).
+Per-node certificates: on the client port nats-server asks for client certificates only with
+``verify: true`` (or ``verify_and_map``), which requires one of every client -- users' laptops
+and the public identity too (measured on nats-server 2.15). So a hub with its own CA opens a
+second listener for nodes only, nats-server's websocket listener with ``tls { verify: true }``
+against the hub's CA (``node_block``, on ``node_port``, kept in ``<data-dir>/tls/node-port``).
+``issue_node_cert`` gives a node a client certificate (CN ``node-<ID>``) signed by the CA and
+keeps the certificate (not its key) in ``<data-dir>/tls/nodes/<ID>.pem``; the auth callout
+(``auth.callout.check_node_certificate``) lets a connection on the node listener in only as the
+node that certificate was issued to, and a node holding one only on the node listener. The
+node's credential carries the certificate, its key and the listener's URL (``auth.credentials``).
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hivebus.bus.ports import free_ports
 from hivebus.errors import SetupError
 
 TLS_DIR: Final = "tls"
@@ -49,6 +53,8 @@ _SERVER_CERT: Final = "server.pem"
 _SERVER_KEY: Final = "server.key"
 _CA_YEARS: Final = 10
 _SERVER_DAYS: Final = 825  # what browsers and most TLS stacks accept for a leaf
+_NODE_CERTS: Final = "nodes"  # <ID>.pem: the client certificate each node was issued last
+_NODE_PORT: Final = "node-port"  # the node listener's port, chosen once
 
 
 def default_hosts() -> list[str]:
@@ -62,6 +68,7 @@ class HubTLS:
     cert_file: Path
     key_file: Path
     ca_file: Path
+    node_port: int | None = None  # the node listener (client certificates): only with the hub's own CA
 
     @classmethod
     def ensure(cls, data_dir: Path, hosts: Sequence[str] = ()) -> HubTLS:
@@ -76,7 +83,7 @@ class HubTLS:
         cert_file, key_file = directory / _SERVER_CERT, directory / _SERVER_KEY
         if not cert_file.exists() or not key_file.exists() or not _covers(cert_file, ca_file, names):
             _write_pair(cert_file, key_file, *_new_server_cert(ca_file, ca_key, names))
-        return cls(cert_file, key_file, ca_file)
+        return cls(cert_file, key_file, ca_file, node_port=_node_port(directory))
 
     @classmethod
     def provided(cls, data_dir: Path, cert: Path, key: Path, ca: Path) -> HubTLS:
@@ -130,6 +137,18 @@ class HubTLS:
                 "  timeout: 5")
 
 
+    def node_block(self) -> str | None:
+        """The body of the node listener's ``tls { }`` (nats-server's ``websocket``): a client
+        certificate from the hub's CA required of every connection; None without one."""
+        if self.node_port is None:
+            return None
+        q = json.dumps
+        return (f"    cert_file: {q(str(self.cert_file.resolve()))}\n"
+                f"    key_file: {q(str(self.key_file.resolve()))}\n"
+                f"    ca_file: {q(str(self.ca_file.resolve()))}\n"
+                "    verify: true\n"
+                "    timeout: 5")
+
     def leafnode_block(self) -> str:
         """The body of the hub's ``leafnodes { tls { } }``: site leaves link over TLS only (they
         trust the CA from their site credential, ``auth.sites``)."""
@@ -152,6 +171,54 @@ def issue_leaf_cert(data_dir: Path, hosts: Sequence[str]) -> tuple[str, str]:
         )
     cert, key = _new_server_cert(ca_file, ca_key, list(dict.fromkeys(hosts)))
     return cert.decode(), key.decode()
+
+
+@dataclass(frozen=True)
+class NodeCert:
+    """A node's client certificate and key (PEM), and the node listener it is for."""
+
+    cert: str
+    key: str
+    port: int
+
+    def url(self, hub_url: str) -> str:
+        """The node listener at the host of ``hub_url`` (the client port's URL)."""
+        host = urlsplit(hub_url if "://" in hub_url else f"nats://{hub_url}").hostname or "127.0.0.1"
+        return f"wss://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+
+def issue_node_cert(data_dir: Path, node: str) -> NodeCert | None:
+    """A client certificate for ``node`` (CN ``node-<ID>``) signed by the hub's own CA, recorded
+    as the only one that node may use (a previous one stops working); None, and any previous
+    record dropped, when the hub of ``data_dir`` has no TLS or its CA is not its own."""
+    directory = Path(data_dir) / TLS_DIR
+    ca_file, ca_key = directory / CA_FILE, directory / _CA_KEY
+    record = directory / _NODE_CERTS / f"{node}.pem"
+    port = _recorded_port(directory)
+    if not _own_ca_active(directory) or not ca_key.exists() or port is None:
+        record.unlink(missing_ok=True)
+        return None
+    cert, key = _new_client_cert(ca_file, ca_key, node_cert_name(node))
+    record.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_bytes(cert)
+    os.replace(tmp, record)
+    return NodeCert(cert.decode(), key.decode(), port)
+
+
+def node_cert_name(node: str) -> str:
+    return f"node-{node}"
+
+
+def issued_node_cert(data_dir: Path, node: str) -> bytes | None:
+    """The DER of the certificate ``node`` was issued last, while the hub runs with TLS."""
+    if hub_ca(data_dir) is None:
+        return None
+    try:
+        pem = (Path(data_dir) / TLS_DIR / _NODE_CERTS / f"{node}.pem").read_bytes()
+        return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    except (OSError, ValueError):
+        return None
 
 
 def server_tls_block(cert_file: Path, key_file: Path) -> str:
@@ -218,6 +285,54 @@ def _new_server_cert(ca_file: Path, ca_key_file: Path, hosts: Sequence[str]) -> 
         .sign(ca_key, hashes.SHA256())
     )
     return _pem(cert), _key_pem(key)
+
+
+def _new_client_cert(ca_file: Path, ca_key_file: Path, name: str) -> tuple[bytes, bytes]:
+    ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise SetupError(f"{ca_key_file} is not the EC key hivebus made", hint=f"remove {ca_file.parent} to start a new CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hivebus"),
+                                 x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=_SERVER_DAYS))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"urn:hivebus:{name}")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _pem(cert), _key_pem(key)
+
+
+def _node_port(directory: Path) -> int:
+    """The node listener's port: chosen once (a free one), then kept in ``node-port`` (edit it
+    to choose another; the node credentials issued before name the old one)."""
+    port = _recorded_port(directory)
+    if port is None:
+        port = free_ports(1, "127.0.0.1")[0]
+        (directory / _NODE_PORT).write_text(f"{port}\n")
+    return port
+
+
+def _own_ca_active(directory: Path) -> bool:
+    """Whether the hub runs with TLS from its own CA (not the operator's certificate)."""
+    try:
+        return (directory / ACTIVE).read_text().strip() == str((directory / _SERVER_CERT).resolve())
+    except OSError:
+        return False
+
+
+def _recorded_port(directory: Path) -> int | None:
+    try:
+        port = int((directory / _NODE_PORT).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
 
 
 def _covers(cert_file: Path, ca_file: Path, hosts: Sequence[str]) -> bool:

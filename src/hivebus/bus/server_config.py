@@ -77,6 +77,10 @@ class ServerConfig:
     tls: str | None = None  # the body of a ``tls { ... }`` block: TLS required on the client port
     leafnode_tls: str | None = None  # the body of ``leafnodes { tls { } }``: leaves link over TLS only
     leafnode_remote_ca: Path | None = None  # a leaf's remote verifies the hub against this CA (TLS)
+    # the node listener (auth.tls): nats-server's websocket port, its ``tls { }`` body requiring
+    # a client certificate of every connection; both or neither
+    node_port: int | None = None
+    node_tls: str | None = None
     include: Path | None = None
     debug: bool = False
 
@@ -88,6 +92,10 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
                 raise SetupError(f"{name}: {value} is not a port number", hint="0 picks a free one")
+        if (self.node_port is None) != (self.node_tls is None):
+            raise SetupError("node_port and node_tls go together (the node listener requires TLS)")
+        if self.node_port is not None and not 0 < self.node_port <= 65535:
+            raise SetupError(f"node_port: {self.node_port} is not a port number")
         for name in ("max_file_store", "max_memory_store"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -184,6 +192,10 @@ def render_config(config: ServerConfig, ports: Ports) -> str:
         lines.append("}")
     if config.tls is not None:
         lines += ["tls {", config.tls, "}"]
+    if config.node_port is not None and config.node_tls is not None:
+        # nodes only: a client certificate from the hub's CA, checked again by the auth callout
+        lines += ["websocket {", f"  listen: {q(hostport(config.host, config.node_port))}",
+                  "  tls {", config.node_tls, "  }", "}"]
     if config.authorization is not None:
         lines += ["authorization {", config.authorization, "}"]
     if config.include is not None:

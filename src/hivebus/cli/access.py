@@ -9,6 +9,7 @@ uses ``<data-dir>/auth/admin.creds`` by itself).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, get_args
 
@@ -16,6 +17,7 @@ import typer
 from nats.errors import Error as NatsError
 
 from hivebus.auth.hub import HubAuth
+from hivebus.auth.tls import issue_node_cert
 from hivebus.auth.tokens import digest, new_token, save_token
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import ensure_consumer, toedge_consumer
@@ -57,8 +59,13 @@ def node_add(
     if not (auth.dir / "identities.json").exists():
         raise SetupError(f"{auth.dir} has no hub identities", hint="run this on the hub machine, in the data dir of `hivebus up` (--data-dir)")
     credential = auth.add_node(node_id, rotate=rotate)
+    config = settings(hub, data_dir=data_dir)
+    # a hub with TLS from its own CA: a client certificate for the node listener (auth.tls)
+    node_cert = issue_node_cert(data_dir, node_id)
+    if node_cert is not None:
+        credential = replace(credential, cert=node_cert.cert, key=node_cert.key, node_url=node_cert.url(config.nats_url))
     reloaded = auth.reload(data_dir / "nats")
-    consumer = run(_create_toedge_consumer(settings(hub, data_dir=data_dir), node_id))
+    consumer = run(_create_toedge_consumer(config, node_id))
     if out_file is not None:
         credential.save(out_file)
         out.print(f"node {node_id}: credential written to {out_file} (keep it secret; it is not stored anywhere else)")
@@ -70,6 +77,9 @@ def node_add(
         + ("; to-edge consumer ready" if consumer else ""),
         highlight=False,
     )
+    if node_cert is not None:
+        out.print(f"client certificate node-{node_id} from the hub's CA in the credential: the node connects to the node "
+                  f"listener {credential.node_url} (port {node_cert.port} at the host --hub names)", highlight=False)
     out.print(f"on the node: hivebus node run --node-id {node_id} --hub URL --credentials FILE", highlight=False)
 
 

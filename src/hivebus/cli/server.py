@@ -27,7 +27,9 @@ TlsCa = Annotated[Path | None, typer.Option(help="The CA that issued --tls-cert 
 
 def tls_note(tls: HubTLS) -> str:
     return (f"tls: required on the client port; CA {tls.ca_file} (in every credential `hivebus node add` writes; "
-            "clients without one: HIVEBUS_TLS_CA=<a copy of it>)")
+            "clients without one: HIVEBUS_TLS_CA=<a copy of it>)"
+            + (f"; node listener on port {tls.node_port} (client certificates from `hivebus node add`)"
+               if tls.node_port is not None else ""))
 
 
 @app.command()
@@ -47,7 +49,9 @@ def server(
     hub_auth = HubAuth.of_data_dir(data_dir).ensure() if auth else None
     include = hub_auth.conf_path if hub_auth is not None else None
     srv = NatsServer(ServerConfig(store_dir=data_dir / "nats", port=nats_port, fsync=cfg.fsync, include=include,
-                                  tls=hub_tls.server_block() if hub_tls is not None else None)).start()
+                                  tls=hub_tls.server_block() if hub_tls is not None else None,
+                                  node_port=hub_tls.node_port if hub_tls is not None else None,
+                                  node_tls=hub_tls.node_block() if hub_tls is not None else None)).start()
     try:
         service = replace(cfg, nats_credentials=hub_auth.creds_path(SERVICE)) if hub_auth is not None else cfg
         run(_create_streams(srv.url, service))

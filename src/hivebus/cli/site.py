@@ -120,6 +120,8 @@ def hub(
             include=hub_auth.conf_path if hub_auth is not None else None,
             tls=hub_tls.server_block() if hub_tls is not None else None,
             leafnode_tls=hub_tls.leafnode_block() if hub_tls is not None else None,
+            node_port=hub_tls.node_port if hub_tls is not None else None,
+            node_tls=hub_tls.node_block() if hub_tls is not None else None,
         )
     ).start()
     try:

@@ -15,10 +15,11 @@ from typing import Final
 
 import structlog
 
+from hivebus.auth.credentials import Credential
 from hivebus.bus.client import Bus
 from hivebus.config import Settings
 from hivebus.edge import refusal
-from hivebus.errors import ConnectError, CredentialRefused
+from hivebus.errors import ConnectError, CredentialRefused, SetupError
 
 log = structlog.get_logger()
 
@@ -48,6 +49,7 @@ class Uplink:
         self.node = node
         self.data_dir = data_dir  # where a refusal is recorded for the operator (edge.refusal)
         self.refused: str | None = None  # why the hub refuses the credential, while it does
+        self.connected_url: str | None = None  # the node listener with a certificate (urls)
 
     @property
     def online(self) -> bool:
@@ -59,12 +61,7 @@ class Uplink:
         while not stop.is_set() and self.bus is None:
             self.attempts += 1
             try:
-                self.bus = await Bus.connect(
-                    self.url,
-                    name=self.name,
-                    settings=self.settings,
-                    connect_timeout=self.connect_timeout,
-                )
+                self.bus = await self._connect()
             except CredentialRefused as exc:
                 self._refused(exc)
                 with contextlib.suppress(TimeoutError):
@@ -82,12 +79,40 @@ class Uplink:
                         await stop.wait()
                 delay = min(delay * 2, self.retry_max)
                 continue
-            log.info("uplink.connected", url=self.url, attempts=self.attempts)
+            log.info("uplink.connected", url=self.connected_url, attempts=self.attempts)
             self.refused = None
             if self.data_dir is not None:  # accepted now (events refused are the forwarder's to end)
                 refusal.end(self.data_dir, "credential")
             self._connected.set()
         await stop.wait()
+
+    async def _connect(self) -> Bus:
+        """The first of ``urls()`` that answers; a refusal ends the round (it is the hub's word)."""
+        urls = self.urls()
+        for i, url in enumerate(urls):
+            try:
+                bus = await Bus.connect(url, name=self.name, settings=self.settings, connect_timeout=self.connect_timeout)
+            except CredentialRefused:
+                raise
+            except ConnectError as exc:
+                if i == len(urls) - 1:
+                    raise
+                log.debug("uplink.trying_next", url=url, error=str(exc))
+                continue
+            self.connected_url = url
+            return bus
+        raise AssertionError("urls() is never empty")
+
+    def urls(self) -> list[str]:
+        """Where to connect, in order: with a client certificate in the credential, the hub's node
+        listener first (``Credential.node_urls``); read again on every attempt."""
+        path = self.settings.credentials_file() if self.settings is not None else None
+        if path is None or not path.exists():
+            return [self.url]
+        try:
+            return Credential.load(path).node_urls(self.url)
+        except SetupError:
+            return [self.url]  # Bus.connect says what is wrong with it
 
     def _refused(self, exc: CredentialRefused) -> None:
         """Said once, loudly, with what to do; recorded for ``hivebus node outbox``. The next
