@@ -8,6 +8,7 @@ was issued to. The client port keeps asking nobody for a certificate (users, the
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -187,3 +188,73 @@ async def test_a_removed_nodes_certificate_stops_working_at_once(hub: CertHub) -
         await bus.close()
     with pytest.raises(CredentialRefused):
         await Bus.connect(hub.node_url, settings=hub.away(creds), connect_timeout=3)
+
+
+async def test_a_node_on_the_node_listener_reconnects_after_a_hub_restart(hub: CertHub) -> None:
+    creds = hub.node_add("W012")
+    async with await Bus.connect(hub.node_url, settings=hub.away(creds), connect_timeout=5) as bus:
+        await bus.publish(reading("W012"))
+        hub.server.stop()
+        async with asyncio.timeout(10):
+            while bus.nc.is_connected:
+                await asyncio.sleep(0.05)
+        await asyncio.to_thread(hub.server.start)
+        async with asyncio.timeout(30):
+            while not bus.nc.is_connected:
+                await asyncio.sleep(0.1)
+        assert bus.nc.connected_url is not None and bus.nc.connected_url.scheme == "wss"
+        assert await stored(hub, await bus.publish(reading("W012")))
+
+
+async def test_hivebus_server_tls_and_a_node_run_with_its_certificate(tmp_path: Path) -> None:
+    """The commands as an operator runs them: `hivebus server --tls`, `hivebus node add`, and
+    `hivebus node run --hub tls://...` on another machine (data dir), which finds the node
+    listener from its credential and delivers its readings there."""
+    from hivebus.bus.ports import free_port
+
+    data = tmp_path / "hub"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEBUS_")}
+    env.update({"COLUMNS": "200", "HIVEBUS_LOG_LEVEL": "info"})
+    port = free_port()
+    url = f"tls://127.0.0.1:{port}"
+    server_log, node_log = (tmp_path / "server.log").open("wb"), (tmp_path / "node.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "hivebus", "server", "--tls", "--nats-port", str(port),
+                               "--data-dir", str(data)], env=env, stdout=server_log, stderr=subprocess.STDOUT)
+    node: subprocess.Popen[bytes] | None = None
+    try:
+        async with asyncio.timeout(60):
+            while "stop: Ctrl-C" not in (tmp_path / "server.log").read_text():
+                assert server.poll() is None, (tmp_path / "server.log").read_text()
+                await asyncio.sleep(0.2)
+        assert "node listener on port" in (tmp_path / "server.log").read_text()
+        creds = tmp_path / "W012.creds"
+        added = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "hivebus", "node", "add", "W012", "--out",
+                                                         str(creds), "--data-dir", str(data), "--hub", url],
+                                        capture_output=True, text=True, env=env, timeout=60)
+        assert added.returncode == 0, added.stdout + added.stderr
+        node = subprocess.Popen([sys.executable, "-m", "hivebus", "node", "run", "--node-id", "W012", "--virtual",
+                                 "--virtual-interval", "0.5", "--heartbeat", "1", "--hub", url, "--credentials", str(creds),
+                                 "--data-dir", str(tmp_path / "node")],
+                                env={**env, "HIVEBUS_DATA_DIR": str(tmp_path / "elsewhere")}, stdout=node_log,
+                                stderr=subprocess.STDOUT)
+        service = Settings(nats_credentials=data / "auth" / f"{SERVICE}.creds", data_dir=data)
+        async with await Bus.connect(url, settings=service) as bus:
+            async with asyncio.timeout(60):
+                while (await bus.js.stream_info(DATA)).state.messages == 0:
+                    assert node.poll() is None, (tmp_path / "node.log").read_text()
+                    await asyncio.sleep(0.3)
+        text = (tmp_path / "node.log").read_text()
+        connected = [json.loads(line) for line in text.splitlines() if '"uplink.connected"' in line]
+        assert [c["url"] for c in connected] == [Credential.load(creds).node_url], text
+    finally:
+        for proc in (node, server):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        server_log.close()
+        node_log.close()
+    for log in ("server.log", "node.log"):
+        assert "Traceback" not in (tmp_path / log).read_text(), (tmp_path / log).read_text()[-3000:]
