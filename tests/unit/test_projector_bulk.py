@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 from hivebus.bus import batch as wire
 from hivebus.bus.consumer import RawMessage
+from hivebus.edge.db import NodeDatabase
+from hivebus.edge.outbox import Outbox
 from hivebus.errors import DecodeError
 from hivebus.projections import bulk
 from hivebus.projections.dedup import SeenSeqs
@@ -47,6 +49,12 @@ def reading(i: int, value: Any = 1.5, *, node: str = "W001", nodeseq: int | None
 
 def body(event: Event) -> bytes:
     return codec.encode(event)
+
+
+def outbox_body(event: Event) -> bytes:
+    """``event`` as a node's outbox stores and sends it (``Outbox._row``): its nodeseq spliced in
+    as the first attribute, not in the model's place (the form every reading from a node has)."""
+    return b'{"nodeseq":%d,' % event.nodeseq + codec.encode(event.model_copy(update={"nodeseq": None}))[1:]
 
 
 def edited(raw: bytes, edit: Any) -> bytes:
@@ -147,7 +155,7 @@ EDITS = [
 def bodies(draw: st.DrawFn) -> bytes:
     event = reading(draw(st.integers(0, 10**6)), draw(values), meta=draw(metas), name=draw(st.just("env.temperature")),
                     nodeseq=draw(st.integers(1, 10**18)))
-    raw = body(event)
+    raw = draw(st.sampled_from([body, outbox_body]))(event)
     kind = draw(st.integers(0, 4))
     if kind == 1:
         raw = edited(raw, draw(st.sampled_from(EDITS)))
@@ -189,7 +197,7 @@ def test_readings_as_codec_writes_them_are_taken_in_bulk(picks: list[tuple[Any, 
     """The fast path is not a formality: every reading a node's outbox writes (strings without
     escapes, numbers of at most 18 digits) is proven in bulk, with the per-reading columns."""
     events = [reading(i, v, meta=m) for i, (v, m) in enumerate(picks)]
-    data = [body(e) for e in events]
+    data = [(body if i % 2 else outbox_body)(e) for i, e in enumerate(events)]
     got = bulk_rows(data)
     for raw, (value, meta), row in zip(data, picks, got, strict=True):
         simple = all('"' not in s and "\\" not in s and all(ord(c) >= 0x20 for c in s)
@@ -198,6 +206,28 @@ def test_readings_as_codec_writes_them_are_taken_in_bulk(picks: list[tuple[Any, 
             assert row is not None, raw
         if row is not None:
             assert row == reference_row(raw)
+
+
+async def test_readings_from_a_node_outbox_are_taken_in_bulk(tmp_path: Path) -> None:
+    """The bodies a real outbox stores (nodeseq first) go the bulk way, with the per-reading
+    columns: before, every reading from a node missed it (the pattern wanted the nodeseq in
+    the model's place) and the sustained load's projector decoded them all with pydantic."""
+    db = await NodeDatabase.open(tmp_path / "node.db")
+    try:
+        outbox = await Outbox.open(db, "W001")
+        events = [Event.new(Reading(name="env.temperature", value=v, timestamp=T0 + i, meta={"sensor": "bme680"}),
+                            source="node/W001", subject="W001") for i, v in enumerate([21.5, 3, "on", -0.0])]
+        seqs = await outbox.append_many(events)
+        entries = await outbox.next_batch(100)
+        await outbox.close()
+    finally:
+        await db.close()
+    data = [e.body for e in entries]
+    assert data == [outbox_body(e.model_copy(update={"nodeseq": n})) for e, n in zip(events, seqs, strict=True)]
+    got = bulk_rows(data)
+    assert all(row is not None for row in got), data
+    assert got == [reference_row(raw) for raw in data]
+    assert [row["nodeseq"] for row in got if row] == seqs
 
 
 def test_a_body_that_is_not_utf8_goes_the_per_body_way() -> None:
@@ -297,7 +327,7 @@ def history(seed: int) -> list[list[Slice]]:
                     continue
                 nodeseq[node] += rng.choice([1, 1, 1, 2, 5])  # gaps: lifecycle events, drops
                 value = rng.choice([20.5, -0.0, 3, 2**60, 2**70, "text", 'q"uote', "é", 1e300, 12345678901234567])
-                raw = body(reading(nodeseq[node], value, node=node, nodeseq=nodeseq[node],
+                raw = rng.choice([body, outbox_body])(reading(nodeseq[node], value, node=node, nodeseq=nodeseq[node],
                                    meta=rng.choice([{}, {"k": "v"}, {"b": "2", "a": "1", "c": ""}])))
                 if kind < 0.13:
                     raw = edited(raw, rng.choice(EDITS))
@@ -338,7 +368,8 @@ def test_the_bulk_path_leaves_every_table_as_the_per_reading_path_does(tmp_path:
 def test_the_bulk_path_is_taken_for_packed_readings(tmp_path: Path) -> None:
     """Not only equal: the packed readings really went the bulk way (no event per reading)."""
     events = [reading(i, float(i)) for i in range(50)]
-    message = RawMessage(1, "data.W001.BATCH", wire.pack([body(e) for e in events]), 1)
+    message = RawMessage(1, "data.W001.BATCH", wire.pack([(body if i % 2 else outbox_body)(e)
+                                                          for i, e in enumerate(events)]), 1)
     store = Store(tmp_path / "v.duckdb", all_views())
     try:
         from hivebus.projections.decode import decode_slice

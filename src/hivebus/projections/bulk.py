@@ -3,9 +3,10 @@
 The bodies of packed DATA messages (``bus.batch``) become one Arrow array, and pyarrow's compute
 kernels (C++, outside the GIL) do what pydantic does per reading. One regular expression (RE2)
 proves that a body is a ``data.reading`` event of the current version in the exact form
-``codec.encode`` writes it: the envelope's and the payload's keys once each, in the model's
-order, no whitespace, no escape sequences or control characters in any string, a number in
-each numeric field; it also enforces the model's constraints (the name's pattern, a timestamp
+``codec.encode`` writes it (or as a node's outbox stores it: the same with ``"nodeseq"`` spliced
+in as the first key, ``Outbox._row``; every reading from a node has that form): the envelope's and
+the payload's keys once each, in the model's order, no whitespace, no escape sequences or
+control characters in any string, a number in each numeric field; it also enforces the model's constraints (the name's pattern, a timestamp
 in nanoseconds from 2000 on, an aware ``time``, ``scope`` one of its three words, strings in
 ``meta``). The few checks a pattern cannot express are columns of their own (the name's length,
 the timestamp's lower bound, the date existing, ``meta`` keys unique). A body that passes all of
@@ -48,7 +49,8 @@ _PAIR = f'"{_S}":"{_S}"'
 
 def _pattern(version: int) -> str:
     return (
-        r'^\{"specversion":"' + SPECVERSION.replace(".", r"\.") + f'","id":"{_S}","type":"data\\.reading",'
+        r'^\{(?:"nodeseq":(?P<leadseq>[1-9][0-9]{0,17}),)?"specversion":"' + SPECVERSION.replace(".", r"\.")
+        + f'","id":"{_S}","type":"data\\.reading",'
         f'(?:"dataversion":{version},)?"source":"(?P<source>{_S})","subject":"{_S}",'
         f'"time":"(?P<date>{_DATE})T{_CLOCK}",(?:"correlationid":"{_S}",)?(?:"causationid":"{_S}",)?'
         r'(?:"nodeseq":(?P<nodeseq>[1-9][0-9]{0,17}),)?"data":\{'
@@ -151,16 +153,20 @@ def _columns(text: pa.Array) -> tuple[pa.Table, np.ndarray]:
     first_quote = np.searchsorted(quotes, offsets)  # per row, and one past the last row
     tokens = Tokens(data, quotes, first_quote[:-1], first_quote[1:], offsets[1:])
 
-    place = np.full(rows, 13, dtype=np.int64)
+    # "nodeseq" first (as a node's outbox writes it: ``Outbox._row``), else "specversion"
+    lead = tokens.starts_with(np.ones(rows, dtype=np.int64), b"n")
+    lead_seq = tokens.text(np.full(rows, 2, dtype=np.int64), trim=1)  # ":<n>," -> <n>
+    place = np.full(rows, 13, dtype=np.int64) + 2 * lead
     place += 2 * tokens.starts_with(place, b"d")  # "dataversion", else "source"
     source = tokens.text(place + 2)
     date_at = tokens.start(place + 10)
     place += 12
     place += 4 * tokens.starts_with(place, b"co")  # "correlationid"
     place += 4 * tokens.starts_with(place, b"c")  # "causationid"
-    with_seq = tokens.starts_with(place, b"n")  # "nodeseq", then ":<n>,"
-    nodeseq = tokens.text(place + 1, trim=1)
-    place += 2 * with_seq  # now at "data"
+    late = tokens.starts_with(place, b"n")  # "nodeseq" in the model's place, then ":<n>,"
+    nodeseq = pc.if_else(pa.array(lead), lead_seq, tokens.text(place + 1, trim=1))
+    place += 2 * late  # now at "data"
+    with_seq = lead | late
     name = tokens.text(place + 4)
     is_str = tokens.length(place + 7) == 1  # ":" before a string, else ":<number>,"
     string_value = tokens.text(place + 8)
@@ -172,7 +178,7 @@ def _columns(text: pa.Array) -> tuple[pa.Table, np.ndarray]:
     str_mask = pa.array(is_str)
     value = pc.if_else(str_mask, string_value, number_value)
     stamp = pc.cast(timestamp, pa.int64())
-    good = unique & _real_dates(data, date_at)
+    good = unique & _real_dates(data, date_at) & ~(lead & late)  # nodeseq twice: the per-body path decides
     good &= pc.less_equal(pc.binary_length(name), MAX_NAME).to_numpy(zero_copy_only=False)
     good &= pc.greater_equal(stamp, MIN_TIMESTAMP_NS).to_numpy(zero_copy_only=False)
     is_int = pc.and_(pc.invert(str_mask), pc.match_substring_regex(value, f"^{_INT}$"))
