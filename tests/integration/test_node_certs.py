@@ -258,3 +258,24 @@ async def test_hivebus_server_tls_and_a_node_run_with_its_certificate(tmp_path: 
         node_log.close()
     for log in ("server.log", "node.log"):
         assert "Traceback" not in (tmp_path / log).read_text(), (tmp_path / log).read_text()[-3000:]
+
+
+async def test_a_node_that_cannot_reach_the_node_listener_is_told_so(hub: CertHub) -> None:
+    """Its fallback to the client port is refused (password alone): the refusal names the listener."""
+    from hivebus.bus.ports import free_port
+
+    credential = Credential.load(hub.node_add("W012"))
+    closed = replace(credential, node_url=f"wss://127.0.0.1:{free_port()}").save(hub.tmp / "closed.creds")
+    uplink = Uplink(hub.url, name="node-W012", settings=hub.away(closed), node="W012")
+    stop = asyncio.Event()
+    task = asyncio.create_task(uplink.run(stop))
+    try:
+        async with asyncio.timeout(15):
+            while uplink.refused is None:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+        await uplink.close()
+    assert "node listener did not answer" in uplink.refused and "open the node listener's port" in uplink.refused
+    assert uplink.bus is None

@@ -89,14 +89,23 @@ class Uplink:
     async def _connect(self) -> Bus:
         """The first of ``urls()`` that answers; a refusal ends the round (it is the hub's word)."""
         urls = self.urls()
+        missed: list[str] = []  # the node listener, when it did not answer
         for i, url in enumerate(urls):
             try:
                 bus = await Bus.connect(url, name=self.name, settings=self.settings, connect_timeout=self.connect_timeout)
-            except CredentialRefused:
-                raise
+            except CredentialRefused as exc:
+                if not missed:
+                    raise
+                # the hub lets a node holding a certificate in on its node listener only: say so
+                raise CredentialRefused(
+                    f"{exc.args[0]}; first the hub's node listener did not answer ({'; '.join(missed)}), and a node "
+                    "whose credential carries a client certificate is let in only there",
+                    hint=f"open the node listener's port from this machine to the hub; {exc.hint or ''}".rstrip("; "),
+                ) from None
             except ConnectError as exc:
                 if i == len(urls) - 1:
                     raise
+                missed.append(f"{url}: {exc.args[0]}")
                 log.debug("uplink.trying_next", url=url, error=str(exc))
                 continue
             self.connected_url = url
