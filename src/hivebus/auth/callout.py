@@ -19,6 +19,7 @@ carries that one connection's permissions (``decide``):
   deliveries) reach only the connection that asked.
 - no credentials at all (a client that is not hivebus's): the public rules with no inbox:
   it may publish requests and never read a reply.
+- ``user-<NAME>`` with a user token: that user's own connection (``auth.user_callout``).
 
 The service runs in the hub's own process, on a thread of its own (``CalloutThread``), started
 by ``NatsServer.start`` before anything else connects (the server's config requires it), and
@@ -43,9 +44,8 @@ from typing import Any, Final
 import bcrypt
 import structlog
 
-from hivebus.auth import nkeys, permissions
+from hivebus.auth import nkeys, permissions, user_callout
 from hivebus.auth.credentials import Credential, save_private
-from hivebus.auth.node_certs import refusal as node_cert_refusal
 
 log = structlog.get_logger()
 
@@ -136,6 +136,11 @@ def decide(connect: Mapping[str, Any], doc: Mapping[str, Any], verified: Verifie
         if len(password) < _MIN_SECRET:
             raise Refused("public: the secret is too short")
         return permissions.PUBLIC, permissions.public_permissions(nodes, inbox=public_inbox(password))
+    if user.startswith(permissions.USER_PREFIX):
+        try:
+            return user_callout.decide(user, password, doc.get(user_callout.TOKENS), nodes)
+        except user_callout.TokenRefused as exc:
+            raise Refused(str(exc)) from None
     hashed = users.get(user)
     if hashed is None or not (user.startswith(permissions.NODE_PREFIX) or user.startswith(permissions.SITE_PREFIX)):
         raise Refused(f"unknown identity {user!r}")
@@ -154,18 +159,14 @@ def _jwt_permissions(perms: permissions.Permissions) -> dict[str, Any]:
     return out
 
 
-def answer(request_jwt: str, issuer: nkeys.KeyPair, doc: Mapping[str, Any], verified: Verified,
-           data_dir: Path | None = None) -> bytes:
-    """The signed authorization response to one request: a user JWT, or the refusal. With the
-    hub's ``data_dir``, nodes are held to their client certificates (``auth.node_certs``)."""
+def answer(request_jwt: str, issuer: nkeys.KeyPair, doc: Mapping[str, Any], verified: Verified) -> bytes:
+    """The signed authorization response to one request: a user JWT, or the refusal."""
     request = nkeys.decode_jwt(request_jwt, nkeys.SERVER)["nats"]
     user_nkey = str(request["user_nkey"])
     server_id = str(request["server_id"]["id"])
     response: dict[str, Any] = {"type": "authorization_response", "version": 2}
     try:
         name, perms = decide(request.get("connect_opts", {}), doc, verified)
-        if data_dir is not None and (why := node_cert_refusal(name, request, data_dir)) is not None:
-            raise Refused(why)
     except Refused as exc:
         log.info("auth.callout_refused", reason=str(exc), host=request.get("client_info", {}).get("host"))
         response["error"] = str(exc)
@@ -200,8 +201,10 @@ async def serve(url: str, auth_dir: Path, ready: threading.Event, stop: asyncio.
     async def on_request(msg: Any) -> None:
         try:
             doc = json.loads((Path(auth_dir) / IDENTITIES).read_text())
+            if user_callout.wants_tokens(msg.data.decode()):
+                doc[user_callout.TOKENS] = await _token_holders(tokens)
             # off the loop: a node's first check is a bcrypt (~0.1 s), and requests keep coming
-            reply = await asyncio.to_thread(answer, msg.data.decode(), issuer, doc, verified, Path(auth_dir).parent)
+            reply = await asyncio.to_thread(answer, msg.data.decode(), issuer, doc, verified)
         except Exception as exc:  # a bad request must not stop the service
             log.warning("auth.callout_failed", error=f"{type(exc).__name__}: {exc}")
             return  # the server refuses the connection when no answer comes
@@ -210,13 +213,25 @@ async def serve(url: str, auth_dir: Path, ready: threading.Event, stop: asyncio.
     nc = await nats.connect(url, name="hivebus-auth-callout", allow_reconnect=True, max_reconnect_attempts=-1,
                             reconnect_time_wait=0.2, connect_timeout=2, error_cb=on_error, **options)
     try:
-        await nc.subscribe(SUBJECT, queue="hivebus-auth-callout", cb=on_request)
-        await nc.flush()
-        ready.set()
-        await stop.wait()
+        async with user_callout.holders_of(nc, Path(auth_dir)) as tokens:
+            await nc.subscribe(SUBJECT, queue="hivebus-auth-callout", cb=on_request)
+            await nc.flush()
+            ready.set()
+            await stop.wait()
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
+
+
+async def _token_holders(tokens: user_callout.TokenHolders) -> dict[str, str] | None:
+    """The user tokens as of the log's end; None when the log cannot be read (then every
+    user-token connection is refused, never let in on what was read before)."""
+    try:
+        async with asyncio.timeout(1.5):  # an answer must come before the server stops waiting
+            return await tokens.current()
+    except Exception as exc:
+        log.warning("auth.callout_tokens_unreadable", error=f"{type(exc).__name__}: {exc}")
+        return None
 
 
 class CalloutThread:

@@ -29,6 +29,8 @@ ADMIN: Final = "admin"
 PUBLIC: Final = "public"
 NODE_PREFIX: Final = "node-"
 SITE_PREFIX: Final = "site-"
+USER_PREFIX: Final = "user-"  # + a user's name: a connection made with that user's token (auth.user_callout)
+USER_COMMANDS: Final = "hivebus.cmd.user"  # + the user's name as one subject token: its own commands
 # What the public identity may request (request/reply services).
 PUBLIC_SERVICES: Final = ("hivebus.query", "hivebus.cmd", "hivebus.ses.dryrun", "hivebus.projector.status")
 HANDLER_DURABLES: Final = ("handler-ecr", "handler-ses", "handler-health")
@@ -157,6 +159,24 @@ def public_permissions(nodes: Iterable[str], inbox: str | None) -> Permissions:
     deny = [f"{api}.CONSUMER.{verb}.*.{name}" for verb in ("MSG.NEXT", "DELETE") for name in theirs]
     subscribe: dict[str, list[str]] = {"allow": [f"{inbox}.>"]} if inbox is not None else {"deny": [">"]}
     return {"publish": {"allow": publish, "deny": deny}, "subscribe": subscribe}
+
+
+def user_command_subject(user: str) -> str:
+    """The one subject a user's own connection sends its commands on (the gateway reads the
+    user from it: only that user's connection may publish there)."""
+    from hivebus.bus.subjects import encode_token
+
+    return f"{USER_COMMANDS}.{encode_token(user)}"
+
+
+def user_permissions(user: str, nodes: Iterable[str], inbox: str) -> Permissions:
+    """A connection made with ``user``'s token (``auth.user_callout``): the public rules, its
+    replies only on ``inbox``, and commands only as itself: on ``user_command_subject(user)``,
+    never on the shared ``hivebus.cmd`` (where a command names its user in a body token)."""
+    perms = public_permissions(nodes, inbox=inbox)
+    publish = [s for s in perms["publish"]["allow"] if s != "hivebus.cmd"]
+    return {"publish": {"allow": [*publish, user_command_subject(user)], "deny": perms["publish"]["deny"]},
+            "subscribe": perms["subscribe"]}
 
 
 def render(users: Mapping[str, str], nodes: Iterable[str], sites: Mapping[str, Sequence[str]] | None = None,

@@ -26,6 +26,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from hivebus.auth.callout import public_connect_options
 from hivebus.auth.credentials import Credential
+from hivebus.auth.permissions import USER_PREFIX, user_command_subject
 from hivebus.bus.batch import unpack
 from hivebus.bus.consumer import Delivery, RawMessage
 from hivebus.bus.publisher import (
@@ -50,6 +51,7 @@ from hivebus.errors import (
     ConcurrencyConflict,
     ConnectError,
     CredentialRefused,
+    HivebusError,
     PermissionDenied,
     PublishError,
     RequestTimeout,
@@ -60,6 +62,7 @@ from hivebus.schemas.envelope import Event
 
 log = structlog.get_logger()
 
+_GATEWAY = "hivebus.cmd"  # services.requests.CMD_SUBJECT (the command gateway, services.gateway)
 _PERMISSION_VIOLATION = re.compile(r"Permissions Violation for (Publish|Subscription) to \\?\"?([^\"\\'\s]+)", re.IGNORECASE)
 
 
@@ -73,6 +76,9 @@ class Bus:
         self._pipeline = Pipeline(nc)
         # subject -> the server's message, for every publish/subscribe it refused us
         self.denied: dict[str, str] = {}
+        self.urls: list[str] = []
+        # (user, token) -> that user's own connection (auth.user_callout), made on first use
+        self._as_user: dict[tuple[str, str], Bus] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -110,10 +116,20 @@ class Bus:
         refused: list[str] = []
         untrusted: list[str] = []
 
+        user_token = str(options.get("user") or "").startswith(USER_PREFIX)
+        connected: list[bool] = []
+        deadline: list[asyncio.Timeout] = []
+
         async def on_error(exc: Exception) -> None:
             text = str(exc) or type(exc).__name__
             if "authorization violation" in text.lower():
                 refused.append(text)
+                if user_token and connected:
+                    # a user's token withdrawn (auth.user_callout): retrying can only be refused
+                    log.info("nats.user_token_refused", name=name)
+                    asyncio.get_running_loop().create_task(_close_quietly(nc))
+                elif user_token and deadline:
+                    deadline[0].reschedule(asyncio.get_running_loop().time())  # refused: say so now
             if isinstance(exc, ssl.SSLError):
                 untrusted.append(text)
             if m := _PERMISSION_VIOLATION.search(text):
@@ -132,7 +148,8 @@ class Bus:
 
         nc = NATS()
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout(connect_timeout) as connecting:
+                deadline.append(connecting)
                 await nc.connect(
                     urls,
                     name=name,
@@ -169,12 +186,56 @@ class Bus:
                 f"cannot reach NATS at {', '.join(urls)} ({type(exc).__name__})",
                 hint="start the hub with `hivebus up` (or `hivebus server`), or point --hub / HIVEBUS_NATS_URL at it",
             ) from None
+        connected.append(True)
         bus = cls(nc, settings=settings)
         bus.denied = denied
+        bus.urls = urls
         return bus
 
     async def close(self) -> None:
+        users, self._as_user = list(self._as_user.values()), {}
+        for user_bus in users:
+            await user_bus.close()
         await _close_quietly(self.nc)
+
+    # --- a user's own connection ---------------------------------------------------------
+
+    @property
+    def hub_authenticates(self) -> bool:
+        """Whether the server asked for credentials (a hub with auth: the callout decides)."""
+        return bool(getattr(self.nc, "_server_info", {}).get("auth_required"))
+
+    async def as_user(self, user: str, token: str) -> Bus | None:
+        """``user``'s own connection to the same hub, made with ``token`` (``auth.user_callout``):
+        the callout lets it in only with the token the hub's log gives ``user`` now, and it may
+        send commands only as ``user``. Kept for the next command; None on a hub without
+        authentication (it takes the token in the command, ``hivebus.cmd``).
+        ``Unauthorized`` when the hub refuses the token (a command then goes the old way, the
+        token in its body, and the gateway says why)."""
+        from hivebus.auth.user_callout import user_connect_options
+        from hivebus.errors import Unauthorized
+
+        if not self.hub_authenticates or not self.urls:
+            return None
+        key = (user, token.strip())
+        held = self._as_user.get(key)
+        if held is not None and held.nc.is_connected:
+            return held
+        if held is not None:  # cut (a revoked token) or away: ask the hub again
+            self._as_user.pop(key, None)
+            await held.close()
+        options = user_connect_options(user, token)
+        if (tls := getattr(self.nc, "options", {}).get("tls")) is not None:
+            options["tls"] = tls  # the same hub, trusted the same way
+        try:
+            bus = await Bus.connect(self.urls, name=f"hivebus-user-{user}", settings=self.settings, **options)
+        except CredentialRefused:
+            raise Unauthorized(
+                f"the hub refused {user}'s token: it is unknown, rotated, revoked or another user's",
+                hint=f"ask an admin for a new one (`hivebus user add {user}`), then pass --token or set HIVEBUS_TOKEN",
+            ) from None
+        self._as_user[key] = bus
+        return bus
 
     async def __aenter__(self) -> Bus:
         return self
@@ -351,6 +412,11 @@ class Bus:
     # --- request / reply ------------------------------------------------------------
 
     async def request(self, subject: str, payload: bytes | dict[str, Any], *, timeout: float = 10.0) -> bytes:
+        if subject == _GATEWAY and isinstance(payload, dict) and (mine := await self._own_command(payload)) is not None:
+            # a command with a user token: sent on that user's own connection, as that user,
+            # without the token (auth.user_callout); the caller sees the same reply
+            user_bus, user, body_doc = mine
+            return await user_bus.request(user_command_subject(user), body_doc, timeout=timeout)
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
             reply = await self.nc.request(subject, body, timeout=timeout)
@@ -360,6 +426,24 @@ class Bus:
             raise RequestTimeout(f"no reply on {subject!r} within {timeout:g}s") from None
         return reply.data
 
+    async def _own_command(self, doc: dict[str, Any]) -> tuple[Bus, str, dict[str, Any]] | None:
+        """For a gateway request ``{"token", "event"}`` by ``user/<name>``: that user's own
+        connection, the name and the body without the token; None to send it as it is."""
+        token, event = doc.get("token"), doc.get("event")
+        source = event.get("source") if isinstance(event, dict) else None
+        if not isinstance(token, str) or not token or not isinstance(source, str) or not source.startswith("user/"):
+            return None
+        user = source.removeprefix("user/")
+        try:
+            user_bus = await self.as_user(user, token)
+        except HivebusError:
+            # refused (a wrong, revoked or another's token): the gateway, given the token as
+            # before, says exactly which ("the token is bob's, but this push is by alice")
+            return None
+        if user_bus is None:
+            return None
+        return user_bus, user, {k: v for k, v in doc.items() if k != "token"}
+
     async def serve(
         self, subject: str, handler: Callable[[bytes], Awaitable[bytes]], *, queue: str = ""
     ) -> Any:
@@ -368,9 +452,20 @@ class Bus:
         A handler exception becomes a JSON error reply; the service keeps serving.
         """
 
+        async def by_body(_subject: str, body: bytes) -> bytes:
+            return await handler(body)
+
+        return await self.serve_subjects(subject, by_body, queue=queue)
+
+    async def serve_subjects(
+        self, subject: str, handler: Callable[[str, bytes], Awaitable[bytes]], *, queue: str = ""
+    ) -> Any:
+        """``serve`` with ``handler(subject, body)``: ``subject`` a wildcard, the handler told
+        which subject each request came on (the server checked who may publish there)."""
+
         async def on_request(msg: Msg) -> None:
             try:
-                body = await handler(msg.data)
+                body = await handler(msg.subject, msg.data)
             except Exception as exc:  # the service must survive any request
                 log.warning("serve.failed", subject=subject, error=str(exc))
                 body = json.dumps({"error": str(exc), "kind": type(exc).__name__}).encode()

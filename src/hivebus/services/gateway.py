@@ -14,6 +14,13 @@ of its payload type, e.g. ``ecr.permission.granted`` from ``user/alice``) or
    state and appends the facts, or one ``*.command.rejected`` with every reason; and replies
    ``{"seq", "user", "events": [the facts], "attempts"}``.
 
+A user's own connection (``auth.user_callout``: the hub's callout let it in with that user's
+token) sends ``{"event"|"command", "timeout"}`` with no token on ``hivebus.cmd.user.<name>``,
+the one command subject the server lets it publish on; the gateway takes the user from that
+subject (step 1 is then: the user still holds a token, as of the log's end) and goes on from
+step 2. The shared ``hivebus.cmd`` with the token in the body stays for everyone else (a
+public connection, the web's broker, a hub without authentication).
+
 Nothing is published before a decision: the log holds only what the deciders accepted and
 what they refused (as rejection facts); the token never reaches the log. A request the gateway
 itself refuses (no token, someone else's action, not a command) replies ``{"error", "kind"}``.
@@ -27,9 +34,11 @@ from typing import Any, Final
 
 import structlog
 
+from hivebus.auth.permissions import USER_COMMANDS
 from hivebus.auth.tokens import Users
 from hivebus.bus.client import Bus
 from hivebus.bus.streams import EVENTS
+from hivebus.bus.subjects import decode_token
 from hivebus.errors import SchemaError, Unauthorized
 from hivebus.handlers.directory import Directory
 from hivebus.schemas import codec
@@ -53,7 +62,8 @@ class Gateway:
 
     async def serve(self) -> Any:
         await self.catch_up()
-        return await self.bus.serve(CMD_SUBJECT, self.answer, queue="hivebus-gateway")
+        return _Both(await self.bus.serve_subjects(f"{USER_COMMANDS}.*", self.answer_for, queue="hivebus-gateway"),
+                     await self.bus.serve(CMD_SUBJECT, self.answer, queue="hivebus-gateway"))
 
     async def catch_up(self) -> None:
         async with self._lock:
@@ -70,6 +80,7 @@ class Gateway:
                         log.warning("gateway.bad_auth_event", seq=message.seq, error=str(exc))
 
     async def answer(self, body: bytes) -> bytes:
+        """A command on ``hivebus.cmd``: its user is the holder of the token in the body."""
         request_doc = _parse(body)
         token = request_doc.get("token")
         if not isinstance(token, str) or not token:
@@ -78,6 +89,18 @@ class Gateway:
         user = self.users.who(token)
         if user is None:
             raise Unauthorized("the token is unknown, rotated or revoked", hint="ask an admin for a new one (`hivebus user add NAME`)")
+        return await self._decide(request_doc, user)
+
+    async def answer_for(self, subject: str, body: bytes) -> bytes:
+        """A command on ``hivebus.cmd.user.<name>``: only ``name``'s own connection may publish
+        there (``permissions.user_permissions``), so the subject is who sent it."""
+        user = decode_token(subject.removeprefix(f"{USER_COMMANDS}."))
+        await self.catch_up()
+        if user not in self.users.digest_of:
+            raise Unauthorized(f"{user} holds no token now (revoked)", hint=f"ask an admin for a new one (`hivebus user add {user}`)")
+        return await self._decide(_parse(body), user)
+
+    async def _decide(self, request_doc: dict[str, Any], user: str) -> bytes:
         command = _command(request_doc, user)
         spec = LEGACY[command.type]
         actor = getattr(command.data, spec.actor)
@@ -87,6 +110,17 @@ class Gateway:
         reply = await decide(self.bus, command, timeout=timeout)
         log.info("gateway.decided", command=spec.name, user=user, seq=reply["seq"], facts=[e["type"] for e in reply["events"]])
         return json.dumps({**reply, "user": user}).encode()
+
+
+class _Both:
+    """The gateway's two subscriptions, ended together (``unsubscribe``, as one was before)."""
+
+    def __init__(self, *subs: Any) -> None:
+        self.subs = subs
+
+    async def unsubscribe(self) -> None:
+        for sub in self.subs:
+            await sub.unsubscribe()
 
 
 def _command(doc: dict[str, Any], user: str) -> Event:
