@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -199,3 +202,52 @@ async def test_a_revoked_token_is_refused_at_connect_and_its_open_connection_is_
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_a_rotated_token_cuts_the_connections_made_with_the_old_one(
+        hub: tuple[NatsServer, Bus, dict[str, str]], tmp_path: Path) -> None:
+    server, platform, tokens = hub
+    old = await as_user(server.url, tmp_path, "bob", tokens["bob"])
+    try:
+        rotated = new_token()  # `hivebus user add bob` again
+        await platform.publish(Event.new(UserAdded(user="bob", token_sha256=digest(rotated), by="admin"), source="user/admin", subject="bob"))
+        async with asyncio.timeout(10):
+            while not old.nc.is_closed:
+                await asyncio.sleep(0.05)
+        with pytest.raises(CredentialRefused):
+            await as_user(server.url, tmp_path, "bob", tokens["bob"])
+        async with await as_user(server.url, tmp_path, "bob", rotated) as new:
+            reply = json.loads(await new.request(user_command_subject("bob"),
+                                                 {"event": codec.to_dict(push("bob", "bob/plugin-r:1.0.0"))}, timeout=20))
+            assert reply["user"] == "bob" and [e["type"] for e in reply["events"]] == ["ecr.bundle.registered"]
+    finally:
+        await old.close()
+
+
+async def test_the_cli_sends_a_users_command_on_that_users_own_subject_without_the_token(
+        hub: tuple[NatsServer, Bus, dict[str, str]], tmp_path: Path) -> None:
+    """`hivebus ecr push` with HIVEBUS_TOKEN, unchanged: it arrives on hivebus.cmd.user.alice (a
+    spy as the service identity hears it there), its body carries no token, and nothing comes
+    on the shared hivebus.cmd."""
+    server, platform, tokens = hub
+    heard: dict[str, list[bytes]] = {"own": [], "shared": []}
+
+    async def own(msg: Msg) -> None:
+        heard["own"].append(msg.data)
+
+    async def shared(msg: Msg) -> None:
+        heard["shared"].append(msg.data)
+
+    await platform.nc.subscribe(user_command_subject("alice"), cb=own)
+    await platform.nc.subscribe("hivebus.cmd", cb=shared)
+    await platform.nc.flush()
+    sage = Path(__file__).resolve().parents[2] / "examples" / "sage.yaml"
+    env = {**os.environ, "HIVEBUS_TOKEN": tokens["alice"], "HIVEBUS_DATA_DIR": str(tmp_path / "nowhere"),
+           "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "hivebus", "ecr", "push", str(sage), "--user", "alice",
+                                                    "--no-wait", "--hub", server.url], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(heard["own"]) == 1 and heard["shared"] == []
+    body = json.loads(heard["own"][0])
+    assert "token" not in body and tokens["alice"].encode() not in heard["own"][0]
+    assert body["event"]["source"] == "user/alice"
