@@ -46,6 +46,7 @@ import structlog
 
 from hivebus.auth import nkeys, permissions, user_callout
 from hivebus.auth.credentials import Credential, save_private
+from hivebus.auth.node_certs import refusal as node_cert_refusal
 
 log = structlog.get_logger()
 
@@ -159,14 +160,18 @@ def _jwt_permissions(perms: permissions.Permissions) -> dict[str, Any]:
     return out
 
 
-def answer(request_jwt: str, issuer: nkeys.KeyPair, doc: Mapping[str, Any], verified: Verified) -> bytes:
-    """The signed authorization response to one request: a user JWT, or the refusal."""
+def answer(request_jwt: str, issuer: nkeys.KeyPair, doc: Mapping[str, Any], verified: Verified,
+           data_dir: Path | None = None) -> bytes:
+    """The signed authorization response to one request: a user JWT, or the refusal. With the
+    hub's ``data_dir``, nodes are held to their client certificates (``auth.node_certs``)."""
     request = nkeys.decode_jwt(request_jwt, nkeys.SERVER)["nats"]
     user_nkey = str(request["user_nkey"])
     server_id = str(request["server_id"]["id"])
     response: dict[str, Any] = {"type": "authorization_response", "version": 2}
     try:
         name, perms = decide(request.get("connect_opts", {}), doc, verified)
+        if data_dir is not None and (why := node_cert_refusal(name, request, data_dir)) is not None:
+            raise Refused(why)
     except Refused as exc:
         log.info("auth.callout_refused", reason=str(exc), host=request.get("client_info", {}).get("host"))
         response["error"] = str(exc)
@@ -204,7 +209,7 @@ async def serve(url: str, auth_dir: Path, ready: threading.Event, stop: asyncio.
             if user_callout.wants_tokens(msg.data.decode()):
                 doc[user_callout.TOKENS] = await _token_holders(tokens)
             # off the loop: a node's first check is a bcrypt (~0.1 s), and requests keep coming
-            reply = await asyncio.to_thread(answer, msg.data.decode(), issuer, doc, verified)
+            reply = await asyncio.to_thread(answer, msg.data.decode(), issuer, doc, verified, Path(auth_dir).parent)
         except Exception as exc:  # a bad request must not stop the service
             log.warning("auth.callout_failed", error=f"{type(exc).__name__}: {exc}")
             return  # the server refuses the connection when no answer comes
