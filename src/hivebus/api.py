@@ -12,7 +12,10 @@
 
 A user's action (here an approval) is a command the ECR decides; on a hub with
 authentication it needs the user's token: ``hub.publish(payload, source="user/alice",
-token=...)``; a refusal raises ``RequestRejected`` with every reason.
+token=...)``; a refusal raises ``RequestRejected`` with every reason. On a hub with
+authentication the command then travels on a connection of that user's own, which the hub
+lets in only with the user's current token and which may act only as that user (the token
+does not travel in the command; ``hivebus.auth.user_callout``); nothing changes in the call.
 ``publish`` returns the event's stream sequence; passing it as ``min_seq`` to ``query``
 waits until the views include it (read-your-writes). ``tail`` follows to-edge goals,
 from-edge events and triggers live, or from a point in history (``since="-1h"``).

@@ -161,14 +161,18 @@ async def test_the_python_api_sends_a_token_holders_command_on_that_users_own_co
         hub: tuple[NatsServer, Bus, dict[str, str]], tmp_path: Path) -> None:
     server, _platform, tokens = hub
     async with hivebus.connect(server.url) as api:
-        seq = await api.publish(push("alice", "alice/plugin-api:1.0.0"), token=tokens["alice"])
+        await asyncio.gather(api.publish(push("alice", "alice/plugin-api:1.0.0"), token=tokens["alice"]),
+                                      api.publish(push("alice", "alice/plugin-api:0.9.0"), token=tokens["alice"]))
         assert list(api.bus._as_user) == [("alice", tokens["alice"])]  # made once, kept for the next
+        # two commands at once made one connection for alice, as the server counts them
+        names = [c.get("name") for c in server.monitor("connz", limit=1024)["connections"]]
+        assert names.count("hivebus-user-alice") == 1
         user_bus = api.bus._as_user[("alice", tokens["alice"])]
         assert bytes(user_bus.nc._inbox_prefix).decode() == user_inbox(tokens["alice"])
-        await api.publish(push("alice", "alice/plugin-api:1.0.1"), token=tokens["alice"])
+        seq = await api.publish(push("alice", "alice/plugin-api:1.0.1"), token=tokens["alice"])
         assert api.bus._as_user[("alice", tokens["alice"])] is user_bus
-        rows = (await api.query("select bundle_id as id, owner from bundles where bundle_id like 'alice/%' order by id", min_seq=seq + 1)).records()
-        assert rows == [{"id": "alice/plugin-api:1.0.0", "owner": "alice"}, {"id": "alice/plugin-api:1.0.1", "owner": "alice"}]
+        rows = (await api.query("select bundle_id as id, owner from bundles where bundle_id like 'alice/%' order by id", min_seq=seq)).records()
+        assert rows == [{"id": f"alice/plugin-api:{v}", "owner": "alice"} for v in ("0.9.0", "1.0.0", "1.0.1")]
     # the old way, a token in the body on the shared subject, still works (web broker, older clients)
     async with await Bus.connect(server.url, settings=nowhere(tmp_path)) as public:
         outcome = await request_via_gateway(public, push("bob", "bob/plugin-old:1.0.0"), token=tokens["bob"], timeout=10)

@@ -1,7 +1,8 @@
 """User tokens: what a user presents to act (push, approve, grant, submit, ...).
 
 A token is 256 random bits (``hbt_...``); the log keeps only its SHA-256 in
-``auth.user.added``. ``Users`` is the pure fold the gateway checks tokens against. A user's
+``auth.user.added``. ``Users`` is the pure fold the gateway and the hub's auth callout
+(``auth.user_callout``: a token as a connection of its user's own) check tokens against. A user's
 CLI finds its token in ``--token``, ``HIVEBUS_TOKEN``, or the file ``hivebus user add
 --save`` wrote (``$XDG_CONFIG_HOME/hivebus/tokens/<user>``, mode 0600).
 """

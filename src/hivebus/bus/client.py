@@ -79,6 +79,7 @@ class Bus:
         self.urls: list[str] = []
         # (user, token) -> that user's own connection (auth.user_callout), made on first use
         self._as_user: dict[tuple[str, str], Bus] = {}
+        self._as_user_lock = asyncio.Lock()  # two commands at once make one connection, not two
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -212,11 +213,15 @@ class Bus:
         authentication (it takes the token in the command, ``hivebus.cmd``).
         ``Unauthorized`` when the hub refuses the token (a command then goes the old way, the
         token in its body, and the gateway says why)."""
+        if not self.hub_authenticates or not self.urls:
+            return None
+        async with self._as_user_lock:
+            return await self._user_connection(user, token)
+
+    async def _user_connection(self, user: str, token: str) -> Bus:
         from hivebus.auth.user_callout import user_connect_options
         from hivebus.errors import Unauthorized
 
-        if not self.hub_authenticates or not self.urls:
-            return None
         key = (user, token.strip())
         held = self._as_user.get(key)
         if held is not None and held.nc.is_connected:
