@@ -119,6 +119,11 @@ async def test_a_users_connection_acts_only_as_that_user_and_reads_only_its_own_
                 await alice.request(subject, forged, timeout=2)
         assert await until_denied(alice, [user_command_subject("bob"), "hivebus.cmd"]) == {
             user_command_subject("bob"): True, "hivebus.cmd": True}
+        # nor may a connection without a token (the public identity) publish on a user's subject
+        async with await Bus.connect(server.url, settings=nowhere(tmp_path)) as public:
+            with pytest.raises(RequestTimeout):
+                await public.request(user_command_subject("bob"), forged, timeout=2)
+            assert await until_denied(public, [user_command_subject("bob")]) == {user_command_subject("bob"): True}
         # on her own subject a command by bob is refused by the gateway, with the reason
         reply = json.loads(await alice.request(user_command_subject("alice"), forged, timeout=20))
         assert reply["kind"] == "Unauthorized" and "bob" in reply["error"]
