@@ -37,7 +37,7 @@ from hivebus.schemas.ecr import BundleApproved, BundlePushed, PermissionGranted
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.ses import GoalRemoved
 from hivebus.services import run_handlers
-from hivebus.services.requests import request_at
+from hivebus.services.requests import decide, request_at
 from tests.conftest import NatsServerFactory
 
 pytestmark = pytest.mark.integration
@@ -278,6 +278,20 @@ async def test_user_actions_need_the_users_own_valid_token(hub: Hub, platform: B
     await platform.publish(Event.new(UserRevoked(user="alice", by="admin"), source="user/admin", subject="alice"))
     with pytest.raises(Unauthorized, match="revoked"):
         await request_at(hub.url, push("alice"), handler="ecr", answers=PUSH_ANSWERS, token=alice)
+
+
+async def test_a_command_without_a_token_is_refused_at_once_not_after_its_timeout(
+    hub: Hub, platform: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The public identity may not publish to a decider: the server's refusal ends the wait
+    (before, the caller waited out its whole timeout, 20 s by default, to learn it)."""
+    monkeypatch.delenv("HIVEBUS_TOKEN", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(hub.data_dir / "config"))  # no saved tokens
+    async with await Bus.connect(hub.url) as public:
+        for _ in range(2):  # the second time too (the first refusal is remembered by the connection)
+            async with asyncio.timeout(60):  # far below the request's own hour
+                with pytest.raises(PermissionDenied, match="does not let this identity publish"):
+                    await decide(public, push("alice"), timeout=3600)
 
 
 async def test_the_gateway_takes_only_user_actions(hub: Hub, platform: Bus) -> None:
