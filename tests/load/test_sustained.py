@@ -134,6 +134,9 @@ class Probes:
     at_hub_ms: list[float] = field(default_factory=list)  # publish -> on the hub's DATA subjects
     latency_minute: list[int] = field(default_factory=list)  # the minute of the run each was sent in
     published: dict[tuple[str, int], int] = field(default_factory=dict)  # marker -> ns
+    at_hub: dict[tuple[str, int], int] = field(default_factory=dict)  # marker -> ns it reached the hub
+    from_hub_ms: list[float] = field(default_factory=list)  # on the hub -> queryable, per marker
+    markers: list[tuple[str, int, float, float | None]] = field(default_factory=list)  # node, i, ms, edge ms
     misses: int = 0
     data: StoredData = field(default_factory=lambda: StoredData())
 
@@ -250,6 +253,7 @@ async def watch_hub(bus: Bus, probes: Probes) -> Any:
             if sent is not None and (node, i) not in seen:
                 seen.add((node, i))
                 probes.at_hub_ms.append((now - sent) / 1e6)
+                probes.at_hub[(node, i)] = now
 
     return await bus.nc.subscribe("data.*.>", cb=on_message, pending_msgs_limit=-1,
                                   pending_bytes_limit=-1)
@@ -274,6 +278,10 @@ async def watch_markers(bus: Bus, probes: Probes, stop: asyncio.Event) -> None:
             sent = probes.published.get((node, i))
             if sent is not None:
                 probes.latency_ms.append((now - sent) / 1e6)
+                hub_ns = probes.at_hub.get((node, i))
+                if hub_ns is not None:
+                    probes.from_hub_ms.append((now - hub_ns) / 1e6)
+                probes.markers.append((node, i, (now - sent) / 1e6, None if hub_ns is None else (hub_ns - sent) / 1e6))
                 probes.latency_minute.append(int(probes.now() - (now - sent) / 1e9) // 60)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), POLL_S)
@@ -342,6 +350,12 @@ def report(
             "p99": round(percentile(hub, 0.99), 1),
             "max": round(max(hub), 1),
         },
+        "from_hub_latency_ms": {  # the hub's and projector's share: on the hub -> queryable
+            "markers": len(probes.from_hub_ms),
+            "p50": round(percentile(probes.from_hub_ms or [0.0], 0.5), 1),
+            "p99": round(percentile(probes.from_hub_ms or [0.0], 0.99), 1),
+            "max": round(max(probes.from_hub_ms or [0.0]), 1),
+        },
         "latency_by_minute_ms": {  # a shared machine's busy minutes show apart from quiet ones
             minute: {"p50": round(percentile(v, 0.5), 1), "p99": round(percentile(v, 0.99), 1)}
             for minute, v in by_minute(probes).items()
@@ -362,6 +376,10 @@ def report(
             for name, samples in probes.rss.items()
         },
         "backlog_series": [(round(t, 1), v) for t, v in probes.backlog],
+        # each marker (10 a second per node: i / 10 s into the run): publish -> queryable and
+        # publish -> on the hub, ms
+        "marker_series": [(node, i, round(ms), None if edge is None else round(edge))
+                          for node, i, ms, edge in probes.markers],
     }
 
 

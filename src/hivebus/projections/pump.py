@@ -42,6 +42,8 @@ log = structlog.get_logger()
 
 T = TypeVar("T")
 CONSUMER = "projector"
+SLOW_S = 0.5
+"""A batch that takes longer to apply is logged (``projector.slow_batch``, where the time went)."""
 Ahead = tuple[list[Slice], "asyncio.Future[Decoding]"]
 """The next batch, taken while the current one commits, and its decoding (``Store.decode``)."""
 
@@ -323,7 +325,9 @@ class Pump:
         is ready, is taken while this one commits and decoded on the decoder's thread
         meanwhile (DuckDB's insert and Arrow's kernels leave the GIL): it is returned, for
         the next call. ``_split`` applies without looking ahead."""
+        began = time.monotonic()
         decoded = await self._decoded(decoding)
+        waited = time.monotonic()
         try:
             prepared = await self._in_writer(self.store.prepare, slices, decoded)
         except Exception as exc:  # a view or the store failed outside the per-message guards
@@ -332,6 +336,7 @@ class Pump:
             return None
         await self._dead_letter(prepared.rejected)
         ahead: Ahead | None = None
+        committing = time.monotonic()
         commit = asyncio.ensure_future(self._in_writer(self.store.commit, prepared))
         if stop is not None and not stop.is_set() and self.config.decode_ahead:
             nxt = self._take_ready()
@@ -344,6 +349,11 @@ class Pump:
             await self._split(slices, exc)
             return ahead
         self.committed += prepared.messages
+        done = time.monotonic()
+        if done - began > SLOW_S:
+            log.info("projector.slow_batch", messages=prepared.messages, rows=prepared.rows,
+                     decoded_ahead=decoded is not None, wait_decode_s=round(waited - began, 3),
+                     prepare_s=round(committing - waited, 3), commit_s=round(done - committing, 3))
         if prepared.rejected or prepared.duplicates:
             log.info("projector.batch", messages=prepared.messages, rows=prepared.rows,
                      rejected=len(prepared.rejected), duplicates=prepared.duplicates, positions=prepared.positions)
