@@ -24,7 +24,7 @@ from pandas.testing import assert_frame_equal
 
 import hivebus.data
 from hivebus.bus.server import NatsServer, ServerConfig
-from tests.differential.test_data_parity import CASES, db
+from tests.differential.test_data_parity import CASES, case_id, db
 from tests.integration.test_web import query_service, web_process
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ def endpoint(hub: str, answering: None, tmp_path_factory: pytest.TempPathFactory
         yield f"{web.url}/api/v1/query"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[json.dumps(c, default=str)[:80] for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_sage_data_client_over_hivebus_web_gives_hivebus_frame(case: dict[str, Any], db: Path, endpoint: str) -> None:
     theirs = sage_data_client.query(endpoint=endpoint, **case)
     ours = hivebus.data.query(db=db, **case)

@@ -103,7 +103,7 @@ def test_a_users_token_gives_a_connection_that_may_command_only_as_that_user() -
     ("alice", ALICE, {**DOC, user_callout.TOKENS: {tokens.digest(BOB): "bob"}}, "revoked"),  # alice's gone from the log
     ("alice", ALICE, DOC, "cannot check"),  # the log could not be read: nobody in on old knowledge
     ("alice", "", WITH_TOKENS, "no token"),
-])
+], ids=["unknown", "bobs-as-alice", "alices-as-carol", "revoked", "log-unread", "empty"])  # (no random token in an id)
 def test_a_wrong_revoked_or_anothers_token_is_refused(user: str, token: str, doc: dict[str, object], why: str) -> None:
     with pytest.raises(callout.Refused, match=why):
         callout.decide({"user": f"user-{user}", "pass": token}, doc, callout.Verified())
