@@ -48,7 +48,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def hub(nats_server_factory: NatsServerFactory, tmp_path: Path) -> AsyncIterator[tuple[NatsServer, Bus, dict[str, str]]]:
     auth = HubAuth.of_data_dir(tmp_path).ensure()
-    server = nats_server_factory("hub", store_dir=tmp_path / "nats", include=auth.conf_path)
+    # the store elsewhere than <data-dir>/nats (a cluster member's): the callout reloads its own server
+    server = nats_server_factory("hub", store_dir=tmp_path / "member-store", include=auth.conf_path)
     service = Settings(nats_credentials=auth.creds_path(SERVICE), data_dir=tmp_path)
     stop = asyncio.Event()
     async with await Bus.connect(server.url, settings=service) as bus:

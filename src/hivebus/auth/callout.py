@@ -189,8 +189,10 @@ def answer(request_jwt: str, issuer: nkeys.KeyPair, doc: Mapping[str, Any], veri
 # --- the service --------------------------------------------------------------------------
 
 
-async def serve(url: str, auth_dir: Path, ready: threading.Event, stop: asyncio.Event) -> None:
-    """Answer the server's authorization requests until ``stop``, as the service identity."""
+async def serve(url: str, auth_dir: Path, ready: threading.Event, stop: asyncio.Event,
+                store_dir: Path | None = None) -> None:
+    """Answer the server's authorization requests until ``stop``, as the service identity.
+    ``store_dir``: the server's store, reloaded when a user's token is withdrawn."""
     import nats
 
     issuer = ensure_issuer(auth_dir)
@@ -218,7 +220,7 @@ async def serve(url: str, auth_dir: Path, ready: threading.Event, stop: asyncio.
     nc = await nats.connect(url, name="hivebus-auth-callout", allow_reconnect=True, max_reconnect_attempts=-1,
                             reconnect_time_wait=0.2, connect_timeout=2, error_cb=on_error, **options)
     try:
-        async with user_callout.holders_of(nc, Path(auth_dir)) as tokens:
+        async with user_callout.holders_of(nc, Path(auth_dir), store_dir) as tokens:
             await nc.subscribe(SUBJECT, queue="hivebus-auth-callout", cb=on_request)
             await nc.flush()
             ready.set()
@@ -242,9 +244,10 @@ async def _token_holders(tokens: user_callout.TokenHolders) -> dict[str, str] | 
 class CalloutThread:
     """``serve`` on a thread with its own event loop, started again whenever it fails."""
 
-    def __init__(self, url: str, auth_dir: Path) -> None:
+    def __init__(self, url: str, auth_dir: Path, store_dir: Path | None = None) -> None:
         self.url = url
         self.auth_dir = Path(auth_dir)
+        self.store_dir = store_dir  # the server's, for reloads (None: <data-dir>/nats)
         self.ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -268,7 +271,7 @@ class CalloutThread:
         try:
             while not self._stop.is_set():
                 try:
-                    loop.run_until_complete(serve(self.url, self.auth_dir, self.ready, self._stop))
+                    loop.run_until_complete(serve(self.url, self.auth_dir, self.ready, self._stop, self.store_dir))
                 except Exception as exc:
                     self.failures += 1
                     log.warning("auth.callout_restarting", error=f"{type(exc).__name__}: {exc}", failures=self.failures)

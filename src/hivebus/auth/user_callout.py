@@ -102,11 +102,14 @@ class TokenHolders:
     """Who holds which token, folded from ``auth.user.*`` (the gateway's fold, ``tokens.Users``),
     read up to the log's end before each decision. ``nc``: the callout's own connection."""
 
-    def __init__(self, nc: Any, auth_dir: Path) -> None:
+    def __init__(self, nc: Any, auth_dir: Path, store_dir: Path | None = None) -> None:
         from hivebus.bus.client import Bus
 
         self.bus = Bus(nc)
         self.auth_dir = Path(auth_dir)
+        self.store_dir = Path(store_dir) if store_dir is not None else self.auth_dir.parent / "nats"
+        """The store of the server this callout serves (``reload`` signals it): the one that
+        started the callout; by default ``<data-dir>/nats``, where ``hivebus up`` runs it."""
         self.users = Users()
         self._position = 0
         self._lock = asyncio.Lock()
@@ -166,15 +169,15 @@ class TokenHolders:
     def reload(self, users: list[str]) -> None:
         from hivebus.bus.server import reload_server
 
-        # the hub's server runs on <data-dir>/nats, next to <data-dir>/auth (as `hivebus node remove` reloads it)
-        reloaded = reload_server(self.auth_dir.parent / "nats")
+        # each cluster member's callout follows the log and reloads its own member
+        reloaded = reload_server(self.store_dir)
         log.info("auth.user_tokens_withdrawn", users=users, reloaded=reloaded)
 
 
 @contextlib.asynccontextmanager
-async def holders_of(nc: Any, auth_dir: Path) -> Any:
+async def holders_of(nc: Any, auth_dir: Path, store_dir: Path | None = None) -> Any:
     """``TokenHolders`` for the callout's connection, with its watch running."""
-    holders = TokenHolders(nc, auth_dir)
+    holders = TokenHolders(nc, auth_dir, store_dir)
     task = asyncio.create_task(holders.watch())
     try:
         yield holders

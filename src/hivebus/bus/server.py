@@ -215,7 +215,7 @@ class NatsServer:
         if auth_dir is None or self._callout is not None:
             return
         try:
-            self._callout = CalloutThread(self.url, auth_dir).start(timeout)
+            self._callout = CalloutThread(self.url, auth_dir, self._config.store_dir).start(timeout)
         except BaseException:
             self.stop()
             raise
