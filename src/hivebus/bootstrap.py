@@ -70,6 +70,7 @@ class PlatformInfo:
     embedded_server: bool
     nodes: list[str] = field(default_factory=list)
     logs_dir: Path | None = None
+    node_port: int | None = None  # the node listener (client certificates), with the hub's own CA
 
 
 class Platform:
@@ -77,6 +78,7 @@ class Platform:
         self.settings = settings
         self.options = options
         self.server: NatsServer | None = None
+        self.node_port: int | None = None  # the node listener's, once the server is started
         self.bus: Bus | None = None
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
         self.info: PlatformInfo | None = None
@@ -102,6 +104,7 @@ class Platform:
                 node_port=tls.node_port if tls is not None else None, node_tls=tls.node_block() if tls is not None else None,
             )
         ).start()
+        self.node_port = tls.node_port if tls is not None and tls.node_block() is not None else None
         return self.server.url
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -129,6 +132,7 @@ class Platform:
                 embedded_server=self.server is not None,
                 nodes=list(self.nodes),
                 logs_dir=self.options.logs_dir,
+                node_port=self.node_port,
             )
             if ready is not None:
                 ready.set()

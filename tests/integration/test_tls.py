@@ -188,6 +188,8 @@ def test_hivebus_up_with_tls_runs_the_platform_over_tls(tmp_path: Path) -> None:
         assert counted, f"no reading of V001 over TLS: {done.stdout}{done.stderr}\n{log.read_text()[-4000:]}"
         text = log.read_text()
         assert f"tls://127.0.0.1:{port}" in text and "tls       required" in text
+        node_port = (data / "tls" / "node-port").read_text().strip()
+        assert f"certificate on port {node_port}" in text  # the node listener, for the firewall
         url = next(w for line in text.splitlines() if line.startswith("HTTP") for w in line.split() if w.startswith("http://"))
         nodes = httpx.get(f"{url}/api/v1/nodes", timeout=30).json()["items"]
         assert [n["node_id"] for n in nodes] == ["V001"]

@@ -116,6 +116,8 @@ def _announce(info: PlatformInfo, *, authenticated: bool) -> None:
         access,
         *([f"tls       required; CA {ca} (in node credentials; elsewhere HIVEBUS_TLS_CA=<a copy>)"]
           if (ca := hub_ca(info.data_dir)) is not None else []),
+        *([f"nodes by  certificate on port {info.node_port} (wss; `hivebus node add ID` issues one)"]
+          if info.node_port is not None else []),
         "",
         "try, in another terminal (. .venv/bin/activate first):",
         f"  export HIVEBUS_NATS_URL={info.nats_url}",
