@@ -190,6 +190,8 @@ def test_hivebus_up_with_tls_runs_the_platform_over_tls(tmp_path: Path) -> None:
         assert f"tls://127.0.0.1:{port}" in text and "tls       required" in text
         node_port = (data / "tls" / "node-port").read_text().strip()
         assert f"certificate on port {node_port}" in text  # the node listener, for the firewall
+        node_log = (data / "logs" / "node-V001.log").read_text()
+        assert f'"url": "wss://127.0.0.1:{node_port}"' in node_log  # the virtual node by its certificate
         url = next(w for line in text.splitlines() if line.startswith("HTTP") for w in line.split() if w.startswith("http://"))
         nodes = httpx.get(f"{url}/api/v1/nodes", timeout=30).json()["items"]
         assert [n["node_id"] for n in nodes] == ["V001"]

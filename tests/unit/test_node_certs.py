@@ -149,3 +149,32 @@ def test_the_node_listener_in_the_server_config(tmp_path: Path) -> None:
         ServerConfig(store_dir=tmp_path, node_port=4555)
     with pytest.raises(SetupError, match="not a port"):
         ServerConfig(store_dir=tmp_path, node_port=0, node_tls="x")
+
+
+def test_the_hubs_own_virtual_nodes_hold_the_certificate_issued_last(hub: Path) -> None:
+    """``hivebus up``'s virtual nodes (``HubAuth.node_credential``) on a hub with its own CA:
+    a certificate is issued once and kept across starts; after one issued by hand (``hivebus
+    node add V001``, whose key the hub does not keep) the next start issues it another, so the
+    node is never left holding one the callout refuses."""
+    from hivebus.auth.hub import HubAuth
+
+    auth = HubAuth.of_data_dir(hub).ensure()
+    path = hub / "V001.creds"
+    first = Credential.load(auth.node_credential("V001", path))
+    assert first.cert is not None and der(first.cert) == issued_node_cert(hub, "V001")
+    assert first.node_url is not None and first.node_url.startswith("wss://")
+    again = Credential.load(auth.node_credential("V001", path))
+    assert again.cert == first.cert and again.password == first.password
+    by_hand = issue_node_cert(hub, "V001")  # the operator's `hivebus node add V001`
+    assert by_hand is not None
+    taken = Credential.load(auth.node_credential("V001", path))
+    assert taken.cert is not None and taken.cert not in (first.cert, by_hand.cert)
+    assert der(taken.cert) == issued_node_cert(hub, "V001")  # the one the callout lets in
+
+
+def test_a_virtual_node_of_a_hub_without_tls_holds_no_certificate(tmp_path: Path) -> None:
+    from hivebus.auth.hub import HubAuth
+
+    auth = HubAuth.of_data_dir(tmp_path).ensure()
+    held = Credential.load(auth.node_credential("V001", tmp_path / "V001.creds"))
+    assert (held.cert, held.key, held.node_url, held.ca) == (None, None, None, None)

@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -35,7 +36,7 @@ import structlog
 from hivebus.auth import callout, permissions
 from hivebus.auth.credentials import Credential
 from hivebus.auth.sites import SiteCredential
-from hivebus.auth.tls import hub_ca, issue_leaf_cert
+from hivebus.auth.tls import hub_ca, issue_leaf_cert, issue_node_cert, issued_node_cert
 from hivebus.bus.server import reload_server
 from hivebus.errors import SetupError
 
@@ -180,11 +181,22 @@ class HubAuth:
 
     def node_credential(self, node: str, path: Path) -> Path:
         """A credential file for a node this machine runs itself (``hivebus up``'s virtual
-        nodes): kept at ``path`` and reused while the hub still knows it."""
+        nodes): kept at ``path`` and reused while the hub still knows it. On a hub with its own
+        CA it carries the certificate the node was issued last (one is issued when it holds
+        none, or another), so virtual nodes connect on the node listener like any node."""
         if path.exists() and permissions.node_user(node) in self.users():
             held = Credential.load(path)
-            return path if held.ca == self.ca() else held.with_ca(self.ca()).save(path)
-        return self.add_node(node, rotate=True).save(path)
+            if held.ca != self.ca():
+                held = held.with_ca(self.ca())
+        else:
+            held = self.add_node(node, rotate=True)
+        data_dir = self.dir.parent
+        recorded = issued_node_cert(data_dir, node)
+        if recorded is None or held.cert is None or _der(held.cert) != recorded:
+            issued = issue_node_cert(data_dir, node) if hub_ca(data_dir) is not None else None
+            held = replace(held, cert=None, key=None, node_url=None) if issued is None else replace(
+                held, cert=issued.cert, key=issued.key, node_url=issued.url("127.0.0.1"))
+        return held.save(path)
 
     def reload(self, store_dir: Path) -> bool:
         """Ask the server running on ``store_dir`` to re-read the rules (False: none runs)."""
@@ -224,3 +236,13 @@ def _write_atomic(path: Path, text: str) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+
+
+def _der(pem: str) -> bytes | None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        return None
