@@ -61,7 +61,16 @@ other test runs (load average 2-6):
 
 So the target (p99 <= 1 s) is not met on this shared 2-core machine: the edge sustains the
 rate and is fast while it has CPU (tens of ms); the projector is the limit for queryable
-latency (issue 18, item 2). Runs before packed readings (2026-11-22): 500/s sustained with
+latency (issue 18, item 2).
+
+Why the projector was the limit (2026-12-04): every reading a node sends carries its nodeseq
+as the first key (``Outbox._row``), and the projector's bulk path took it only in the
+model's place, so all of them were decoded with pydantic one by one (py-spy of the projector:
+82% of its decode thread in ``validate_json``). Fixed (``projections/bulk.py``); alternating
+runs of the old and the new code (``bench/RESULTS.md``, issue 18 section): 5 minutes at load
+7-8, p50 42 s / p99 82 s before (projector lag up to 3,675 messages), 0.56 s / 3.6 s after
+(lag at most 84, ``from_hub_latency_ms`` p99 1.7 s, the edge's share p99 2.8 s); 60 s runs at
+load 4-6: p99 2.6-3.0 s after vs 3.5-5.8 s before, and 0.92 s after at load 3. Runs before packed readings (2026-11-22): 500/s sustained with
 p50 0.14 s, p99 0.27 s quiet; 5,000/s could not be held (the hub fsynced each message:
 4.8k messages/s).
 
