@@ -469,9 +469,15 @@ async def test_a_plugin_upload_is_kept_offline_and_shipped_to_the_hub_store(
             store = await hub.js.object_store(f"sage-upload-{agent.node}")
             stored = await store.get(reply["ref"].split("/", 1)[1])
             assert stored.data == b"\xff\xd8 not really a jpeg " * 1000
-            await until(lambda: _drained(agent), 20, "the upload reading")
-            uploads = [r for r in await node_readings(hub) if r.data.name == "upload"]
-            assert [r.data.value for r in uploads] == [reply["ref"]]
+
+            async def upload_readings() -> list[Any]:
+                return [r.data.value for r in await node_readings(hub) if r.data.name == "upload"]
+
+            # the reading naming the upload is appended once the object is stored: an empty
+            # outbox before that says nothing (it failed so once under load)
+            await until(upload_readings, 20, "the upload reading")
+            await until(lambda: _drained(agent), 20, "the outbox drained")
+            assert await upload_readings() == [reply["ref"]]
 
 
 # --- hivebus node list ----------------------------------------------------------------------
