@@ -22,9 +22,11 @@ $(BENCH_STAMP): $(STAMP)
 run: $(STAMP)
 	$(BIN)/hivebus up --virtual-nodes 2 --demo
 
-## test: the whole suite (unit, integration with real nats-servers, e2e)
+## test: the whole suite (unit, integration with real nats-servers, e2e), on TEST_WORKERS
+## processes (pytest-xdist, a test module per worker at a time; TEST_WORKERS=0: one process)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 ## bench: every benchmark, side by side with its baselines (~10 min on 2 cores); rewrites
 ## bench/RESULTS.md and bench/projection_batch.png
