@@ -129,10 +129,14 @@ class Bus:
                     # a user's token withdrawn (auth.user_callout): retrying can only be refused
                     log.info("nats.user_token_refused", name=name)
                     asyncio.get_running_loop().create_task(_close_quietly(nc))
-                elif user_token and deadline:
+                elif deadline and not connected and (user_token or len(refused) >= len(urls)):
                     deadline[0].reschedule(asyncio.get_running_loop().time())  # refused: say so now
-            if isinstance(exc, ssl.SSLError):
+            if isinstance(exc, ssl.SSLError) or "[SSL:" in text:  # (over wss: aiohttp's ClientSSLError)
                 untrusted.append(text)
+                if deadline and not connected and len(untrusted) >= len(urls):
+                    # every server failed the handshake (its certificate, or ours): waiting
+                    # out the connect timeout would only repeat it
+                    deadline[0].reschedule(asyncio.get_running_loop().time())
             if m := _PERMISSION_VIOLATION.search(text):
                 # once per connection: a refused identity retrying must not flood the log
                 first = not denied
