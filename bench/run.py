@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -146,8 +147,16 @@ def write(ran: list[Ran], quick: bool, wall: float, skipped: list[str], load: tu
             lines += [f"**failed** ({r.failed.splitlines()[0]}):", "", "```", r.failed, "```", ""]
     lines += [f"## {name}\n\n`bench/{BENCHMARKS[name][0]}` does not exist yet.\n" for name in skipped]
     path = HERE / "RESULTS.md"
-    path.write_text("\n".join(lines))
+    kept = kept_sections(path.read_text() if path.exists() else "")
+    path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     return path
+
+
+def kept_sections(text: str) -> str:
+    """The sections of an earlier RESULTS.md written by hand (``## issue ...``: an issue's
+    measurements, with their own commands), kept as they are: this run rewrites only its own."""
+    sections = re.split(r"(?m)^(?=## )", text)
+    return "".join(s if s.endswith("\n") else s + "\n" for s in sections if s.startswith("## issue"))
 
 
 def main() -> None:
