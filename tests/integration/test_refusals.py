@@ -25,7 +25,7 @@ from hivebus.schemas.ecr import BundleApproved, BundleDeleted, BundlePushed, Per
 from hivebus.schemas.envelope import Event
 from hivebus.schemas.node import NodeRegistered
 from hivebus.schemas.ses import JobRemoved, JobResumed, JobSubmitted
-from hivebus.services.requests import request_at
+from hivebus.services.requests import Answer, decide, request_at
 from tests.integration.test_auth import Hub, add_user, hivebus_cli, hub, platform  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,11 @@ async def test_refused_actions_change_no_view_and_are_rejections_once(hub: Hub, 
     await platform.publish(Event.new(NodeRegistered(manifest=manifest("W001")), source="node/W001", subject="W001"))
     for user, token, bundle in (("alice", alice, ALICES), ("bob", bob, BOBS)):
         await request_at(hub.url, as_user(user, BundlePushed(app=app_spec(bundle), pusher=user), bundle), handler="ecr", answers=[], token=token)
-    await platform.publish(as_user("admin", BundleApproved(bundle_id=ALICES, by="admin"), ALICES))  # the admin identity decides directly
+    # the admin identity hands its approval to the ECR's decider itself and gets the decision
+    # back (a raw publish of it is a request the ECR adjudicates later: a submission right
+    # after it raced that, and was once refused as "not approved")
+    approval = Answer.of_reply(await decide(platform, as_user("admin", BundleApproved(bundle_id=ALICES, by="admin"), ALICES)))
+    assert approval.rejection is None, approval.reasons
     scheduled = await request_at(
         hub.url, as_user("alice", JobSubmitted(job_id="alices", user="alice", spec=job_spec([("x", ALICES)], nodes=["W001"])), "alices"),
         handler="ses", answers=[], token=alice,
