@@ -33,6 +33,7 @@ from ingest import packed, reading_bodies
 from project import project
 
 from hivebus.bus.client import Bus
+from hivebus.bus.publisher import Outgoing
 from hivebus.bus.streams import DATA
 from hivebus.config import Settings
 from hivebus.projections.pump import PumpConfig
@@ -94,6 +95,14 @@ def timed(cls: type, name: str, totals: Counter[str]) -> None:
     setattr(cls, name, wrapper)
 
 
+async def store_packed(bus: Bus, p: int) -> list[Outgoing]:
+    """``p`` readings of 20 nodes stored in DATA as the forwarder packs them; the messages."""
+    messages = packed(reading_bodies(0, p))
+    for lo in range(0, len(messages), 500):
+        await bus.publish_raw_many(messages[lo : lo + 500])
+    return messages
+
+
 async def run(p: int, top: int, interval: float, work: Path) -> None:
     totals: Counter[str] = Counter()
     for name in ("prepare", "commit"):
@@ -101,9 +110,7 @@ async def run(p: int, top: int, interval: float, work: Path) -> None:
     with fresh_server("interval") as server:
         async with await Bus.connect(server.url) as bus:
             await bus.ensure_streams()
-            messages = packed(reading_bodies(0, p))
-            for lo in range(0, len(messages), 500):
-                await bus.publish_raw_many(messages[lo : lo + 500])
+            messages = await store_packed(bus, p)
             sampler = Sampler(interval)
             sampler.start()
             seconds = await project(bus, work / "views.duckdb", {DATA: len(messages)})
@@ -154,9 +161,7 @@ async def compare(p: int, settings: list[str], rounds: int, work: Path) -> None:
     with fresh_server("interval") as server:
         async with await Bus.connect(server.url) as bus:
             await bus.ensure_streams()
-            messages = packed(reading_bodies(0, p))
-            for lo in range(0, len(messages), 500):
-                await bus.publish_raw_many(messages[lo : lo + 500])
+            messages = await store_packed(bus, p)
             times: dict[str, list[float]] = {s: [] for s in settings}
             raw: list[float] = []
             for r in range(rounds):

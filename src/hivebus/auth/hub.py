@@ -36,7 +36,7 @@ import structlog
 from hivebus.auth import callout, permissions
 from hivebus.auth.credentials import Credential
 from hivebus.auth.sites import SiteCredential
-from hivebus.auth.tls import hub_ca, issue_leaf_cert, issue_node_cert, issued_node_cert
+from hivebus.auth.tls import cert_der, hub_ca, issue_leaf_cert, issue_node_cert, issued_node_cert
 from hivebus.bus.server import reload_server
 from hivebus.errors import SetupError
 
@@ -184,19 +184,16 @@ class HubAuth:
         nodes): kept at ``path`` and reused while the hub still knows it. On a hub with its own
         CA it carries the certificate the node was issued last (one is issued when it holds
         none, or another), so virtual nodes connect on the node listener like any node."""
-        if path.exists() and permissions.node_user(node) in self.users():
-            held = Credential.load(path)
-            if held.ca != self.ca():
-                held = held.with_ca(self.ca())
-        else:
-            held = self.add_node(node, rotate=True)
+        known = path.exists() and permissions.node_user(node) in self.users()
+        before = Credential.load(path) if known else None
+        held = before.with_ca(self.ca()) if before is not None else self.add_node(node, rotate=True)
         data_dir = self.dir.parent
         recorded = issued_node_cert(data_dir, node)
-        if recorded is None or held.cert is None or _der(held.cert) != recorded:
+        if recorded is None or held.cert is None or cert_der(held.cert) != recorded:
             issued = issue_node_cert(data_dir, node) if hub_ca(data_dir) is not None else None
             held = replace(held, cert=None, key=None, node_url=None) if issued is None else replace(
                 held, cert=issued.cert, key=issued.key, node_url=issued.url("127.0.0.1"))
-        return held.save(path)
+        return path if held == before else held.save(path)
 
     def reload(self, store_dir: Path) -> bool:
         """Ask the server running on ``store_dir`` to re-read the rules (False: none runs)."""
@@ -236,13 +233,3 @@ def _write_atomic(path: Path, text: str) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
-
-
-def _der(pem: str) -> bytes | None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
-    except ValueError:
-        return None

@@ -215,9 +215,17 @@ def issued_node_cert(data_dir: Path, node: str) -> bytes | None:
     if hub_ca(data_dir) is None:
         return None
     try:
-        pem = (Path(data_dir) / TLS_DIR / _NODE_CERTS / f"{node}.pem").read_bytes()
-        return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-    except (OSError, ValueError):
+        return cert_der((Path(data_dir) / TLS_DIR / _NODE_CERTS / f"{node}.pem").read_bytes())
+    except OSError:
+        return None
+
+
+def cert_der(pem: bytes | str) -> bytes | None:
+    """A PEM certificate's DER (what the callout compares), None for one that does not parse."""
+    try:
+        return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem).public_bytes(
+            serialization.Encoding.DER)
+    except ValueError:
         return None
 
 
@@ -266,11 +274,17 @@ def _new_ca() -> tuple[bytes, bytes]:
     return _pem(cert), _key_pem(key)
 
 
-def _new_server_cert(ca_file: Path, ca_key_file: Path, hosts: Sequence[str]) -> tuple[bytes, bytes]:
+def _load_ca(ca_file: Path, ca_key_file: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The hub's CA certificate and its key, to sign with."""
     ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise SetupError(f"{ca_key_file} is not the EC key hivebus made", hint=f"remove {ca_file.parent} to start a new CA")
+    return ca, ca_key
+
+
+def _new_server_cert(ca_file: Path, ca_key_file: Path, hosts: Sequence[str]) -> tuple[bytes, bytes]:
+    ca, ca_key = _load_ca(ca_file, ca_key_file)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -288,10 +302,7 @@ def _new_server_cert(ca_file: Path, ca_key_file: Path, hosts: Sequence[str]) -> 
 
 
 def _new_client_cert(ca_file: Path, ca_key_file: Path, name: str) -> tuple[bytes, bytes]:
-    ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
-    ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise SetupError(f"{ca_key_file} is not the EC key hivebus made", hint=f"remove {ca_file.parent} to start a new CA")
+    ca, ca_key = _load_ca(ca_file, ca_key_file)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
