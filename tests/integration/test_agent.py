@@ -14,6 +14,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js.errors import ObjectNotFoundError
 
 from hivebus.bus.batch import bodies_of
 from hivebus.bus.client import Bus
@@ -465,9 +466,21 @@ async def test_a_plugin_upload_is_kept_offline_and_shipped_to_the_hub_store(
                 return len(facts) == 1
 
             await until(recorded, 30, "the upload to be recorded in the node's bucket")
-            await decider.close()
             store = await hub.js.object_store(f"sage-upload-{agent.node}")
-            stored = await store.get(reply["ref"].split("/", 1)[1])
+            key = reply["ref"].split("/", 1)[1]
+
+            async def readable() -> bool:
+                # the put is decided (its fact) before the object's metadata is written, so a
+                # crash between the two is completed by the node asking again: wait for both
+                try:
+                    await store.get_info(key)
+                    return True
+                except ObjectNotFoundError:
+                    return False
+
+            await until(readable, 30, "the uploaded object to be readable")
+            await decider.close()
+            stored = await store.get(key)
             assert stored.data == b"\xff\xd8 not really a jpeg " * 1000
 
             async def upload_readings() -> list[Any]:
